@@ -1,0 +1,47 @@
+package pop3
+
+import (
+	"context"
+	"io"
+	"net"
+)
+
+// Backend opens a user's maildrop. The gateway implements it by routing the
+// user and logging in to the user's IMAP server (upstream.Maildrops).
+//
+// Errors should wrap the sentinels of package upstream (ErrAuthFailed,
+// ErrInUse, ErrUnavailable) so the session can answer with the right
+// response code; anything else is answered -ERR [SYS/TEMP].
+type Backend interface {
+	Open(ctx context.Context, login Login) (Maildrop, error)
+}
+
+// Login is what the client presented.
+type Login struct {
+	User     string
+	Password string
+	Remote   net.Addr // the client (after PROXY protocol)
+}
+
+// Maildrop is one session's fixed view of a mailbox (RFC 1939 §4). Message
+// numbers are 1..Len(), fixed when the maildrop was opened.
+type Maildrop interface {
+	Len() int
+	// Size is the exact octet count RETR delivers (CRLF line ends, before
+	// dot-stuffing).
+	Size(n int) int64
+	// UIDL is the message's unique-id (RFC 1939 §7).
+	UIDL(n int) string
+	// Retr returns the message's bytes exactly as the backend stores them; it
+	// counts as reading the message (\Seen when configured).
+	Retr(ctx context.Context, n int) (io.ReadCloser, error)
+	// Top returns the same bytes without marking the message read; the
+	// session cuts it to the header and the first lines itself.
+	Top(ctx context.Context, n int) (io.ReadCloser, error)
+	// Commit applies the deletions of a QUIT in TRANSACTION state (the UPDATE
+	// state of RFC 1939 §6). deleted lists message numbers, ascending.
+	Commit(ctx context.Context, deleted []int) error
+	// Close ends the maildrop without changing anything and releases the
+	// lock. It is always called, also after Commit.
+	Close() error
+}

@@ -1,0 +1,45 @@
+package upstream
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"net"
+	"time"
+)
+
+// Target is one backend server chosen for one session: the gateway builds it
+// from the routing decision.
+type Target struct {
+	Name    string         // the backend's name in the configuration (logs only)
+	Address string         // host:port of the server to dial
+	Config  *BackendConfig // validated
+	// ClientAddr is the end client, for forward_client_ip.
+	ClientAddr net.Addr
+}
+
+// dialConn connects to t.Address under ctx and the dial timeout and, for
+// implicit TLS, completes the handshake with certificate verification (unless
+// insecure_skip_verify). STARTTLS is the caller's business: it is an IMAP
+// exchange. The returned connection has no deadline set.
+func dialConn(ctx context.Context, t Target, timeout time.Duration) (net.Conn, error) {
+	if timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, timeout)
+		defer cancel()
+	}
+	d := &net.Dialer{KeepAlive: 30 * time.Second}
+	conn, err := d.DialContext(ctx, "tcp", t.Address)
+	if err != nil {
+		return nil, fmt.Errorf("%w: dial %s: %v", ErrUnavailable, t.Address, err)
+	}
+	if t.Config.TLS != TLSImplicit {
+		return conn, nil
+	}
+	tc := tls.Client(conn, t.Config.TLSConfig(t.Address))
+	if err := tc.HandshakeContext(ctx); err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("%w: TLS handshake with %s: %v", ErrUnavailable, t.Address, err)
+	}
+	return tc, nil
+}
