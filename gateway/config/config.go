@@ -76,6 +76,9 @@ type Limits struct {
 	// BadCommands is how many erroneous commands a client may send before it
 	// is disconnected. Default 10.
 	BadCommands int `yaml:"bad_commands"`
+	// AuthFailureDelay is how long a client waits for the answer to a failed
+	// login, to slow down password guessing. Default 1s.
+	AuthFailureDelay time.Duration `yaml:"auth_failure_delay"`
 }
 
 // Metrics is the `metrics:` section.

@@ -1,0 +1,363 @@
+// Package gateway runs mailgate: it binds the configured listeners, applies
+// connection limits, hands each connection to its protocol front (gateway/pop3
+// or gateway/imap), and connects those fronts to routing and upstream. It owns
+// the lifecycle: Start, Reload (SIGHUP) and Shutdown (SIGTERM).
+//
+//	cfg, _ := config.Load("mailgate.yaml")
+//	srv, _ := gateway.New(cfg, log)
+//	_ = srv.Start(ctx)
+//	defer srv.Shutdown(context.Background())
+package gateway
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+
+	"mailgate/gateway/config"
+	"mailgate/gateway/imap"
+	"mailgate/gateway/pop3"
+	"mailgate/routing"
+	mgtls "mailgate/tls"
+	"mailgate/upstream"
+)
+
+// Server is a running gateway.
+type Server struct {
+	log       *zap.Logger
+	certs     *mgtls.Manager
+	maildrops *upstream.Maildrops
+	state     atomic.Pointer[state] // routing and backends: replaced on Reload
+	limits    *connLimits
+
+	mu        sync.Mutex
+	cfg       *config.Config
+	listeners []*listener
+	started   bool
+
+	sessions     sync.WaitGroup
+	sessionsCtx  context.Context // cancelled to cut sessions at the end of the shutdown grace
+	cutSessions  context.CancelFunc
+	shutdownOnce sync.Once
+}
+
+// state is what a session consults when it logs in; a reload swaps it whole,
+// so a session in flight keeps the backend it was routed to.
+type state struct {
+	router   *routing.Router
+	backends map[string]*upstream.BackendConfig
+	timeouts upstream.Timeouts
+}
+
+// New builds a gateway from a validated configuration; nothing is bound yet.
+func New(cfg *config.Config, log *zap.Logger) (*Server, error) {
+	st, err := newState(cfg)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &Server{
+		log:         log,
+		cfg:         cfg,
+		maildrops:   upstream.NewMaildrops(cfg.POP3, st.timeouts, log.Named("upstream")),
+		limits:      newConnLimits(cfg.Limits.Connections, cfg.Limits.PerIP),
+		sessionsCtx: ctx,
+		cutSessions: cancel,
+	}
+	s.state.Store(st)
+	return s, nil
+}
+
+func newState(cfg *config.Config) (*state, error) {
+	r, err := routing.New(cfg.Routing)
+	if err != nil {
+		return nil, fmt.Errorf("routing: %w", err)
+	}
+	return &state{
+		router:   r,
+		backends: cfg.Backends,
+		timeouts: upstream.Timeouts{Dial: cfg.Timeouts.BackendDial, Command: cfg.Timeouts.BackendCommand},
+	}, nil
+}
+
+// Start obtains certificates and binds every listener. On error nothing stays
+// bound.
+func (s *Server) Start(ctx context.Context) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.started {
+		return errors.New("gateway: already started")
+	}
+	certs, err := mgtls.New(ctx, s.cfg.TLS, s.log.Named("tls"))
+	if err != nil {
+		return err
+	}
+	s.certs = certs
+	serverTLS := certs.ServerConfig()
+	for _, lc := range s.cfg.Listeners {
+		l, err := s.listen(lc, serverTLS)
+		if err != nil {
+			for _, l := range s.listeners {
+				l.ln.Close()
+			}
+			s.listeners = nil
+			certs.Close()
+			return err
+		}
+		s.listeners = append(s.listeners, l)
+	}
+	for _, l := range s.listeners {
+		go l.acceptLoop()
+		s.log.Info("listening", zap.String("listener", l.name), zap.String("protocol", l.protocol),
+			zap.String("tls", l.tlsMode), zap.Stringer("address", l.ln.Addr()))
+	}
+	s.started = true
+	return nil
+}
+
+// Addr returns the bound address of the named listener, or nil.
+func (s *Server) Addr(name string) net.Addr {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, l := range s.listeners {
+		if l.name == name {
+			return l.ln.Addr()
+		}
+	}
+	return nil
+}
+
+// Reload applies a new configuration's routing, backends and certificates
+// (SIGHUP). Sessions in flight keep their backend. Listeners, timeouts of
+// running sessions and the POP3 section need a restart; a change there is
+// logged and otherwise ignored.
+func (s *Server) Reload(cfg *config.Config) error {
+	st, err := newState(cfg)
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	certs := s.certs
+	s.cfg = cfg
+	s.mu.Unlock()
+	if certs != nil {
+		if err := certs.Reload(); err != nil {
+			s.log.Warn("certificate reload failed; keeping the old certificates", zap.Error(err))
+		}
+	}
+	s.state.Store(st)
+	s.log.Info("configuration reloaded")
+	return nil
+}
+
+// Shutdown stops accepting, lets sessions finish until ctx is done, then cuts
+// the rest (a POP3 session cut this way deletes nothing: it never reached
+// UPDATE) and waits for them to end.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.shutdownOnce.Do(func() {
+		s.mu.Lock()
+		for _, l := range s.listeners {
+			l.ln.Close()
+		}
+		s.mu.Unlock()
+		done := make(chan struct{})
+		go func() { s.sessions.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-ctx.Done():
+			s.log.Info("shutdown grace over; closing remaining sessions")
+			s.cutSessions()
+			<-done
+		}
+		s.cutSessions()
+		if s.certs != nil {
+			s.certs.Close()
+		}
+		s.maildrops.Close()
+	})
+	return nil
+}
+
+// target resolves a routing decision to the server to dial.
+func (st *state) target(d routing.Decision, client net.Addr) (upstream.Target, error) {
+	b, ok := st.backends[d.Backend]
+	if !ok {
+		return upstream.Target{}, fmt.Errorf("%w: routing chose unknown backend %q", upstream.ErrUnavailable, d.Backend)
+	}
+	servers := b.Servers()
+	addr := servers[0]
+	if len(servers) > 1 {
+		addr = routing.Pick(servers, d.User)
+	}
+	return upstream.Target{Name: d.Backend, Address: addr, Config: b, ClientAddr: client}, nil
+}
+
+// route maps a login to its backend target and backend user name.
+func (s *Server) route(ctx context.Context, user, password, protocol string, remote net.Addr) (upstream.Target, string, upstream.Timeouts, error) {
+	st := s.state.Load()
+	d, err := st.router.Route(ctx, routing.Login{User: user, Password: password, Protocol: protocol, ClientIP: addrIP(remote)})
+	if err != nil {
+		if errors.Is(err, routing.ErrNoRoute) {
+			// An unknown user must look like a wrong password.
+			return upstream.Target{}, "", st.timeouts, fmt.Errorf("%w: %v", upstream.ErrAuthFailed, err)
+		}
+		return upstream.Target{}, "", st.timeouts, fmt.Errorf("%w: routing: %v", upstream.ErrUnavailable, err)
+	}
+	t, err := st.target(d, remote)
+	return t, d.User, st.timeouts, err
+}
+
+// pop3Backend opens maildrops for gateway/pop3.
+type pop3Backend struct{ s *Server }
+
+var _ pop3.Backend = pop3Backend{}
+var _ pop3.Maildrop = (*upstream.Maildrop)(nil)
+
+func (b pop3Backend) Open(ctx context.Context, login pop3.Login) (pop3.Maildrop, error) {
+	t, user, _, err := b.s.route(ctx, login.User, login.Password, config.ProtocolPOP3, login.Remote)
+	if err != nil {
+		return nil, err
+	}
+	md, err := b.s.maildrops.Open(ctx, t, user, login.Password)
+	if err != nil {
+		return nil, err
+	}
+	return md, nil
+}
+
+// imapBackend logs in to the backend for gateway/imap and hands back the
+// connection.
+type imapBackend struct{ s *Server }
+
+var _ imap.Backend = imapBackend{}
+
+func (b imapBackend) Connect(ctx context.Context, login imap.Login) (net.Conn, []string, error) {
+	t, user, to, err := b.s.route(ctx, login.User, login.Password, config.ProtocolIMAP, login.Remote)
+	if err != nil {
+		return nil, nil, err
+	}
+	p, err := upstream.Handoff(ctx, t, to, user, login.Password)
+	if err != nil {
+		return nil, nil, err
+	}
+	return p.Conn, p.Caps, nil
+}
+
+type listener struct {
+	s        *Server
+	name     string
+	protocol string
+	tlsMode  string
+	ln       net.Listener
+	tls      *tls.Config // nil for tls: none
+	serve    func(ctx context.Context, conn net.Conn)
+}
+
+func (s *Server) listen(lc config.Listener, serverTLS *tls.Config) (*listener, error) {
+	var tlsCfg *tls.Config
+	if lc.TLS != upstream.TLSNone {
+		if serverTLS == nil {
+			return nil, fmt.Errorf("listener %s: tls %s needs tls.certificates or tls.acme", lc.Name, lc.TLS)
+		}
+		tlsCfg = serverTLS
+	}
+	ln, err := net.Listen("tcp", lc.Address)
+	if err != nil {
+		return nil, fmt.Errorf("listener %s: %w", lc.Name, err)
+	}
+	l := &listener{s: s, name: lc.Name, protocol: lc.Protocol, tlsMode: lc.TLS, ln: ln, tls: tlsCfg}
+	implicit := lc.TLS == upstream.TLSImplicit
+	t := s.cfg.Timeouts
+	log := s.log.With(zap.String("listener", lc.Name), zap.String("proto", lc.Protocol))
+	switch lc.Protocol {
+	case config.ProtocolPOP3:
+		srv := pop3.NewServer(pop3.Config{
+			Listener:            lc.Name,
+			Backend:             pop3Backend{s},
+			TLSConfig:           tlsCfg,
+			ImplicitTLS:         implicit,
+			AllowPlaintextAuth:  lc.AllowPlaintextAuth,
+			IdleTimeout:         t.POP3Idle,
+			TLSHandshakeTimeout: t.TLSHandshake,
+			AuthFailureDelay:    s.cfg.Limits.AuthFailureDelay,
+			BadCommandLimit:     s.cfg.Limits.BadCommands,
+			Logger:              log,
+		})
+		l.serve = srv.Serve
+	case config.ProtocolIMAP:
+		srv := imap.NewServer(imap.Config{
+			Listener:            lc.Name,
+			Backend:             imapBackend{s},
+			TLSConfig:           tlsCfg,
+			ImplicitTLS:         implicit,
+			AllowPlaintextAuth:  lc.AllowPlaintextAuth,
+			PreauthTimeout:      t.IMAPPreauth,
+			IdleTimeout:         t.IMAPIdle,
+			TLSHandshakeTimeout: t.TLSHandshake,
+			AuthFailureDelay:    s.cfg.Limits.AuthFailureDelay,
+			BadCommandLimit:     s.cfg.Limits.BadCommands,
+			Logger:              log,
+		})
+		l.serve = srv.Serve
+	default:
+		ln.Close()
+		return nil, fmt.Errorf("listener %s: unknown protocol %q", lc.Name, lc.Protocol)
+	}
+	return l, nil
+}
+
+func (l *listener) acceptLoop() {
+	var delay time.Duration
+	for {
+		conn, err := l.ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			// EMFILE and friends: back off instead of spinning.
+			if delay == 0 {
+				delay = 5 * time.Millisecond
+			} else if delay *= 2; delay > time.Second {
+				delay = time.Second
+			}
+			l.s.log.Warn("accept failed", zap.String("listener", l.name), zap.Error(err))
+			time.Sleep(delay)
+			continue
+		}
+		delay = 0
+		release, ok := l.s.limits.acquire(conn.RemoteAddr())
+		if !ok {
+			l.s.log.Warn("connection refused: limit reached", zap.String("listener", l.name), zap.Stringer("remote", conn.RemoteAddr()))
+			refuse(conn, l.protocol)
+			continue
+		}
+		if l.tls != nil && l.tlsMode == upstream.TLSImplicit {
+			conn = tls.Server(conn, l.tls)
+		}
+		l.s.sessions.Add(1)
+		go func() {
+			defer l.s.sessions.Done()
+			defer release()
+			l.serve(l.s.sessionsCtx, conn)
+		}()
+	}
+}
+
+// refuse answers a connection over the limits with a protocol-correct
+// refusal, under a short deadline, and closes it.
+func refuse(conn net.Conn, protocol string) {
+	conn.SetWriteDeadline(time.Now().Add(2 * time.Second))
+	if protocol == config.ProtocolPOP3 {
+		conn.Write([]byte("-ERR [SYS/TEMP] too many connections, try again later\r\n"))
+	} else {
+		conn.Write([]byte("* BYE [UNAVAILABLE] too many connections, try again later\r\n"))
+	}
+	conn.Close()
+}

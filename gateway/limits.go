@@ -1,0 +1,62 @@
+package gateway
+
+import (
+	"net"
+	"net/netip"
+	"sync"
+)
+
+// connLimits bounds client connections in total and per client address
+// (`limits.connections`, `limits.per_ip`). The limits are per mailgate
+// instance.
+type connLimits struct {
+	mu    sync.Mutex
+	total int
+	max   int
+	perIP map[netip.Addr]int
+	maxIP int
+}
+
+func newConnLimits(max, maxIP int) *connLimits {
+	return &connLimits{max: max, maxIP: maxIP, perIP: make(map[netip.Addr]int)}
+}
+
+// acquire counts a new connection from addr; ok is false when a limit is
+// reached. release must be called exactly once when ok.
+func (l *connLimits) acquire(addr net.Addr) (release func(), ok bool) {
+	ip := addrIP(addr)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if (l.max > 0 && l.total >= l.max) || (l.maxIP > 0 && l.perIP[ip] >= l.maxIP) {
+		return nil, false
+	}
+	l.total++
+	l.perIP[ip]++
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			l.mu.Lock()
+			defer l.mu.Unlock()
+			l.total--
+			if l.perIP[ip]--; l.perIP[ip] <= 0 {
+				delete(l.perIP, ip)
+			}
+		})
+	}, true
+}
+
+// addrIP extracts the client IP of a connection address (zero if unknown).
+func addrIP(a net.Addr) netip.Addr {
+	if ta, ok := a.(*net.TCPAddr); ok {
+		ip, _ := netip.AddrFromSlice(ta.IP)
+		return ip.Unmap()
+	}
+	if a == nil {
+		return netip.Addr{}
+	}
+	ap, err := netip.ParseAddrPort(a.String())
+	if err != nil {
+		return netip.Addr{}
+	}
+	return ap.Addr().Unmap()
+}

@@ -1,0 +1,189 @@
+package routing
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+)
+
+// ErrNoRoute is returned by Route when no rule matches the login and there is
+// no default backend. The fronts answer it like a failed login ([AUTH] /
+// AUTHENTICATIONFAILED): telling the client that the user does not exist here
+// would let anyone probe for accounts.
+var ErrNoRoute = errors.New("no backend for this user")
+
+// Login is what a front knows about an authentication attempt when it asks
+// for a route. Rules look only at User; Password, Protocol and ClientIP are
+// for sources that need them (an external lookup service).
+type Login struct {
+	User     string     // login name as the client sent it
+	Password string     // never logged; used only by lookup sources that ask for it
+	Protocol string     // "pop3" or "imap"
+	ClientIP netip.Addr // the client's address (after PROXY protocol); zero when unknown
+}
+
+// Decision is where a login goes.
+type Decision struct {
+	Backend string // name of an entry of `backends:`
+	User    string // login name to present to the backend (after rewrite_user)
+}
+
+// Router holds the compiled rules. It is immutable and safe for concurrent
+// use; a configuration reload builds a new Router, and sessions in flight keep
+// the Decision they already have.
+type Router struct {
+	users     map[string]route // lower-cased login -> route
+	domains   map[string]route // lower-cased exact domain -> route
+	wildcards []wildcard       // longest suffix first
+	def       *route
+}
+
+type route struct {
+	backend string
+	rewrite template
+}
+
+type wildcard struct {
+	suffix string // ".example.org" for "*.example.org"
+	route
+}
+
+// New compiles cfg. It checks the rules' own syntax (each rule has exactly one
+// of user and domain, wildcards, rewrite templates, duplicates); whether the
+// backends exist is Config.Validate's job, which gateway/config runs first.
+func New(cfg Config) (*Router, error) {
+	referenced := []string{}
+	if cfg.Default != "" {
+		referenced = append(referenced, cfg.Default)
+	}
+	for _, r := range cfg.Rules {
+		if r.Backend != "" {
+			referenced = append(referenced, r.Backend)
+		}
+	}
+	if errs := cfg.Validate(referenced); len(errs) > 0 {
+		return nil, fmt.Errorf("routing: %w", errors.Join(errs...))
+	}
+	rt := &Router{users: map[string]route{}, domains: map[string]route{}}
+	for _, r := range cfg.Rules {
+		ro := route{backend: r.Backend, rewrite: compileTemplate(r.RewriteUser)}
+		switch {
+		case r.User != "":
+			rt.users[strings.ToLower(r.User)] = ro
+		case strings.HasPrefix(r.Domain, "*."):
+			rt.wildcards = append(rt.wildcards, wildcard{suffix: strings.ToLower(r.Domain[1:]), route: ro})
+		default:
+			rt.domains[strings.ToLower(r.Domain)] = ro
+		}
+	}
+	// The most specific wildcard wins: *.a.example.org before *.example.org.
+	slices.SortStableFunc(rt.wildcards, func(a, b wildcard) int { return len(b.suffix) - len(a.suffix) })
+	if cfg.Default != "" {
+		rt.def = &route{backend: cfg.Default, rewrite: compileTemplate("")}
+	}
+	return rt, nil
+}
+
+// Route decides the backend for l: an exact user rule, else a domain rule (an
+// exact domain before any wildcard, a longer wildcard before a shorter one),
+// else the default, else ErrNoRoute. Matching ignores case; the rewritten
+// name keeps the case the client typed. A login without @ has only a local
+// part and matches no domain rule.
+func (r *Router) Route(ctx context.Context, l Login) (Decision, error) {
+	if l.User == "" {
+		return Decision{}, fmt.Errorf("%w: empty login name", ErrNoRoute)
+	}
+	ro, ok := r.match(l.User)
+	if !ok {
+		return Decision{}, ErrNoRoute
+	}
+	local, domain := splitLogin(l.User)
+	user := ro.rewrite.expand(l.User, local, domain)
+	if user == "" {
+		// e.g. rewrite_user: "{domain}" for a login without @.
+		return Decision{}, fmt.Errorf("%w: the rewrite gives an empty name", ErrNoRoute)
+	}
+	return Decision{Backend: ro.backend, User: user}, nil
+}
+
+func (r *Router) match(user string) (route, bool) {
+	lower := strings.ToLower(user)
+	if ro, ok := r.users[lower]; ok {
+		return ro, true
+	}
+	if _, domain := splitLogin(lower); domain != "" {
+		if ro, ok := r.domains[domain]; ok {
+			return ro, true
+		}
+		for _, w := range r.wildcards {
+			// len check: "*.example.org" does not match "example.org".
+			if len(domain) > len(w.suffix) && strings.HasSuffix(domain, w.suffix) {
+				return w.route, true
+			}
+		}
+	}
+	if r.def != nil {
+		return *r.def, true
+	}
+	return route{}, false
+}
+
+// splitLogin splits at the last @ (a local part may itself contain a quoted
+// @, RFC 5321 §4.1.2). Without @, the whole name is the local part.
+func splitLogin(user string) (local, domain string) {
+	if i := strings.LastIndexByte(user, '@'); i >= 0 {
+		return user[:i], user[i+1:]
+	}
+	return user, ""
+}
+
+// template is a compiled rewrite_user: literal text and variables.
+type template []tmplPart
+
+type tmplPart struct {
+	lit string
+	v   string // "{user}", "{local}", "{domain}" or "" for literal text
+}
+
+// compileTemplate compiles a template that checkTemplate accepted; "" means
+// {user}.
+func compileTemplate(t string) template {
+	if t == "" {
+		t = "{user}"
+	}
+	var out template
+	for t != "" {
+		i := strings.IndexByte(t, '{')
+		if i < 0 {
+			out = append(out, tmplPart{lit: t})
+			break
+		}
+		if i > 0 {
+			out = append(out, tmplPart{lit: t[:i]})
+		}
+		j := strings.IndexByte(t[i:], '}')
+		out = append(out, tmplPart{v: t[i : i+j+1]})
+		t = t[i+j+1:]
+	}
+	return out
+}
+
+func (t template) expand(user, local, domain string) string {
+	var b strings.Builder
+	for _, p := range t {
+		switch p.v {
+		case "":
+			b.WriteString(p.lit)
+		case "{user}":
+			b.WriteString(user)
+		case "{local}":
+			b.WriteString(local)
+		case "{domain}":
+			b.WriteString(domain)
+		}
+	}
+	return b.String()
+}
