@@ -43,6 +43,12 @@ type ACMEConfig struct {
 	Challenges Challenges `yaml:"challenges"`
 	// ObtainTimeout bounds obtaining certificates at startup. Default 2m.
 	ObtainTimeout time.Duration `yaml:"obtain_timeout"`
+	// RenewCheckInterval is how often the managed certificates are checked
+	// for renewal. It is not part of the file format: the zero value means
+	// certmagic's default (10m), which suits every real CA; tests against a
+	// CA issuing certificates that live seconds set it to a fraction of a
+	// second.
+	RenewCheckInterval time.Duration `yaml:"-"`
 }
 
 // Challenges says where mailgate answers ACME validations. A CA validates

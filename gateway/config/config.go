@@ -8,6 +8,7 @@
 package config
 
 import (
+	"net/netip"
 	"time"
 
 	"mailgate/routing"
@@ -26,6 +27,8 @@ type Config struct {
 	Limits    Limits                             `yaml:"limits"`
 	Timeouts  Timeouts                           `yaml:"timeouts"`
 	Metrics   Metrics                            `yaml:"metrics"`
+
+	lines map[string]int // path -> line in the file, set by Parse
 }
 
 // Log is the `log:` section.
@@ -46,10 +49,17 @@ type Listener struct {
 	AllowPlaintextAuth bool `yaml:"allow_plaintext_auth"`
 	// ProxyProtocol lists CIDRs whose connections must start with a PROXY
 	// protocol header (v1 or v2); connections from elsewhere must not.
+	// A bare address ("10.0.0.5") means that one host.
 	ProxyProtocol []string `yaml:"proxy_protocol"`
+
+	proxyPrefixes []netip.Prefix // ProxyProtocol, parsed by Validate
 }
 
-// Protocols.
+// ProxyPrefixes returns the proxy_protocol networks parsed by Validate; empty
+// means no peer may send a PROXY header.
+func (l Listener) ProxyPrefixes() []netip.Prefix { return l.proxyPrefixes }
+
+// Protocols of a listener.
 const (
 	ProtocolPOP3 = "pop3"
 	ProtocolIMAP = "imap"
@@ -79,6 +89,15 @@ type Limits struct {
 	// AuthFailureDelay is how long a client waits for the answer to a failed
 	// login, to slow down password guessing. Default 1s.
 	AuthFailureDelay time.Duration `yaml:"auth_failure_delay"`
+
+	authFailures    int           // parsed from AuthFailuresPerIP by Validate
+	authFailuresPer time.Duration // per this period
+}
+
+// AuthFailureRate returns auth_failures_per_ip as parsed by Validate: n
+// failed logins per period.
+func (l Limits) AuthFailureRate() (n int, per time.Duration) {
+	return l.authFailures, l.authFailuresPer
 }
 
 // Metrics is the `metrics:` section.

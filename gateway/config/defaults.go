@@ -1,0 +1,93 @@
+package config
+
+import (
+	"net"
+	"time"
+
+	"mailgate/upstream"
+)
+
+// Default values. A zero value in the file means "use the default", so a
+// limit cannot be switched off by writing 0.
+const (
+	DefaultPOP3Idle       = 10 * time.Minute // RFC 1939 §3: at least 10 minutes
+	DefaultIMAPPreauth    = 60 * time.Second
+	DefaultIMAPIdle       = 30 * time.Minute // RFC 9051 §5.4: at least 30 minutes
+	DefaultTLSHandshake   = 30 * time.Second
+	DefaultBackendDial    = 10 * time.Second
+	DefaultBackendCommand = 60 * time.Second
+	DefaultShutdown       = 30 * time.Second
+
+	DefaultConnections       = 10000
+	DefaultPerIP             = 50
+	DefaultAuthFailuresPerIP = "10/min"
+	DefaultBadCommands       = 10
+	DefaultAuthFailureDelay  = time.Second
+)
+
+// ApplyDefaults fills every zero value, here and in each package's section.
+// Parse calls it; call it yourself on a Config built in code, before
+// Validate.
+func (c *Config) ApplyDefaults() {
+	if c.Log.Level == "" {
+		c.Log.Level = "info"
+	}
+	if c.Log.Format == "" {
+		c.Log.Format = "json"
+	}
+	if c.TLS.MinVersion == "" {
+		c.TLS.MinVersion = "1.2"
+	}
+	for i := range c.Listeners {
+		l := &c.Listeners[i]
+		if l.TLS == "" {
+			// RFC 8314 §3: 993 and 995 are the implicit-TLS ports.
+			l.TLS = upstream.TLSStartTLS
+			if _, port, err := net.SplitHostPort(l.Address); err == nil && (port == "993" || port == "995") {
+				l.TLS = upstream.TLSImplicit
+			}
+		}
+	}
+	for _, b := range c.Backends {
+		if b != nil {
+			b.ApplyDefaults()
+		}
+	}
+	// With a single backend there is nowhere else to send anyone.
+	if c.Routing.Default == "" && len(c.Routing.Rules) == 0 && len(c.Backends) == 1 {
+		for name := range c.Backends {
+			c.Routing.Default = name
+		}
+	}
+	c.POP3.ApplyDefaults()
+
+	t := &c.Timeouts
+	setDuration(&t.POP3Idle, DefaultPOP3Idle)
+	setDuration(&t.IMAPPreauth, DefaultIMAPPreauth)
+	setDuration(&t.IMAPIdle, DefaultIMAPIdle)
+	setDuration(&t.TLSHandshake, DefaultTLSHandshake)
+	setDuration(&t.BackendDial, DefaultBackendDial)
+	setDuration(&t.BackendCommand, DefaultBackendCommand)
+	setDuration(&t.Shutdown, DefaultShutdown)
+
+	l := &c.Limits
+	setInt(&l.Connections, DefaultConnections)
+	setInt(&l.PerIP, DefaultPerIP)
+	setInt(&l.BadCommands, DefaultBadCommands)
+	setDuration(&l.AuthFailureDelay, DefaultAuthFailureDelay)
+	if l.AuthFailuresPerIP == "" {
+		l.AuthFailuresPerIP = DefaultAuthFailuresPerIP
+	}
+}
+
+func setDuration(d *time.Duration, def time.Duration) {
+	if *d == 0 {
+		*d = def
+	}
+}
+
+func setInt(n *int, def int) {
+	if *n == 0 {
+		*n = def
+	}
+}
