@@ -1,0 +1,218 @@
+package imap
+
+// relay.go is the hot path after login: bytes both ways, untouched.
+//
+// Invariants:
+//   - No per-byte work: the copy is the kernel's splice(2) when both sides
+//     are cleartext TCP (io.CopyN between *net.TCPConn), else a Read/Write
+//     loop over a pooled buffer. Deadlines are refreshed at most once a
+//     second per direction.
+//   - Idle: the connection is closed when no byte moved in either direction
+//     for the idle timeout (a direction that finds itself quiet asks the
+//     other one to look at its clock; the one that sees both quiet cuts).
+//     Detection can take up to twice the timeout; a direction that cannot
+//     write for the idle timeout plus writeGrace is cut too.
+//   - Half-close: the client's EOF is passed on with CloseWrite and the
+//     backend may still answer; the backend's EOF ends the session.
+//   - relay returns only after both directions have stopped and both
+//     connections are closed: no goroutine or socket outlives it.
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+const (
+	// spliceChunk is how much one io.CopyN may move before the loop looks at
+	// its deadlines again (the kernel's splice moves up to 1 MiB a call).
+	spliceChunk = 1 << 20
+	// bufSize fits one TLS record (16 KiB of plaintext).
+	bufSize = 16 << 10
+	// refreshEvery limits deadline updates per direction.
+	refreshEvery = time.Second
+	// writeGrace keeps write deadlines after read deadlines, so a read
+	// timeout is never mistaken for a stalled write.
+	writeGrace = 10 * time.Second
+)
+
+var bufPool = sync.Pool{New: func() any { b := make([]byte, bufSize); return &b }}
+
+// Direction states.
+const (
+	stActive int32 = iota
+	stQuiet        // nothing moved for the idle timeout
+	stDone         // finished (EOF passed on)
+)
+
+type direction struct {
+	src, dst net.Conn
+	splice   bool
+	state    atomic.Int32
+	poked    atomic.Bool // the other direction asks us to look at our clock
+	n        atomic.Int64
+}
+
+// poke makes d's pending read return at once so that d reports its state.
+// The flag survives a deadline refresh racing with the poke.
+func (d *direction) poke() {
+	d.poked.Store(true)
+	d.src.SetReadDeadline(time.Unix(1, 0))
+}
+
+type relayStats struct {
+	up, down int64 // client to backend, backend to client
+	reason   string
+}
+
+type relayer struct {
+	idle      time.Duration
+	closeOnce sync.Once
+	client    net.Conn
+	backend   net.Conn
+	reason    atomic.Pointer[string]
+}
+
+// cut closes both connections, recording the first reason.
+func (r *relayer) cut(reason string) {
+	r.reason.CompareAndSwap(nil, &reason)
+	r.closeOnce.Do(func() {
+		r.client.Close()
+		r.backend.Close()
+	})
+}
+
+// relay copies bytes between client and backend until the session ends,
+// then closes both. Cancelling ctx ends it at once.
+func relay(ctx context.Context, client, backend net.Conn, idle time.Duration) relayStats {
+	r := &relayer{idle: idle, client: client, backend: backend}
+	_, tcp1 := client.(*net.TCPConn)
+	_, tcp2 := backend.(*net.TCPConn)
+	up := &direction{src: client, dst: backend, splice: tcp1 && tcp2}
+	down := &direction{src: backend, dst: client, splice: tcp1 && tcp2}
+
+	stop := context.AfterFunc(ctx, func() { r.cut("shutdown") })
+	defer stop()
+
+	finished := make(chan struct{})
+	go func() {
+		defer close(finished)
+		if err := r.pump(up, down); err != nil {
+			r.cut(err.Error())
+			return
+		}
+		// The client is done sending (RFC 9051 allows it to await the
+		// backend's last replies): pass the EOF on, keep the other way open.
+		if cw, ok := backend.(interface{ CloseWrite() error }); !ok || cw.CloseWrite() != nil {
+			r.cut("client closed")
+		}
+	}()
+	if err := r.pump(down, up); err != nil {
+		r.cut(err.Error())
+	} else {
+		r.cut("backend closed") // the server ended the session: nothing more to say
+	}
+	<-finished
+	return relayStats{up: up.n.Load(), down: down.n.Load(), reason: *r.reason.Load()}
+}
+
+var (
+	errIdle       = errors.New("idle timeout")
+	errWriteStall = errors.New("peer not reading")
+)
+
+// pump copies d.src to d.dst until EOF (nil), an error, or the idle cut.
+func (r *relayer) pump(d, other *direction) error {
+	var buf *[]byte
+	if !d.splice {
+		buf = bufPool.Get().(*[]byte)
+		defer bufPool.Put(buf)
+	}
+	var (
+		active        = time.Now() // last time bytes were seen moving this way
+		refreshed     time.Time    // last deadline update
+		readDeadline  time.Time
+		writeDeadline time.Time
+	)
+	for {
+		if now := time.Now(); now.Sub(refreshed) >= refreshEvery {
+			readDeadline = active.Add(r.idle)
+			if d.state.Load() == stQuiet {
+				readDeadline = now.Add(r.idle) // wait for data or the next look
+			}
+			writeDeadline = now.Add(r.idle + writeGrace)
+			// Errors here mean a closed conn; the Read or Write says so next.
+			d.src.SetReadDeadline(readDeadline)
+			d.dst.SetWriteDeadline(writeDeadline)
+			if d.poked.Load() {
+				d.src.SetReadDeadline(time.Unix(1, 0)) // a poke we just overwrote
+			}
+			refreshed = now
+		}
+
+		var n int64
+		var err error
+		writeFailed := false
+		if d.splice {
+			n, err = io.CopyN(d.dst, d.src, spliceChunk)
+		} else {
+			n, err, writeFailed = copyOnce(d.dst, d.src, *buf)
+		}
+		if n > 0 {
+			d.n.Add(n)
+			active = time.Now()
+			d.state.CompareAndSwap(stQuiet, stActive)
+			d.poked.Store(false) // activity is the answer to a poke
+		}
+		switch {
+		case err == nil:
+			continue
+		case err == io.EOF && !writeFailed:
+			d.state.Store(stDone)
+			return nil
+		case !isTimeout(err):
+			return err
+		case writeFailed || !time.Now().Before(writeDeadline):
+			return errWriteStall
+		}
+
+		// A read timeout: our own deadline, or the other direction asking.
+		now := time.Now()
+		poked := d.poked.Swap(false)
+		refreshed = time.Time{} // re-arm on the next turn
+		if now.Sub(active) < r.idle {
+			continue
+		}
+		d.state.Store(stQuiet)
+		switch other.state.Load() {
+		case stDone:
+			return errIdle
+		case stQuiet:
+			if poked {
+				// The other side declared itself quiet just now and asked.
+				return errIdle
+			}
+		}
+		// Ask the other side to check its own clock (its flag may be stale:
+		// a splice reports bytes only when it returns).
+		other.poke()
+	}
+}
+
+// copyOnce moves what one Read returns. writeFailed tells a Write error from
+// a Read error.
+func copyOnce(dst io.Writer, src io.Reader, buf []byte) (n int64, err error, writeFailed bool) {
+	nr, rerr := src.Read(buf)
+	if nr > 0 {
+		nw, werr := dst.Write(buf[:nr])
+		n = int64(nw)
+		if werr != nil {
+			return n, werr, true
+		}
+	}
+	return n, rerr, false
+}

@@ -1,0 +1,182 @@
+package imap
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"net"
+	"testing"
+	"time"
+)
+
+// tcpPair returns two connected loopback TCP conns.
+func tcpPair(t *testing.T) (net.Conn, net.Conn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	ch := make(chan net.Conn, 1)
+	go func() {
+		c, _ := ln.Accept()
+		ch <- c
+	}()
+	a, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := <-ch
+	if b == nil {
+		t.Fatal("accept failed")
+	}
+	t.Cleanup(func() { a.Close(); b.Close() })
+	return a, b
+}
+
+// relayFixture: client <-> [cSide relay bSide] <-> backend.
+type relayFixture struct {
+	client, backend net.Conn // the test's ends
+	done            chan relayStats
+	cancel          context.CancelFunc
+}
+
+func startRelay(t *testing.T, tcp bool, idle time.Duration) *relayFixture {
+	t.Helper()
+	var client, cSide, backend, bSide net.Conn
+	if tcp {
+		client, cSide = tcpPair(t)
+		backend, bSide = tcpPair(t)
+	} else {
+		client, cSide = net.Pipe()
+		backend, bSide = net.Pipe()
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	f := &relayFixture{client: client, backend: backend, done: make(chan relayStats, 1), cancel: cancel}
+	go func() { f.done <- relay(ctx, cSide, bSide, idle) }()
+	t.Cleanup(func() {
+		cancel()
+		client.Close()
+		backend.Close()
+		select {
+		case <-f.done:
+		case <-time.After(5 * time.Second):
+			t.Error("relay did not return")
+		}
+	})
+	return f
+}
+
+func (f *relayFixture) wait(t *testing.T, within time.Duration) relayStats {
+	t.Helper()
+	select {
+	case st := <-f.done:
+		f.done <- st // for Cleanup
+		return st
+	case <-time.After(within):
+		t.Fatalf("relay still running after %v", within)
+	}
+	return relayStats{}
+}
+
+func modes(t *testing.T, fn func(t *testing.T, tcp bool)) {
+	t.Run("splice", func(t *testing.T) { fn(t, true) })
+	t.Run("buffered", func(t *testing.T) { fn(t, false) })
+}
+
+func TestRelayCopiesBothWaysAndHalfCloses(t *testing.T) {
+	modes(t, func(t *testing.T, tcp bool) {
+		f := startRelay(t, tcp, time.Minute)
+		big := bytes.Repeat([]byte("0123456789abcdef"), 200<<10/16) // 200 KiB
+		go f.backend.Write(big)
+		got := make([]byte, len(big))
+		f.client.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.ReadFull(f.client, got); err != nil || !bytes.Equal(got, big) {
+			t.Fatalf("backend->client: %v", err)
+		}
+		go f.client.Write([]byte("a LOGOUT\r\n"))
+		buf := make([]byte, 10)
+		f.backend.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.ReadFull(f.backend, buf); err != nil || string(buf) != "a LOGOUT\r\n" {
+			t.Fatalf("client->backend: %q %v", buf, err)
+		}
+		if !tcp {
+			return // net.Pipe has no half-close
+		}
+		// The client half-closes: the backend sees EOF and can still answer.
+		f.client.(*net.TCPConn).CloseWrite()
+		if n, err := f.backend.Read(buf); err != io.EOF {
+			t.Fatalf("backend read after client CloseWrite: %d %v", n, err)
+		}
+		f.backend.Write([]byte("* BYE\r\n"))
+		f.backend.Close()
+		f.client.SetReadDeadline(time.Now().Add(5 * time.Second))
+		rest, err := io.ReadAll(f.client)
+		if err != nil || string(rest) != "* BYE\r\n" {
+			t.Fatalf("client got %q %v", rest, err)
+		}
+		st := f.wait(t, 5*time.Second)
+		if st.up != 10 || st.down != int64(len(big))+7 {
+			t.Fatalf("stats %+v", st)
+		}
+	})
+}
+
+func TestRelayIdleTimeoutClosesBoth(t *testing.T) {
+	modes(t, func(t *testing.T, tcp bool) {
+		idle := 200 * time.Millisecond
+		f := startRelay(t, tcp, idle)
+		start := time.Now()
+		st := f.wait(t, 5*time.Second)
+		if d := time.Since(start); d < idle || st.reason != "idle timeout" {
+			t.Fatalf("ended after %v with %q", d, st.reason)
+		}
+		f.client.SetReadDeadline(time.Now().Add(time.Second))
+		if _, err := f.client.Read(make([]byte, 1)); err == nil {
+			t.Fatal("client conn still open")
+		}
+	})
+}
+
+// A client in IDLE sends nothing while the backend pushes updates: the
+// connection lives.
+func TestRelayOneActiveDirectionKeepsConnection(t *testing.T) {
+	modes(t, func(t *testing.T, tcp bool) {
+		idle := 300 * time.Millisecond
+		f := startRelay(t, tcp, idle)
+		go io.Copy(io.Discard, f.client)
+		for i := 0; i < 12; i++ { // 1.2 s, four idle periods
+			if _, err := f.backend.Write([]byte("* 1 EXISTS\r\n")); err != nil {
+				t.Fatalf("push %d: %v", i, err)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		select {
+		case st := <-f.done:
+			t.Fatalf("relay ended while the backend was active: %+v", st)
+		default:
+		}
+		// Then silence: cut within about two idle periods.
+		f.wait(t, 5*time.Second)
+	})
+}
+
+func TestRelayShutdown(t *testing.T) {
+	modes(t, func(t *testing.T, tcp bool) {
+		f := startRelay(t, tcp, time.Minute)
+		f.cancel()
+		if st := f.wait(t, 5*time.Second); st.reason != "shutdown" {
+			t.Fatalf("reason %q", st.reason)
+		}
+	})
+}
+
+func TestRelayBackendCloseEndsSession(t *testing.T) {
+	modes(t, func(t *testing.T, tcp bool) {
+		f := startRelay(t, tcp, time.Minute)
+		f.backend.Close()
+		if st := f.wait(t, 5*time.Second); st.reason != "backend closed" {
+			t.Fatalf("reason %q", st.reason)
+		}
+	})
+}

@@ -1,0 +1,566 @@
+// Package imap is mailgate's IMAP front. It answers the not-authenticated
+// state itself (RFC 9051 §6.1-6.2: CAPABILITY, NOOP, LOGOUT, ID, STARTTLS,
+// LOGIN, AUTHENTICATE PLAIN/LOGIN with SASL-IR), hands the client's
+// credentials to a Backend that logs in to the user's IMAP server, and then
+// copies bytes both ways untouched, so every extension the backend has
+// (IDLE, COMPRESS, CONDSTORE, MOVE...) works.
+//
+//	srv := imap.NewServer(imap.Config{Backend: b, TLSConfig: tlsCfg, Logger: log})
+//	for {
+//		conn, err := ln.Accept()
+//		...
+//		go srv.Serve(ctx, conn) // returns when the session ends; cancel ctx to shut down
+//	}
+package imap
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/base64"
+	"errors"
+	"net"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+
+	"mailgate/upstream"
+)
+
+// Backend logs a user in to the user's IMAP server. The gateway implements it
+// with routing and upstream.Handoff.
+type Backend interface {
+	// Connect returns the backend connection in the authenticated state and
+	// the backend's capabilities after login. Bytes the backend sent after
+	// its login reply must be the first the connection's Read returns.
+	// Errors should wrap upstream.ErrAuthFailed (answered NO
+	// [AUTHENTICATIONFAILED]) or upstream.ErrInUse (NO [INUSE]); anything
+	// else is answered NO [UNAVAILABLE] and only logged.
+	Connect(ctx context.Context, login Login) (conn net.Conn, caps []string, err error)
+}
+
+// Login is what the client presented.
+type Login struct {
+	User     string
+	Password string
+	Remote   net.Addr // the client (after PROXY protocol)
+}
+
+// Config configures a Server. Zero durations and limits take the defaults
+// named next to them.
+type Config struct {
+	// Listener is the listener's name, for logs.
+	Listener string
+	// Backend logs users in; required.
+	Backend Backend
+	// TLSConfig serves STARTTLS (and implicit TLS when the conn passed to
+	// Serve is not yet a *tls.Conn). nil: STARTTLS is not offered.
+	TLSConfig *tls.Config
+	// ImplicitTLS: the conn given to Serve is TLS from the first byte; a
+	// *tls.Conn not yet handshaken (or a plain conn wrapped with TLSConfig).
+	ImplicitTLS bool
+	// AllowPlaintextAuth permits LOGIN and AUTHENTICATE before TLS. Default
+	// false: LOGINDISABLED and NO [PRIVACYREQUIRED] (RFC 9051 §6.2.3, RFC 8314).
+	AllowPlaintextAuth bool
+	// PreauthTimeout bounds the whole not-authenticated phase. Default 60s.
+	PreauthTimeout time.Duration
+	// IdleTimeout closes a logged-in connection on which no byte moved in
+	// either direction for this long (it may take up to twice as long to
+	// notice). Default 30m, the autologout minimum of RFC 9051 §5.4.
+	IdleTimeout time.Duration
+	// TLSHandshakeTimeout bounds a TLS handshake. Default 30s.
+	TLSHandshakeTimeout time.Duration
+	// AuthFailureDelay is waited before answering a failed login, to slow
+	// down password guessing. Default 1s; negative: no delay (tests).
+	AuthFailureDelay time.Duration
+	// BadCommandLimit is how many invalid commands and failed logins a
+	// client may send before it is disconnected. Default 10.
+	BadCommandLimit int
+	// Logger receives per-connection logs; nil: none.
+	Logger *zap.Logger
+}
+
+// Server is the IMAP front for one listener.
+type Server struct {
+	cfg Config
+	log *zap.Logger
+	ids atomic.Uint64
+}
+
+// NewServer returns a server with cfg's defaults applied.
+func NewServer(cfg Config) *Server {
+	if cfg.PreauthTimeout <= 0 {
+		cfg.PreauthTimeout = 60 * time.Second
+	}
+	if cfg.IdleTimeout <= 0 {
+		cfg.IdleTimeout = 30 * time.Minute
+	}
+	if cfg.TLSHandshakeTimeout <= 0 {
+		cfg.TLSHandshakeTimeout = 30 * time.Second
+	}
+	if cfg.AuthFailureDelay == 0 {
+		cfg.AuthFailureDelay = time.Second
+	}
+	if cfg.BadCommandLimit <= 0 {
+		cfg.BadCommandLimit = 10
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = zap.NewNop()
+	}
+	log = log.With(zap.String("proto", "imap"), zap.String("listener", cfg.Listener))
+	return &Server{cfg: cfg, log: log}
+}
+
+// Serve runs one client connection to its end and closes it. Cancelling ctx
+// closes the connection (shutdown).
+func (s *Server) Serve(ctx context.Context, conn net.Conn) {
+	log := s.log.With(zap.Uint64("conn", s.ids.Add(1)), zap.Stringer("remote", conn.RemoteAddr()))
+	stop := context.AfterFunc(ctx, func() { conn.Close() })
+	defer stop()
+	ss := &session{
+		cfg:      &s.cfg,
+		log:      log,
+		conn:     conn,
+		preauthT: time.Now().Add(s.cfg.PreauthTimeout),
+	}
+	reason := ss.run(ctx)
+	if ctx.Err() != nil {
+		reason = "shutdown"
+	}
+	if !ss.spliced {
+		conn.Close()
+		ss.conn.Close()
+		log.Debug("imap session ended before login", zap.String("reason", reason))
+	}
+}
+
+// session is one connection in the not-authenticated state.
+type session struct {
+	cfg      *Config
+	log      *zap.Logger
+	conn     net.Conn // the client; a *tls.Conn after STARTTLS
+	w        *wire
+	tls      bool
+	preauthT time.Time // end of the not-authenticated phase
+	bad      int       // invalid commands and failed logins so far
+	spliced  bool      // the relay owns (and closed) the connections
+}
+
+// respError is a tagged reply other than OK.
+type respError struct {
+	status string // NO or BAD
+	code   string // response code, or empty
+	text   string
+}
+
+func (e *respError) Error() string { return e.status + " " + e.text }
+
+var (
+	errNotAuth  = &respError{"BAD", "", "Log in first (LOGIN or AUTHENTICATE)"}
+	errPrivacy  = &respError{"NO", "PRIVACYREQUIRED", "Use STARTTLS (or port 993) before logging in"}
+	errArgs     = &respError{"BAD", "", "Invalid arguments"}
+	errAuthFail = &respError{"NO", "AUTHENTICATIONFAILED", "Authentication failed"}
+	errInUse    = &respError{"NO", "INUSE", "Mailbox in use, try again later"}
+	errUnavail  = &respError{"NO", "UNAVAILABLE", "Service temporarily unavailable, try again later"}
+)
+
+// errLogout and errLoggedIn end the command loop normally.
+var (
+	errLogout   = errors.New("logout")
+	errLoggedIn = errors.New("logged in")
+)
+
+// run drives the not-authenticated state and, after a login, the relay. It
+// returns why the session ended, for the log.
+func (ss *session) run(ctx context.Context) string {
+	if ss.cfg.ImplicitTLS {
+		if err := ss.handshake(ctx, ss.conn); err != nil {
+			ss.log.Debug("imap TLS handshake failed", zap.Error(err))
+			return "tls handshake failed"
+		}
+	}
+	if err := ss.conn.SetDeadline(ss.preauthT); err != nil {
+		return "set deadline failed"
+	}
+	ss.w = newWire(ss.conn)
+	ss.w.status("", "OK", "CAPABILITY "+ss.capabilities(), "mailgate ready")
+	if err := ss.w.flush(); err != nil {
+		return "write failed"
+	}
+	for {
+		err := ss.step(ctx)
+		if err == nil {
+			if ss.bad >= ss.cfg.BadCommandLimit {
+				ss.bye("Too many invalid commands")
+				ss.log.Info("imap client disconnected after too many invalid commands")
+				return "too many invalid commands"
+			}
+			continue
+		}
+		switch {
+		case errors.Is(err, errLoggedIn):
+			return "logged in"
+		case errors.Is(err, errLogout):
+			return "logout"
+		case errors.Is(err, errLineTooLong), errors.Is(err, errLiteralTooLong):
+			ss.bye("Command too long")
+			ss.log.Info("imap client disconnected", zap.Error(err))
+			return "command too long"
+		case isTimeout(err):
+			ss.bye("Autologout; idle for too long")
+			return "preauth timeout"
+		default:
+			return "connection closed"
+		}
+	}
+}
+
+// byeTimeout bounds the goodbye to a client that may not be reading.
+const byeTimeout = 2 * time.Second
+
+// bye sends an untagged BYE (RFC 9051 §7.1.5) before the session closes,
+// with its own short deadline: the pre-auth one may have passed.
+func (ss *session) bye(text string) {
+	ss.conn.SetWriteDeadline(time.Now().Add(byeTimeout))
+	ss.w.untagged("BYE " + text)
+	ss.w.flush()
+}
+
+// step reads and answers one command. A nil error means: go on.
+func (ss *session) step(ctx context.Context) error {
+	cmd, err := ss.w.readCommand()
+	var se *syntaxError
+	if errors.As(err, &se) {
+		ss.bad++
+		ss.w.status(se.tag, "BAD", "", "Syntax error: "+se.msg)
+		return ss.w.flush()
+	}
+	if err != nil {
+		return err
+	}
+	err = ss.dispatch(ctx, cmd)
+	var re *respError
+	switch {
+	case err == nil:
+	case errors.As(err, &re):
+		if re.status == "BAD" || re == errAuthFail || re == errPrivacy {
+			ss.bad++
+		}
+		ss.w.status(cmd.tag, re.status, re.code, re.text)
+	default:
+		return err
+	}
+	return ss.w.flush()
+}
+
+// dispatch runs one command of the not-authenticated state (RFC 9051 §6.1,
+// §6.2). It writes untagged data and the tagged OK itself; a *respError is
+// the tagged failure reply; other errors end the session.
+func (ss *session) dispatch(ctx context.Context, cmd *command) error {
+	switch cmd.name {
+	case "CAPABILITY":
+		if len(cmd.args) != 0 {
+			return errArgs
+		}
+		ss.w.untagged("CAPABILITY " + ss.capabilities())
+		ss.w.status(cmd.tag, "OK", "", "CAPABILITY completed")
+	case "NOOP":
+		if len(cmd.args) != 0 {
+			return errArgs
+		}
+		ss.w.status(cmd.tag, "OK", "", "NOOP completed")
+	case "LOGOUT":
+		if len(cmd.args) != 0 {
+			return errArgs
+		}
+		ss.w.untagged("BYE mailgate logging out")
+		ss.w.status(cmd.tag, "OK", "", "LOGOUT completed")
+		ss.w.flush()
+		return errLogout
+	case "ID":
+		return ss.id(cmd)
+	case "STARTTLS":
+		return ss.startTLS(ctx, cmd)
+	case "LOGIN":
+		return ss.login(ctx, cmd)
+	case "AUTHENTICATE":
+		return ss.authenticate(ctx, cmd)
+	default:
+		return errNotAuth
+	}
+	return nil
+}
+
+// capabilities lists what the not-authenticated state offers (RFC 9051
+// §7.2.2). After login the client sees the backend's list instead.
+func (ss *session) capabilities() string {
+	caps := "IMAP4rev1 SASL-IR LITERAL+ ID"
+	if ss.canStartTLS() {
+		caps += " STARTTLS"
+	}
+	if ss.authAllowed() {
+		caps += " AUTH=PLAIN AUTH=LOGIN"
+	} else {
+		caps += " LOGINDISABLED" // RFC 9051 §6.2.3; no AUTH= either (RFC-NOTES 15)
+	}
+	return caps
+}
+
+func (ss *session) canStartTLS() bool { return ss.cfg.TLSConfig != nil && !ss.tls }
+
+func (ss *session) authAllowed() bool { return ss.tls || ss.cfg.AllowPlaintextAuth }
+
+// ID limits (RFC 2971 §3.3).
+const (
+	maxIDPairs    = 30
+	maxIDKeyLen   = 30
+	maxIDValueLen = 1024
+)
+
+// id answers RFC 2971 ID. The client's fields are checked against the RFC's
+// bounds and its name and version logged; nothing in them is trusted (an
+// x-originating-ip from a client is not believed).
+func (ss *session) id(cmd *command) error {
+	args := cmd.args
+	var fields []zap.Field
+	switch {
+	case len(args) == 1 && args[0].kind == tokAtom && strings.EqualFold(args[0].val, "NIL"):
+	case len(args) >= 2 && args[0].kind == tokOpen && args[len(args)-1].kind == tokClose:
+		inner := args[1 : len(args)-1]
+		if len(inner)%2 != 0 || len(inner)/2 > maxIDPairs {
+			return errArgs
+		}
+		for i := 0; i < len(inner); i += 2 {
+			k, v := inner[i], inner[i+1]
+			if k.kind != tokString || len(k.val) > maxIDKeyLen {
+				return errArgs
+			}
+			isNil := v.kind == tokAtom && strings.EqualFold(v.val, "NIL")
+			if !isNil && v.kind != tokString || len(v.val) > maxIDValueLen {
+				return errArgs
+			}
+			if key := strings.ToLower(k.val); !isNil && (key == "name" || key == "version") {
+				fields = append(fields, zap.String("client_"+key, v.val))
+			}
+		}
+	default:
+		return errArgs
+	}
+	if len(fields) > 0 {
+		ss.log.Debug("imap client identified", fields...)
+	}
+	ss.w.untagged(`ID ("name" "mailgate")`)
+	ss.w.status(cmd.tag, "OK", "", "ID completed")
+	return nil
+}
+
+// startTLS implements RFC 9051 §6.2.1.
+func (ss *session) startTLS(ctx context.Context, cmd *command) error {
+	if len(cmd.args) != 0 {
+		return errArgs
+	}
+	if !ss.canStartTLS() {
+		return &respError{"BAD", "", "STARTTLS not available"}
+	}
+	if ss.w.buffered() > 0 {
+		// Anything pipelined after STARTTLS would be taken as sent over TLS:
+		// the STARTTLS command injection (CVE-2011-0411 family). Refuse; the
+		// pipelined commands are then answered as the cleartext they are.
+		ss.log.Info("imap STARTTLS refused: data pipelined after it")
+		return &respError{"BAD", "", "STARTTLS must be the last command before the TLS handshake"}
+	}
+	ss.w.status(cmd.tag, "OK", "", "Begin TLS negotiation now")
+	if err := ss.w.flush(); err != nil {
+		return err
+	}
+	tc := tls.Server(ss.conn, ss.cfg.TLSConfig)
+	if err := ss.handshake(ctx, tc); err != nil {
+		ss.log.Debug("imap STARTTLS handshake failed", zap.Error(err))
+		return err
+	}
+	if err := tc.SetDeadline(ss.preauthT); err != nil {
+		return err
+	}
+	ss.conn = tc
+	ss.w.reset(tc) // nothing of the cleartext phase survives
+	return nil
+}
+
+// handshake completes a server TLS handshake on conn under the handshake
+// timeout (and never past the pre-auth deadline).
+func (ss *session) handshake(ctx context.Context, conn net.Conn) error {
+	tc, ok := conn.(*tls.Conn)
+	if !ok {
+		if ss.cfg.TLSConfig == nil {
+			return errors.New("imap: implicit TLS without a TLS configuration")
+		}
+		tc = tls.Server(conn, ss.cfg.TLSConfig)
+	}
+	deadline := time.Now().Add(ss.cfg.TLSHandshakeTimeout)
+	if deadline.After(ss.preauthT) {
+		deadline = ss.preauthT
+	}
+	if err := tc.SetDeadline(deadline); err != nil {
+		return err
+	}
+	if err := tc.HandshakeContext(ctx); err != nil {
+		return err
+	}
+	ss.conn = tc
+	ss.tls = true
+	return nil
+}
+
+// login implements LOGIN (RFC 9051 §6.2.3).
+func (ss *session) login(ctx context.Context, cmd *command) error {
+	if len(cmd.args) != 2 {
+		return errArgs
+	}
+	user, ok1 := cmd.args[0].str()
+	pass, ok2 := cmd.args[1].str()
+	if !ok1 || !ok2 {
+		return errArgs
+	}
+	if !ss.authAllowed() {
+		return errPrivacy
+	}
+	return ss.connect(ctx, cmd.tag, "LOGIN", user, pass)
+}
+
+// authenticate implements AUTHENTICATE (RFC 9051 §6.2.2) with SASL-IR
+// (RFC 4959) for PLAIN (RFC 4616) and LOGIN.
+func (ss *session) authenticate(ctx context.Context, cmd *command) error {
+	if len(cmd.args) < 1 || len(cmd.args) > 2 || cmd.args[0].kind != tokAtom {
+		return errArgs
+	}
+	mech := strings.ToUpper(cmd.args[0].val)
+	var ir []byte
+	if len(cmd.args) == 2 {
+		if cmd.args[1].kind != tokAtom {
+			return errArgs
+		}
+		var err error
+		if ir, err = decodeSASL(cmd.args[1].val, true); err != nil {
+			return &respError{"BAD", "", "Invalid base64 in initial response"}
+		}
+	}
+	if !ss.authAllowed() {
+		return errPrivacy
+	}
+	var creds credentials
+	srv := newSASLServer(mech, &creds)
+	if srv == nil {
+		return &respError{"NO", "", "Unsupported authentication mechanism"}
+	}
+	if err := ss.saslExchange(srv, ir); err != nil {
+		return err
+	}
+	return ss.connect(ctx, cmd.tag, mech, creds.user, creds.pass)
+}
+
+// saslExchange runs the challenge-response loop until the mechanism is done.
+func (ss *session) saslExchange(srv saslServer, resp []byte) error {
+	for {
+		challenge, done, err := srv.Next(resp)
+		if err != nil {
+			var re *respError
+			if errors.As(err, &re) {
+				return re
+			}
+			return &respError{"BAD", "", "Invalid SASL response"}
+		}
+		if done {
+			return nil
+		}
+		ss.w.continuation(base64.StdEncoding.EncodeToString(challenge))
+		if err := ss.w.flush(); err != nil {
+			return err
+		}
+		line, err := ss.w.readSASL()
+		if err != nil {
+			return err
+		}
+		if line == "*" {
+			return &respError{"BAD", "", "AUTHENTICATE cancelled"}
+		}
+		if resp, err = decodeSASL(line, false); err != nil {
+			return &respError{"BAD", "", "Invalid base64 in SASL response"}
+		}
+	}
+}
+
+// connect logs the user in at the backend and, on success, relays the
+// connection until it ends (errLoggedIn).
+func (ss *session) connect(ctx context.Context, tag, mech, user, pass string) error {
+	log := ss.log.With(zap.String("user", user), zap.String("mech", mech))
+	backend, caps, err := ss.cfg.Backend.Connect(ctx, Login{User: user, Password: pass, Remote: ss.conn.RemoteAddr()})
+	if err != nil {
+		switch {
+		case errors.Is(err, upstream.ErrAuthFailed):
+			log.Info("imap login failed", zap.Error(err))
+			if d := ss.cfg.AuthFailureDelay; d > 0 {
+				t := time.NewTimer(d)
+				select {
+				case <-t.C:
+				case <-ctx.Done():
+					t.Stop()
+					return ctx.Err()
+				}
+			}
+			return errAuthFail
+		case errors.Is(err, upstream.ErrInUse):
+			log.Info("imap login refused: mailbox in use", zap.Error(err))
+			return errInUse
+		case ctx.Err() != nil:
+			return ctx.Err()
+		default:
+			log.Warn("imap backend unavailable", zap.Error(err))
+			return errUnavail
+		}
+	}
+	// From here the relay owns both connections and closes them.
+	ss.spliced = true
+	now := time.Now()
+	if err := ss.conn.SetDeadline(now.Add(ss.cfg.IdleTimeout)); err != nil {
+		closeQuietly(backend, ss.conn)
+		return errLoggedIn
+	}
+	code := ""
+	if len(caps) > 0 {
+		code = "CAPABILITY " + strings.Join(caps, " ")
+	}
+	ss.w.status(tag, "OK", code, "Logged in")
+	err = ss.w.flush()
+	if pending := ss.w.takeBuffered(); err == nil && len(pending) > 0 {
+		// Commands the client pipelined after its login belong to the backend.
+		if err = backend.SetWriteDeadline(now.Add(ss.cfg.IdleTimeout)); err == nil {
+			_, err = backend.Write(pending)
+		}
+	}
+	if err != nil {
+		log.Debug("imap client gone right after login", zap.Error(err))
+		closeQuietly(backend, ss.conn)
+		return errLoggedIn
+	}
+	log.Info("imap login, relaying", zap.Int("backend_caps", len(caps)))
+	st := relay(ctx, ss.conn, backend, ss.cfg.IdleTimeout)
+	log.Info("imap session ended",
+		zap.String("reason", st.reason),
+		zap.Int64("bytes_from_client", st.up),
+		zap.Int64("bytes_to_client", st.down),
+		zap.Duration("duration", time.Since(now)))
+	return errLoggedIn
+}
+
+func closeQuietly(conns ...net.Conn) {
+	for _, c := range conns {
+		c.Close()
+	}
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
