@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -36,11 +37,15 @@ type Server struct {
 	maildrops *upstream.Maildrops
 	state     atomic.Pointer[state] // routing and backends: replaced on Reload
 	limits    *connLimits
+	metrics   *metrics
 
 	mu        sync.Mutex
 	cfg       *config.Config
 	listeners []*listener
 	started   bool
+	stopping  bool
+	httpSrv   *http.Server // metrics and health; nil when metrics.address is empty
+	httpAddr  net.Addr
 
 	sessions     sync.WaitGroup
 	sessionsCtx  context.Context // cancelled to cut sessions at the end of the shutdown grace
@@ -71,6 +76,7 @@ func New(cfg *config.Config, log *zap.Logger) (*Server, error) {
 		sessionsCtx: ctx,
 		cutSessions: cancel,
 	}
+	s.metrics = newMetrics(s.maildrops.Cache().Stats)
 	s.state.Store(st)
 	return s, nil
 }
@@ -113,6 +119,18 @@ func (s *Server) Start(ctx context.Context) error {
 		}
 		s.listeners = append(s.listeners, l)
 	}
+	if addr := s.cfg.Metrics.Address; addr != "" {
+		hs, haddr, err := s.serveMetrics(addr)
+		if err != nil {
+			for _, l := range s.listeners {
+				l.ln.Close()
+			}
+			s.listeners = nil
+			certs.Close()
+			return fmt.Errorf("metrics.address: %w", err)
+		}
+		s.httpSrv, s.httpAddr = hs, haddr
+	}
 	for _, l := range s.listeners {
 		go l.acceptLoop()
 		s.log.Info("listening", zap.String("listener", l.name), zap.String("protocol", l.protocol),
@@ -122,7 +140,9 @@ func (s *Server) Start(ctx context.Context) error {
 	return nil
 }
 
-// Addr returns the bound address of the named listener, or nil.
+// Addr returns the bound address of the named listener, or nil. The name
+// "metrics" gives the metrics and health listener unless a client listener
+// has that name.
 func (s *Server) Addr(name string) net.Addr {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -130,6 +150,9 @@ func (s *Server) Addr(name string) net.Addr {
 		if l.name == name {
 			return l.ln.Addr()
 		}
+	}
+	if name == "metrics" && s.httpAddr != nil {
+		return s.httpAddr
 	}
 	return nil
 }
@@ -163,6 +186,7 @@ func (s *Server) Reload(cfg *config.Config) error {
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.shutdownOnce.Do(func() {
 		s.mu.Lock()
+		s.stopping = true
 		for _, l := range s.listeners {
 			l.ln.Close()
 		}
@@ -177,10 +201,12 @@ func (s *Server) Shutdown(ctx context.Context) error {
 			<-done
 		}
 		s.cutSessions()
+		if s.httpSrv != nil {
+			s.httpSrv.Close()
+		}
 		if s.certs != nil {
 			s.certs.Close()
 		}
-		s.maildrops.Close()
 	})
 	return nil
 }
@@ -221,15 +247,40 @@ var _ pop3.Backend = pop3Backend{}
 var _ pop3.Maildrop = (*upstream.Maildrop)(nil)
 
 func (b pop3Backend) Open(ctx context.Context, login pop3.Login) (pop3.Maildrop, error) {
+	start := time.Now()
 	t, user, _, err := b.s.route(ctx, login.User, login.Password, config.ProtocolPOP3, login.Remote)
+	var md *upstream.Maildrop
+	if err == nil {
+		md, err = b.s.maildrops.Open(ctx, t, user, login.Password)
+	}
+	b.s.observeLogin(config.ProtocolPOP3, t.Name, start, err)
 	if err != nil {
 		return nil, err
 	}
-	md, err := b.s.maildrops.Open(ctx, t, user, login.Password)
-	if err != nil {
-		return nil, err
+	return countingMaildrop{md, b.s.metrics}, nil
+}
+
+// countingMaildrop counts the deletions a QUIT commits.
+type countingMaildrop struct {
+	*upstream.Maildrop
+	m *metrics
+}
+
+func (c countingMaildrop) Commit(ctx context.Context, deleted []int) error {
+	err := c.Maildrop.Commit(ctx, deleted)
+	if err == nil {
+		c.m.deletions.Add(float64(len(deleted)))
 	}
-	return md, nil
+	return err
+}
+
+// observeLogin records a login's result and backend latency.
+func (s *Server) observeLogin(protocol, backend string, start time.Time, err error) {
+	result := loginResult(err)
+	s.metrics.logins.WithLabelValues(protocol, result).Inc()
+	if backend != "" {
+		s.metrics.backendLogin.WithLabelValues(protocol, backend, result).Observe(time.Since(start).Seconds())
+	}
 }
 
 // imapBackend logs in to the backend for gateway/imap and hands back the
@@ -239,11 +290,13 @@ type imapBackend struct{ s *Server }
 var _ imap.Backend = imapBackend{}
 
 func (b imapBackend) Connect(ctx context.Context, login imap.Login) (net.Conn, []string, error) {
+	start := time.Now()
 	t, user, to, err := b.s.route(ctx, login.User, login.Password, config.ProtocolIMAP, login.Remote)
-	if err != nil {
-		return nil, nil, err
+	var p *upstream.Passthrough
+	if err == nil {
+		p, err = upstream.Handoff(ctx, t, to, user, login.Password)
 	}
-	p, err := upstream.Handoff(ctx, t, to, user, login.Password)
+	b.s.observeLogin(config.ProtocolIMAP, t.Name, start, err)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -272,10 +325,13 @@ func (s *Server) listen(lc config.Listener, serverTLS *tls.Config) (*listener, e
 	if err != nil {
 		return nil, fmt.Errorf("listener %s: %w", lc.Name, err)
 	}
+	if trusted := lc.ProxyPrefixes(); len(trusted) > 0 {
+		ln = proxyListener(ln, trusted, s.cfg.Timeouts.TLSHandshake)
+	}
 	l := &listener{s: s, name: lc.Name, protocol: lc.Protocol, tlsMode: lc.TLS, ln: ln, tls: tlsCfg}
 	implicit := lc.TLS == upstream.TLSImplicit
 	t := s.cfg.Timeouts
-	log := s.log.With(zap.String("listener", lc.Name), zap.String("proto", lc.Protocol))
+	log := s.log
 	switch lc.Protocol {
 	case config.ProtocolPOP3:
 		srv := pop3.NewServer(pop3.Config{
@@ -332,22 +388,57 @@ func (l *listener) acceptLoop() {
 			continue
 		}
 		delay = 0
-		release, ok := l.s.limits.acquire(conn.RemoteAddr())
-		if !ok {
-			l.s.log.Warn("connection refused: limit reached", zap.String("listener", l.name), zap.Stringer("remote", conn.RemoteAddr()))
-			refuse(conn, l.protocol)
-			continue
-		}
-		if l.tls != nil && l.tlsMode == upstream.TLSImplicit {
-			conn = tls.Server(conn, l.tls)
-		}
 		l.s.sessions.Add(1)
 		go func() {
 			defer l.s.sessions.Done()
-			defer release()
-			l.serve(l.s.sessionsCtx, conn)
+			l.handle(conn)
 		}()
 	}
+}
+
+// handle runs one client connection: PROXY header, limits, implicit TLS,
+// then the protocol front.
+func (l *listener) handle(conn net.Conn) {
+	s := l.s
+	if err := readProxyHeader(conn); err != nil {
+		s.log.Warn("connection refused: PROXY protocol", zap.String("listener", l.name),
+			zap.Stringer("peer", conn.RemoteAddr()), zap.Error(err))
+		s.metrics.refused.WithLabelValues(l.name, "proxy_protocol").Inc()
+		conn.Close()
+		return
+	}
+	release, ok := s.limits.acquire(conn.RemoteAddr())
+	if !ok {
+		s.log.Warn("connection refused: limit reached", zap.String("listener", l.name), zap.Stringer("remote", conn.RemoteAddr()))
+		s.metrics.refused.WithLabelValues(l.name, "limit").Inc()
+		refuse(conn, l.protocol)
+		return
+	}
+	defer release()
+	s.metrics.connections.WithLabelValues(l.name, l.protocol).Inc()
+	active := s.metrics.activeConnections.WithLabelValues(l.name, l.protocol)
+	active.Inc()
+	defer active.Dec()
+	if l.protocol == config.ProtocolPOP3 {
+		// Counted below TLS: bytes on the wire. (IMAP is not wrapped, so the
+		// splice after login keeps its fast path.)
+		conn = &countingConn{Conn: conn, n: s.metrics.bytesToClients.WithLabelValues(l.name, l.protocol)}
+	}
+	if l.tls != nil && l.tlsMode == upstream.TLSImplicit {
+		tc := tls.Server(conn, l.tls)
+		ctx, cancel := context.WithTimeout(s.sessionsCtx, s.cfg.Timeouts.TLSHandshake)
+		err := tc.HandshakeContext(ctx)
+		cancel()
+		if err != nil {
+			s.metrics.tlsHandshakes.WithLabelValues(l.name, "failed").Inc()
+			s.log.Debug("TLS handshake failed", zap.String("listener", l.name), zap.Stringer("remote", conn.RemoteAddr()), zap.Error(err))
+			conn.Close()
+			return
+		}
+		s.metrics.tlsHandshakes.WithLabelValues(l.name, "ok").Inc()
+		conn = tc
+	}
+	l.serve(s.sessionsCtx, conn)
 }
 
 // refuse answers a connection over the limits with a protocol-correct

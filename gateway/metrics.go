@@ -1,0 +1,162 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.uber.org/zap"
+
+	"mailgate/upstream"
+)
+
+// metrics are mailgate's Prometheus metrics, in a registry of their own (not
+// the process-global default, so several gateways in one test binary never
+// collide). Names are documented in README.md, section Operations.
+type metrics struct {
+	reg *prometheus.Registry
+
+	connections       *prometheus.CounterVec   // listener, protocol
+	activeConnections *prometheus.GaugeVec     // listener, protocol
+	refused           *prometheus.CounterVec   // listener, reason
+	tlsHandshakes     *prometheus.CounterVec   // listener, result
+	logins            *prometheus.CounterVec   // protocol, result
+	backendLogin      *prometheus.HistogramVec // protocol, backend, result
+	pop3Commands      *prometheus.CounterVec   // command
+	bytesToClients    *prometheus.CounterVec   // listener, protocol
+	deletions         prometheus.Counter
+	errors            *prometheus.CounterVec // protocol, code
+}
+
+func newMetrics(cache func() upstream.CacheStats) *metrics {
+	reg := prometheus.NewRegistry()
+	m := &metrics{
+		reg: reg,
+		connections: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "mailgate_connections_total", Help: "Client connections accepted.",
+		}, []string{"listener", "protocol"}),
+		activeConnections: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "mailgate_connections_active", Help: "Client connections open now.",
+		}, []string{"listener", "protocol"}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "mailgate_connections_refused_total", Help: "Client connections refused by a limit.",
+		}, []string{"listener", "reason"}),
+		tlsHandshakes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "mailgate_tls_handshakes_total", Help: "Implicit TLS handshakes with clients, by result.",
+		}, []string{"listener", "result"}),
+		logins: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "mailgate_logins_total", Help: "Client logins, by result (ok, auth_failed, in_use, unavailable).",
+		}, []string{"protocol", "result"}),
+		backendLogin: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "mailgate_backend_login_seconds",
+			Help:    "Time to route, dial and log in to the backend (for POP3 also to open the maildrop).",
+			Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
+		}, []string{"protocol", "backend", "result"}),
+		pop3Commands: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "mailgate_pop3_commands_total", Help: "POP3 commands, by command.",
+		}, []string{"command"}),
+		bytesToClients: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "mailgate_bytes_to_clients_total", Help: "Bytes written to POP3 clients.",
+		}, []string{"listener", "protocol"}),
+		deletions: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "mailgate_pop3_deletions_committed_total", Help: "Messages removed at POP3 QUIT.",
+		}),
+		errors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "mailgate_errors_total", Help: "Errors answered to clients, by response code.",
+		}, []string{"protocol", "code"}),
+	}
+	reg.MustRegister(m.connections, m.activeConnections, m.refused, m.tlsHandshakes, m.logins,
+		m.backendLogin, m.pop3Commands, m.bytesToClients, m.deletions, m.errors,
+		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
+	cacheCounter := func(name, help string, f func(upstream.CacheStats) float64) prometheus.Collector {
+		return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help}, func() float64 { return f(cache()) })
+	}
+	reg.MustRegister(
+		cacheCounter("mailgate_body_cache_hits_total", "POP3 body cache hits.", func(s upstream.CacheStats) float64 { return float64(s.Hits) }),
+		cacheCounter("mailgate_body_cache_misses_total", "POP3 body cache misses.", func(s upstream.CacheStats) float64 { return float64(s.Misses) }),
+		cacheCounter("mailgate_body_cache_evictions_total", "POP3 body cache evictions.", func(s upstream.CacheStats) float64 { return float64(s.Evictions) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "mailgate_body_cache_bytes", Help: "Bytes held by the POP3 body cache."},
+			func() float64 { return float64(cache().Bytes) }),
+	)
+	return m
+}
+
+// loginResult names an authentication outcome for metrics and logs.
+func loginResult(err error) string {
+	switch {
+	case err == nil:
+		return "ok"
+	case errors.Is(err, upstream.ErrAuthFailed):
+		return "auth_failed"
+	case errors.Is(err, upstream.ErrInUse):
+		return "in_use"
+	default:
+		return "unavailable"
+	}
+}
+
+// serveMetrics runs the metrics and health listener: /metrics (Prometheus),
+// /healthz (the process is alive) and /readyz (listeners up, certificates
+// present, default backend reachable).
+func (s *Server) serveMetrics(addr string) (*http.Server, net.Addr, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, nil, err
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
+		w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(r.Context(), 3*time.Second)
+		defer cancel()
+		if err := s.ready(ctx); err != nil {
+			http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		w.Write([]byte("ready\n"))
+	})
+	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, WriteTimeout: 30 * time.Second,
+		ErrorLog: zap.NewStdLog(s.log.Named("metrics"))}
+	go hs.Serve(ln)
+	return hs, ln.Addr(), nil
+}
+
+// ready reports why the gateway cannot serve, or nil.
+func (s *Server) ready(ctx context.Context) error {
+	s.mu.Lock()
+	started, stopping, cfg, certs := s.started, s.stopping, s.cfg, s.certs
+	s.mu.Unlock()
+	if !started || stopping {
+		return errors.New("listeners not up")
+	}
+	for _, l := range cfg.Listeners {
+		if l.TLS != upstream.TLSNone && (certs == nil || certs.ServerConfig() == nil) {
+			return errors.New("no certificate")
+		}
+	}
+	st := s.state.Load()
+	if def := cfg.Routing.Default; def != "" {
+		b, ok := st.backends[def]
+		if !ok {
+			return errors.New("default backend unknown")
+		}
+		var lastErr error
+		for _, addr := range b.Servers() {
+			var d net.Dialer
+			c, err := d.DialContext(ctx, "tcp", addr)
+			if err == nil {
+				c.Close()
+				return nil
+			}
+			lastErr = err
+		}
+		return errors.New("default backend unreachable: " + lastErr.Error())
+	}
+	return nil
+}

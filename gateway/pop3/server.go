@@ -1,0 +1,138 @@
+// Package pop3 is mailgate's POP3 server front (RFC 1939, with CAPA and
+// response codes of RFC 2449, STLS of RFC 2595, AUTH of RFC 5034 and the
+// codes of RFC 3206). It owns the wire syntax and the session state machine;
+// the maildrop behind a session comes from a Backend (in mailgate,
+// upstream's view of an IMAP mailbox), so this package knows nothing of IMAP.
+//
+//	srv := pop3.NewServer(pop3.Config{Listener: "pop3", Backend: b, TLSConfig: tc, Logger: log})
+//	for {
+//		conn, _ := ln.Accept()
+//		go srv.Serve(ctx, conn)
+//	}
+//
+// Files: wire.go reads commands and writes responses (the only code that
+// touches the connection's buffers); session.go is the state machine and the
+// transaction commands; auth.go is USER/PASS, AUTH and STLS.
+package pop3
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/hex"
+	"net"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// Config configures a Server. Zero durations and limits take the defaults
+// given with each field.
+type Config struct {
+	Listener string // the listener's name, for logs
+	Backend  Backend
+	// TLSConfig is used for STLS and implicit TLS. nil: STLS is not offered.
+	TLSConfig *tls.Config
+	// ImplicitTLS: the conn handed to Serve is a *tls.Conn whose handshake
+	// has not run yet (port 995, RFC 8314); Serve runs it under
+	// TLSHandshakeTimeout before the greeting.
+	ImplicitTLS bool
+	// AllowPlaintextAuth permits USER/PASS and AUTH on a connection without
+	// TLS. Default false: they are refused with -ERR [AUTH] and a hint to use
+	// STLS (RFC 2595 §2.3, RFC 8314).
+	AllowPlaintextAuth bool
+	// IdleTimeout is the autologout timer (RFC 1939 §3): a client silent this
+	// long is disconnected without a response and without UPDATE. It also
+	// bounds each write to a client that does not read. Default 10m, which
+	// is the RFC's minimum.
+	IdleTimeout time.Duration
+	// TLSHandshakeTimeout bounds the TLS handshake. Default 30s.
+	TLSHandshakeTimeout time.Duration
+	// AuthFailureDelay is slept before answering a failed authentication.
+	// Default 1s; negative: no delay (tests).
+	AuthFailureDelay time.Duration
+	// BadCommandLimit is the number of unknown, malformed, misplaced or
+	// over-long commands after which the client is disconnected. Default 10.
+	BadCommandLimit int
+	// Logger receives the per-connection logs. nil: no logs.
+	Logger *zap.Logger
+}
+
+const (
+	defaultIdleTimeout      = 10 * time.Minute
+	defaultHandshakeTimeout = 30 * time.Second
+	defaultAuthFailureDelay = time.Second
+	defaultBadCommandLimit  = 10
+	// maxAuthFailures failed logins end the connection.
+	maxAuthFailures = 3
+	// shutdownWriteTimeout bounds the farewell written when the server shuts
+	// down under an idle client.
+	shutdownWriteTimeout = 2 * time.Second
+)
+
+// Server serves POP3 client connections. It is safe for concurrent use.
+type Server struct {
+	cfg Config
+	log *zap.Logger
+}
+
+// connIDs numbers connections within the process, for logs.
+var connIDs atomic.Uint64
+
+// NewServer returns a Server for cfg, with defaults applied. cfg.Backend
+// must not be nil.
+func NewServer(cfg Config) *Server {
+	if cfg.Backend == nil {
+		panic("pop3: Config.Backend is nil")
+	}
+	if cfg.IdleTimeout <= 0 {
+		cfg.IdleTimeout = defaultIdleTimeout
+	}
+	if cfg.TLSHandshakeTimeout <= 0 {
+		cfg.TLSHandshakeTimeout = defaultHandshakeTimeout
+	}
+	switch {
+	case cfg.AuthFailureDelay == 0:
+		cfg.AuthFailureDelay = defaultAuthFailureDelay
+	case cfg.AuthFailureDelay < 0:
+		cfg.AuthFailureDelay = 0
+	}
+	if cfg.BadCommandLimit <= 0 {
+		cfg.BadCommandLimit = defaultBadCommandLimit
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = zap.NewNop()
+	}
+	return &Server{cfg: cfg, log: log}
+}
+
+// Serve runs one client connection to its end and closes it.
+//
+// When ctx is cancelled (shutdown), the session ends without UPDATE at the
+// next command boundary, or at once if the client is idle; a RETR in progress
+// either completes or the connection is closed, never a truncated body with a
+// final ".". The backend calls of the session run under ctx, except the
+// Commit of a QUIT already received, which completes (bounded by the
+// backend's own command timeouts).
+func (s *Server) Serve(ctx context.Context, conn net.Conn) {
+	id := connIDs.Add(1)
+	var nonce [8]byte
+	rand.Read(nonce[:])
+	sess := &session{
+		cfg:     &s.cfg,
+		ctx:     ctx,
+		conn:    conn,
+		w:       newWire(ctx, conn, s.cfg.IdleTimeout, s.cfg.IdleTimeout),
+		state:   stateAuthorization,
+		banner:  "<" + hex.EncodeToString(nonce[:]) + "." + itoa(int64(id)) + "@mailgate>",
+		started: time.Now(),
+		log: s.log.With(
+			zap.Uint64("conn", id),
+			zap.String("listener", s.cfg.Listener),
+			zap.Stringer("remote", conn.RemoteAddr()),
+		),
+	}
+	sess.run()
+}

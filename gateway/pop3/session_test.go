@@ -1,0 +1,508 @@
+package pop3
+
+import (
+	"fmt"
+	"reflect"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"mailgate/upstream"
+)
+
+func TestGreetingBannerUnique(t *testing.T) {
+	ts := newTestServer(t, nil, nil)
+	seen := map[string]bool{}
+	for range 3 {
+		g := ts.dial().greeting
+		if seen[g] {
+			t.Fatalf("greeting %q repeated", g)
+		}
+		seen[g] = true
+		if len(g)+2 > 512 {
+			t.Fatalf("greeting over 512 octets")
+		}
+	}
+}
+
+func TestCAPA(t *testing.T) {
+	base := []string{"TOP", "UIDL", "RESP-CODES", "AUTH-RESP-CODE", "PIPELINING", "EXPIRE NEVER"}
+	tests := []struct {
+		name      string
+		plaintext bool
+		tls       bool
+		want      []string
+	}{
+		{"cleartext, no TLS config, plaintext allowed", true, false,
+			append(base[:len(base):len(base)], "USER", "SASL PLAIN LOGIN", "IMPLEMENTATION mailgate")},
+		{"cleartext with STLS, plaintext refused", false, true,
+			append(base[:len(base):len(base)], "STLS", "IMPLEMENTATION mailgate")},
+		{"cleartext with STLS, plaintext allowed", true, true,
+			append(base[:len(base):len(base)], "USER", "SASL PLAIN LOGIN", "STLS", "IMPLEMENTATION mailgate")},
+		{"cleartext, nothing allowed", false, false,
+			append(base[:len(base):len(base)], "IMPLEMENTATION mailgate")},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ts := newTestServer(t, nil, func(c *Config) {
+				c.AllowPlaintextAuth = tt.plaintext
+				if tt.tls {
+					c.TLSConfig = testTLSConfig(t)
+				}
+			})
+			c := ts.dial()
+			c.cmd("capa", "+OK")
+			if got := c.lines(); !reflect.DeepEqual(got, tt.want) {
+				t.Fatalf("CAPA = %q, want %q", got, tt.want)
+			}
+		})
+	}
+
+	t.Run("transaction state", func(t *testing.T) {
+		ts := newTestServer(t, nil, func(c *Config) { c.TLSConfig = testTLSConfig(t) })
+		c := ts.login()
+		c.cmd("CAPA", "+OK")
+		want := append(base[:len(base):len(base)], "IMPLEMENTATION mailgate")
+		if got := c.lines(); !reflect.DeepEqual(got, want) {
+			t.Fatalf("CAPA = %q, want %q", got, want)
+		}
+	})
+}
+
+func TestCommandsRejectedInWrongState(t *testing.T) {
+	ts := newTestServer(t, nil, func(c *Config) { c.BadCommandLimit = 100 })
+	c := ts.dial()
+	for _, cmd := range []string{"STAT", "LIST", "LIST 1", "UIDL", "RETR 1", "TOP 1 1", "DELE 1", "RSET", "NOOP"} {
+		c.cmd(cmd, "-ERR command not valid in AUTHORIZATION state")
+	}
+	c.cmd("USER "+testUser, "+OK")
+	c.cmd("PASS "+testPass, "+OK")
+	for _, cmd := range []string{"USER x", "PASS y", "AUTH PLAIN", "AUTH", "STLS"} {
+		c.cmd(cmd, "-ERR command not valid in TRANSACTION state")
+	}
+	c.cmd("NOOP", "+OK")
+	for _, cmd := range []string{"LAST", "APOP a b", "XTND", "RETR", "RETR 1 2", "TOP 1", "DELE", "STAT 1", "NOOP x"} {
+		c.cmd(cmd, "-ERR")
+	}
+	c.cmd("STAT", "+OK 3 ")
+}
+
+func TestUSERPASSAndQuit(t *testing.T) {
+	ts := newTestServer(t, nil, nil)
+	c := ts.dial()
+	c.cmd("PASS "+testPass, "-ERR USER first")
+	c.cmd("user "+testUser, "+OK")
+	c.cmd("pass "+testPass, "+OK maildrop has 3 messages (")
+	c.cmd("QUIT", "+OK mailgate signing off (0 messages deleted)")
+	c.expectClosed()
+	ts.wait()
+	commits, closes := ts.b.counts()
+	if !reflect.DeepEqual(commits, [][]int{{}}) || closes != 1 {
+		t.Fatalf("commits %v closes %d, want one empty commit and one close", commits, closes)
+	}
+	if logins, _, _ := ts.b.calls(); len(logins) != 1 {
+		t.Fatalf("%d logins", len(logins))
+	} else if got := logins[0]; got.User != testUser || got.Password != testPass || got.Remote == nil {
+		t.Fatalf("login %+v", got)
+	}
+}
+
+func TestPASSKeepsSpaces(t *testing.T) {
+	ts := newTestServer(t, nil, nil)
+	c := ts.dial()
+	c.cmd("USER bob", "+OK")
+	c.cmd("PASS pass word with spaces", "+OK")
+}
+
+func TestWrongPasswordThreeStrikes(t *testing.T) {
+	ts := newTestServer(t, nil, nil)
+	c := ts.dial()
+	c.cmd("USER "+testUser, "+OK")
+	c.cmd("PASS wrong", "-ERR [AUTH] authentication failed")
+	c.cmd("PASS "+testPass, "-ERR USER first") // a failed PASS forgets the USER
+	c.cmd("USER "+testUser, "+OK")
+	c.cmd("PASS wrong", "-ERR [AUTH] authentication failed")
+	c.cmd("USER nobody", "+OK")
+	c.cmd("PASS wrong", "-ERR [AUTH] authentication failed; too many failures")
+	c.expectClosed()
+}
+
+func TestAuthFailureDelay(t *testing.T) {
+	ts := newTestServer(t, nil, func(c *Config) { c.AuthFailureDelay = 300 * time.Millisecond })
+	c := ts.dial()
+	c.cmd("USER "+testUser, "+OK")
+	start := time.Now()
+	c.cmd("PASS wrong", "-ERR [AUTH]")
+	if d := time.Since(start); d < 300*time.Millisecond {
+		t.Fatalf("failure answered after %v, want the delay", d)
+	}
+	c.cmd("USER "+testUser, "+OK")
+	start = time.Now()
+	c.cmd("PASS "+testPass, "+OK")
+	if d := time.Since(start); d >= 300*time.Millisecond {
+		t.Fatalf("success answered after %v, want no delay", d)
+	}
+}
+
+func TestOpenErrorsMapToCodes(t *testing.T) {
+	tests := []struct {
+		err  error
+		want string
+	}{
+		{fmt.Errorf("lock held by session 7: %w", upstream.ErrInUse), "-ERR [IN-USE] maildrop is locked by another session"},
+		{fmt.Errorf("dial 10.1.2.3:143: %w", upstream.ErrUnavailable), "-ERR [SYS/TEMP] temporary server failure, try again later"},
+		{fmt.Errorf("something odd at 10.1.2.3"), "-ERR [SYS/TEMP] temporary server failure, try again later"},
+		{&Error{Code: CodeSysPerm, Text: "account disabled"}, "-ERR [SYS/PERM] account disabled"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.want, func(t *testing.T) {
+			b := newFakeBackend()
+			b.openErr = tt.err
+			ts := newTestServer(t, b, nil)
+			c := ts.dial()
+			for range 4 { // not counted as authentication failures
+				c.cmd("USER "+testUser, "+OK")
+				if got := c.cmd("PASS "+testPass, "-ERR"); got != tt.want {
+					t.Fatalf("got %q, want %q", got, tt.want)
+				}
+			}
+			c.cmd("CAPA", "+OK")
+			c.lines()
+			c.cmd("QUIT", "+OK")
+		})
+	}
+}
+
+func TestStatListUidlDeleRset(t *testing.T) {
+	ts := newTestServer(t, nil, nil)
+	c := ts.login()
+	md := &fakeMaildrop{b: ts.b}
+	s1, s2, s3 := md.Size(1), md.Size(2), md.Size(3)
+	c.cmd("STAT", fmt.Sprintf("+OK 3 %d", s1+s2+s3))
+	c.cmd("LIST", fmt.Sprintf("+OK 3 messages (%d octets)", s1+s2+s3))
+	if got, want := c.lines(), []string{fmt.Sprint("1 ", s1), fmt.Sprint("2 ", s2), fmt.Sprint("3 ", s3)}; !reflect.DeepEqual(got, want) {
+		t.Fatalf("LIST = %q, want %q", got, want)
+	}
+	c.cmd("LIST 2", fmt.Sprintf("+OK 2 %d", s2))
+	c.cmd("UIDL", "+OK")
+	if got, want := c.lines(), []string{"1 UID-one", "2 UID-two", "3 UID-three"}; !reflect.DeepEqual(got, want) {
+		t.Fatalf("UIDL = %q, want %q", got, want)
+	}
+	c.cmd("UIDL 3", "+OK 3 UID-three")
+	c.cmd("LIST 0", "-ERR no such message")
+	c.cmd("LIST 4", "-ERR no such message")
+	c.cmd("LIST 99999999999999999999999", "-ERR no such message")
+	c.cmd("LIST -1", "-ERR invalid message number")
+	c.cmd("LIST +1", "-ERR invalid message number")
+	c.cmd("LIST x", "-ERR invalid message number")
+
+	c.cmd("DELE 2", "+OK message 2 deleted")
+	c.cmd("STAT", fmt.Sprintf("+OK 2 %d", s1+s3))
+	c.cmd("LIST", "+OK 2 messages")
+	if got, want := c.lines(), []string{fmt.Sprint("1 ", s1), fmt.Sprint("3 ", s3)}; !reflect.DeepEqual(got, want) {
+		t.Fatalf("LIST after DELE = %q, want %q", got, want)
+	}
+	c.cmd("UIDL", "+OK")
+	if got, want := c.lines(), []string{"1 UID-one", "3 UID-three"}; !reflect.DeepEqual(got, want) {
+		t.Fatalf("UIDL after DELE = %q, want %q", got, want)
+	}
+	for _, cmd := range []string{"LIST 2", "UIDL 2", "RETR 2", "TOP 2 0", "DELE 2"} {
+		c.cmd(cmd, "-ERR message 2 already deleted")
+	}
+	c.cmd("RSET", fmt.Sprintf("+OK maildrop has 3 messages (%d octets)", s1+s2+s3))
+	c.cmd("LIST 2", "+OK 2 ")
+	c.cmd("DELE 3", "+OK")
+	c.cmd("DELE 1", "+OK")
+	c.cmd("STAT", fmt.Sprintf("+OK 1 %d", s2))
+	c.cmd("QUIT", "+OK mailgate signing off (2 messages deleted)")
+	c.expectClosed()
+	ts.wait()
+	if commits, closes := ts.b.counts(); !reflect.DeepEqual(commits, [][]int{{1, 3}}) || closes != 1 {
+		t.Fatalf("commits %v closes %d, want [[1 3]] and one close", commits, closes)
+	}
+}
+
+func TestQuitInAuthorizationCommitsNothing(t *testing.T) {
+	ts := newTestServer(t, nil, nil)
+	c := ts.dial()
+	c.cmd("USER "+testUser, "+OK")
+	c.cmd("QUIT", "+OK")
+	c.expectClosed()
+	ts.wait()
+	logins, _, _ := ts.b.calls()
+	if commits, closes := ts.b.counts(); len(commits) != 0 || closes != 0 || len(logins) != 0 {
+		t.Fatalf("commits %v closes %d logins %d, want nothing", commits, closes, len(logins))
+	}
+}
+
+func TestEndWithoutQuitCommitsNothing(t *testing.T) {
+	tests := []struct {
+		name string
+		end  func(ts *testServer, c *client)
+	}{
+		{"drop", func(ts *testServer, c *client) { c.conn.Close() }},
+		{"drop mid-command", func(ts *testServer, c *client) { c.sendRaw("QU"); c.conn.Close() }},
+		{"idle timeout", func(ts *testServer, c *client) { c.expectClosed() }},
+		{"shutdown", func(ts *testServer, c *client) {
+			ts.cancel()
+			c.expect("-ERR [SYS/TEMP] server shutting down")
+			c.expectClosed()
+		}},
+		{"too many bad commands", func(ts *testServer, c *client) {
+			for range 9 {
+				c.cmd("BOGUS", "-ERR unknown command")
+			}
+			c.cmd("BOGUS", "-ERR unknown command; too many invalid commands")
+			c.expectClosed()
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ts := newTestServer(t, nil, func(c *Config) { c.IdleTimeout = 300 * time.Millisecond })
+			c := ts.login()
+			c.cmd("DELE 1", "+OK")
+			c.cmd("DELE 3", "+OK")
+			tt.end(ts, c)
+			ts.wait()
+			if commits, closes := ts.b.counts(); len(commits) != 0 || closes != 1 {
+				t.Fatalf("commits %v closes %d, want no commit and one close", commits, closes)
+			}
+		})
+	}
+}
+
+func TestShutdownAtCommandBoundary(t *testing.T) {
+	ts := newTestServer(t, nil, nil)
+	c := ts.login()
+	ts.cancel()
+	// Pipelined: the session must not go on to the QUIT.
+	c.sendRaw("DELE 1\r\nQUIT\r\n")
+	l := c.line()
+	if l != "-ERR [SYS/TEMP] server shutting down, try again later" && l != "+OK message 1 deleted" {
+		t.Fatalf("got %q", l)
+	}
+	ts.wait()
+	if commits, _ := ts.b.counts(); len(commits) != 0 {
+		t.Fatalf("commits %v after shutdown, want none", commits)
+	}
+}
+
+func TestCommitFailure(t *testing.T) {
+	b := newFakeBackend()
+	b.commitErr = fmt.Errorf("UID EXPUNGE: %w", upstream.ErrPartialCommit)
+	ts := newTestServer(t, b, nil)
+	c := ts.login()
+	c.cmd("DELE 1", "+OK")
+	c.cmd("QUIT", "-ERR [SYS/TEMP] some deleted messages not removed")
+	c.expectClosed()
+	ts.wait()
+	if commits, closes := ts.b.counts(); !reflect.DeepEqual(commits, [][]int{{1}}) || closes != 1 {
+		t.Fatalf("commits %v closes %d", commits, closes)
+	}
+}
+
+func TestRETRExactBytes(t *testing.T) {
+	ts := newTestServer(t, nil, nil)
+	c := ts.login()
+	for n, m := range ts.b.msgs {
+		want := wireForm(m.body)
+		c.cmd("RETR "+strconv.Itoa(n+1), "+OK "+strconv.Itoa(len(want))+" octets")
+		got, err := unstuff(c.body())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if string(got) != want {
+			t.Fatalf("RETR %d = %q, want %q", n+1, got, want)
+		}
+	}
+	c.cmd("RETR 2", "+OK")
+	if raw := string(c.body()); !strings.Contains(raw, "\r\n..leading dot\r\n...two dots\r\n") {
+		t.Fatalf("RETR 2 not dot-stuffed: %q", raw)
+	}
+}
+
+func TestRETREmptyMessage(t *testing.T) {
+	b := newFakeBackend()
+	b.msgs = []fakeMsg{{"U1", ""}}
+	ts := newTestServer(t, b, nil)
+	c := ts.login()
+	c.cmd("RETR 1", "+OK 0 octets")
+	c.expect(".")
+	c.cmd("NOOP", "+OK")
+}
+
+func TestRETRMessageGone(t *testing.T) {
+	b := newFakeBackend()
+	b.gone = map[int]bool{2: true}
+	ts := newTestServer(t, b, nil)
+	c := ts.login()
+	c.cmd("RETR 2", "-ERR message was deleted by another client")
+	c.cmd("TOP 2 1", "-ERR message was deleted by another client")
+	c.cmd("RETR 1", "+OK")
+	c.body()
+	c.cmd("NOOP", "+OK")
+}
+
+func TestRETRBackendUnavailable(t *testing.T) {
+	b := newFakeBackend()
+	b.retrErr = fmt.Errorf("fetch from 10.9.9.9: %w", upstream.ErrUnavailable)
+	ts := newTestServer(t, b, nil)
+	c := ts.login()
+	if l := c.cmd("RETR 1", "-ERR [SYS/TEMP]"); strings.Contains(l, "10.9.9.9") {
+		t.Fatalf("reply leaks the backend: %q", l)
+	}
+	c.cmd("NOOP", "+OK")
+}
+
+func TestBodyFailureMidTransferClosesWithoutTerminator(t *testing.T) {
+	for _, cmd := range []string{"RETR 2", "TOP 2 10"} {
+		t.Run(cmd, func(t *testing.T) {
+			b := newFakeBackend()
+			b.failAfter = 20 // inside message 2
+			ts := newTestServer(t, b, nil)
+			c := ts.login()
+			c.cmd("DELE 1", "+OK")
+			c.cmd(cmd, "+OK")
+			c.conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+			rest, _ := readAll(c)
+			if strings.Contains("\r\n"+rest, "\r\n.\r\n") {
+				t.Fatalf("truncated body was terminated: %q", rest)
+			}
+			if !strings.HasPrefix(rest, "Subject: two\r\n") {
+				t.Fatalf("got %q", rest)
+			}
+			ts.wait()
+			if commits, closes := ts.b.counts(); len(commits) != 0 || closes != 1 {
+				t.Fatalf("commits %v closes %d", commits, closes)
+			}
+		})
+	}
+}
+
+func TestTOP(t *testing.T) {
+	const msg = "Subject: t\r\nX: y\r\n\r\nb1\r\n.b2\r\nb3\r\n"
+	tests := []struct {
+		body string
+		n    string
+		want string
+	}{
+		{msg, "0", "Subject: t\r\nX: y\r\n\r\n"},
+		{msg, "1", "Subject: t\r\nX: y\r\n\r\nb1\r\n"},
+		{msg, "2", "Subject: t\r\nX: y\r\n\r\nb1\r\n.b2\r\n"},
+		{msg, "3", msg},
+		{msg, "100", msg},
+		{msg, "99999999999999999999999999", msg},
+		{"Subject: no body\r\n", "0", "Subject: no body\r\n"},
+		{"Subject: lf\n\nx\ny\n", "1", "Subject: lf\r\n\r\nx\r\n"},
+		{"Subject: unterminated\r\n\r\nlast", "5", "Subject: unterminated\r\n\r\nlast\r\n"},
+	}
+	for _, tt := range tests {
+		t.Run(strconv.Quote(tt.body)+"/"+tt.n, func(t *testing.T) {
+			b := newFakeBackend()
+			b.msgs = []fakeMsg{{"U1", tt.body}}
+			ts := newTestServer(t, b, nil)
+			c := ts.login()
+			c.cmd("TOP 1 "+tt.n, "+OK")
+			got, err := unstuff(c.body())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if string(got) != tt.want {
+				t.Fatalf("TOP 1 %s = %q, want %q", tt.n, got, tt.want)
+			}
+			if _, retrs, tops := ts.b.calls(); len(retrs) != 0 || len(tops) != 1 {
+				t.Fatalf("retrs %v tops %v: TOP must use Maildrop.Top", retrs, tops)
+			}
+		})
+	}
+	t.Run("bad line count", func(t *testing.T) {
+		ts := newTestServer(t, nil, nil)
+		c := ts.login()
+		c.cmd("TOP 1 -1", "-ERR invalid number of lines")
+		c.cmd("TOP 1 x", "-ERR invalid number of lines")
+		c.cmd("TOP 9 1", "-ERR no such message")
+	})
+}
+
+func TestPipelinedCommandsAnsweredInOrderWithOneFlush(t *testing.T) {
+	ts := newTestServer(t, nil, nil)
+	c := ts.login()
+	c.cmd("NOOP", "+OK") // settle
+	before := ts.writes.Load()
+	c.sendRaw("STAT\r\nLIST 1\r\nUIDL 2\r\nDELE 3\r\nSTAT\r\nRETR 1\r\nNOOP\r\n")
+	c.expect("+OK 3 ")
+	c.expect("+OK 1 ")
+	c.expect("+OK 2 UID-two")
+	c.expect("+OK message 3 deleted")
+	c.expect("+OK 2 ")
+	c.expect("+OK")
+	c.body()
+	c.expect("+OK")
+	if n := ts.writes.Load() - before; n != 1 {
+		t.Fatalf("pipelined batch took %d writes, want 1", n)
+	}
+}
+
+func TestCommandLineLimit(t *testing.T) {
+	ts := newTestServer(t, nil, nil)
+	c := ts.dial()
+	// 255 octets including CRLF is allowed (RFC 2449 §4).
+	user := strings.Repeat("u", 255-len("USER \r\n"))
+	c.cmd("USER "+user, "+OK")
+	c.cmd("USER "+user+"u", "-ERR line too long")
+	c.cmd("USER "+strings.Repeat("x", 1<<20), "-ERR line too long") // a megabyte, skipped whole
+	c.cmd("NOOP", "-ERR command not valid")                         // still in sync
+	c.cmd("USER "+testUser, "+OK")
+	c.cmd("PASS "+testPass, "+OK")
+}
+
+func TestGarbageDisconnects(t *testing.T) {
+	ts := newTestServer(t, nil, func(c *Config) { c.BadCommandLimit = 5 })
+	c := ts.dial()
+	c.sendRaw("\x00\xff\xfe garbage\r\n\r\n" + strings.Repeat("z", 300) + "\nHELO x\r\n")
+	for range 3 {
+		c.expect("-ERR ")
+	}
+	c.expect("-ERR unknown command")
+	c.cmd("EHLO", "-ERR unknown command; too many invalid commands")
+	c.expectClosed()
+}
+
+func TestBareLFCommands(t *testing.T) {
+	ts := newTestServer(t, nil, nil)
+	c := ts.dial()
+	c.sendRaw("USER " + testUser + "\nPASS " + testPass + "\nSTAT\n")
+	c.expect("+OK")
+	c.expect("+OK")
+	c.expect("+OK 3 ")
+}
+
+func readAll(c *client) (string, error) {
+	var b strings.Builder
+	buf := make([]byte, 4096)
+	for {
+		n, err := c.r.Read(buf)
+		b.Write(buf[:n])
+		if err != nil {
+			return b.String(), err
+		}
+	}
+}
+
+func TestPanicEndsOnlyTheSession(t *testing.T) {
+	b := newFakeBackend()
+	b.panicOnRetr = true
+	ts := newTestServer(t, b, nil)
+	other := ts.login()
+	c := ts.login()
+	c.cmd("DELE 1", "+OK")
+	c.send("RETR 2")
+	c.expectClosed()
+	other.cmd("STAT", "+OK 3 ")
+	other.cmd("QUIT", "+OK")
+	ts.wait()
+	if commits, closes := ts.b.counts(); len(commits) != 1 || len(commits[0]) != 0 || closes != 2 {
+		t.Fatalf("commits %v closes %d, want only the other session's empty commit and two closes", commits, closes)
+	}
+}
