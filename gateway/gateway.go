@@ -37,6 +37,7 @@ type Server struct {
 	maildrops *upstream.Maildrops
 	state     atomic.Pointer[state] // routing and backends: replaced on Reload
 	limits    *connLimits
+	auth      *authLimiter
 	metrics   *metrics
 
 	mu        sync.Mutex
@@ -73,6 +74,7 @@ func New(cfg *config.Config, log *zap.Logger) (*Server, error) {
 		cfg:         cfg,
 		maildrops:   upstream.NewMaildrops(cfg.POP3, st.timeouts, log.Named("upstream")),
 		limits:      newConnLimits(cfg.Limits.Connections, cfg.Limits.PerIP),
+		auth:        newAuthLimiter(cfg.Limits.AuthFailureRate()),
 		sessionsCtx: ctx,
 		cutSessions: cancel,
 	}
@@ -225,6 +227,38 @@ func (st *state) target(d routing.Decision, client net.Addr) (upstream.Target, e
 	return upstream.Target{Name: d.Backend, Address: addr, Config: b, ClientAddr: client}, nil
 }
 
+// errTooManyFailures refuses a login from a client address or for a user
+// that failed too often recently; the fronts answer it as a temporary error.
+var errTooManyFailures = fmt.Errorf("%w: too many failed logins; try again later", upstream.ErrUnavailable)
+
+// login runs one authentication attempt through the failure limiter:
+// refused outright when the client or the user is over the limit, delayed
+// more with every failure, logged for fail2ban. do performs the routing and
+// the backend login.
+func (s *Server) login(protocol, user string, remote net.Addr, do func() error) error {
+	ip := addrIP(remote)
+	if !s.auth.allowed(ip, user) {
+		s.log.Warn("login refused: too many failures", zap.String("protocol", protocol),
+			zap.String("client_ip", ip.String()), zap.String("user", user))
+		return errTooManyFailures
+	}
+	err := do()
+	if errors.Is(err, upstream.ErrAuthFailed) {
+		// fail2ban: failregex = "msg":"login failed".*"client_ip":"<HOST>"
+		s.log.Warn("login failed", zap.String("protocol", protocol),
+			zap.String("client_ip", ip.String()), zap.String("user", user))
+		if d := s.auth.failed(ip, user); d > 0 {
+			t := time.NewTimer(d)
+			select {
+			case <-t.C:
+			case <-s.sessionsCtx.Done():
+				t.Stop()
+			}
+		}
+	}
+	return err
+}
+
 // route maps a login to its backend target and backend user name.
 func (s *Server) route(ctx context.Context, user, password, protocol string, remote net.Addr) (upstream.Target, string, upstream.Timeouts, error) {
 	st := s.state.Load()
@@ -248,11 +282,17 @@ var _ pop3.Maildrop = (*upstream.Maildrop)(nil)
 
 func (b pop3Backend) Open(ctx context.Context, login pop3.Login) (pop3.Maildrop, error) {
 	start := time.Now()
-	t, user, _, err := b.s.route(ctx, login.User, login.Password, config.ProtocolPOP3, login.Remote)
+	var t upstream.Target
 	var md *upstream.Maildrop
-	if err == nil {
+	err := b.s.login(config.ProtocolPOP3, login.User, login.Remote, func() error {
+		var user string
+		var err error
+		if t, user, _, err = b.s.route(ctx, login.User, login.Password, config.ProtocolPOP3, login.Remote); err != nil {
+			return err
+		}
 		md, err = b.s.maildrops.Open(ctx, t, user, login.Password)
-	}
+		return err
+	})
 	b.s.observeLogin(config.ProtocolPOP3, t.Name, start, err)
 	if err != nil {
 		return nil, err
@@ -291,11 +331,18 @@ var _ imap.Backend = imapBackend{}
 
 func (b imapBackend) Connect(ctx context.Context, login imap.Login) (net.Conn, []string, error) {
 	start := time.Now()
-	t, user, to, err := b.s.route(ctx, login.User, login.Password, config.ProtocolIMAP, login.Remote)
+	var t upstream.Target
 	var p *upstream.Passthrough
-	if err == nil {
+	err := b.s.login(config.ProtocolIMAP, login.User, login.Remote, func() error {
+		var user string
+		var to upstream.Timeouts
+		var err error
+		if t, user, to, err = b.s.route(ctx, login.User, login.Password, config.ProtocolIMAP, login.Remote); err != nil {
+			return err
+		}
 		p, err = upstream.Handoff(ctx, t, to, user, login.Password)
-	}
+		return err
+	})
 	b.s.observeLogin(config.ProtocolIMAP, t.Name, start, err)
 	if err != nil {
 		return nil, nil, err

@@ -155,7 +155,7 @@ func (c *Config) validateListeners(v *validator) {
 			v.bad(key+".address", "%v", err)
 		} else {
 			_, port, _ = net.SplitHostPort(l.Address)
-			if j, dup := addrs[l.Address]; dup {
+			if j, dup := addrs[l.Address]; dup && port != "0" { // port 0: any free port (tests)
 				v.bad(key+".address", "%q is already the address of listeners[%d]", l.Address, j)
 			} else {
 				addrs[l.Address] = i
