@@ -80,10 +80,10 @@ func TestMetricsAfterScriptedPOP3Session(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	for sample, want := range map[string]float64{
-		`mailgate_connections_total{listener="pop3",protocol="pop3"}`: 1,
-		`mailgate_logins_total{protocol="pop3",result="ok"}`:          1,
-		`mailgate_pop3_deletions_committed_total`:                     1,
-		`mailgate_body_cache_misses_total`:                            1,
+		`mailgate_connections_total{listener="pop3",protocol="pop3"}`:  1,
+		`mailgate_logins_total{protocol="pop3",result="ok"}`:           1,
+		`mailgate_pop3_deletions_committed_total`:                      1,
+		`mailgate_body_cache_misses_total`:                             1,
 		`mailgate_connections_active{listener="pop3",protocol="pop3"}`: 0,
 	} {
 		if got := metricValue(t, m, sample); got != want {

@@ -138,8 +138,15 @@ func (c *BackendConfig) Validate() []error {
 
 // TLSConfig returns the client TLS configuration built by Validate, with
 // ServerName set for addr when the configuration names none.
+//
+// On a configuration that was never validated it returns the safe default
+// (system roots, TLS 1.2 or later, verification unless insecure_skip_verify)
+// rather than panic.
 func (c *BackendConfig) TLSConfig(addr string) *tls.Config {
 	cfg := c.tlsConfig.Clone()
+	if cfg == nil {
+		cfg = &tls.Config{MinVersion: tls.VersionTLS12, ServerName: c.ServerName, InsecureSkipVerify: c.InsecureSkipVerify}
+	}
 	if cfg.ServerName == "" {
 		host, _, _ := net.SplitHostPort(addr)
 		cfg.ServerName = host
