@@ -392,6 +392,7 @@ func (s *Server) listen(lc config.Listener, serverTLS *tls.Config) (*listener, e
 			AuthFailureDelay:    s.cfg.Limits.AuthFailureDelay,
 			BadCommandLimit:     s.cfg.Limits.BadCommands,
 			Logger:              log,
+			Observer:            pop3Observer{s.metrics},
 		})
 		l.serve = srv.Serve
 	case config.ProtocolIMAP:

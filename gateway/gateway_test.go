@@ -85,6 +85,8 @@ func TestMetricsAfterScriptedPOP3Session(t *testing.T) {
 		`mailgate_pop3_deletions_committed_total`:                      1,
 		`mailgate_body_cache_misses_total`:                             1,
 		`mailgate_connections_active{listener="pop3",protocol="pop3"}`: 0,
+		`mailgate_pop3_commands_total{command="RETR"}`:                 1,
+		`mailgate_pop3_commands_total{command="QUIT"}`:                 1,
 	} {
 		if got := metricValue(t, m, sample); got != want {
 			t.Errorf("%s = %v, want %v", sample, got, want)

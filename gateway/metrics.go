@@ -160,3 +160,15 @@ func (s *Server) ready(ctx context.Context) error {
 	}
 	return nil
 }
+
+// pop3Observer feeds the POP3 command and error counters.
+type pop3Observer struct{ m *metrics }
+
+func (o pop3Observer) Command(name string) { o.m.pop3Commands.WithLabelValues(name).Inc() }
+
+func (o pop3Observer) Error(code string) {
+	if code == "" {
+		code = "none"
+	}
+	o.m.errors.WithLabelValues("pop3", code).Inc()
+}

@@ -57,7 +57,24 @@ type Config struct {
 	BadCommandLimit int
 	// Logger receives the per-connection logs. nil: no logs.
 	Logger *zap.Logger
+	// Observer is told of every command and error, for metrics. nil: none.
+	Observer Observer
 }
+
+// Observer counts what sessions do. Its methods are called from session
+// goroutines and must be safe for concurrent use and quick.
+type Observer interface {
+	// Command is called for each recognised command, by its keyword.
+	Command(name string)
+	// Error is called for each -ERR answered to a command, with its
+	// response code ("" for none).
+	Error(code string)
+}
+
+type nopObserver struct{}
+
+func (nopObserver) Command(string) {}
+func (nopObserver) Error(string)   {}
 
 const (
 	defaultIdleTimeout      = 10 * time.Minute
@@ -100,6 +117,9 @@ func NewServer(cfg Config) *Server {
 	}
 	if cfg.BadCommandLimit <= 0 {
 		cfg.BadCommandLimit = defaultBadCommandLimit
+	}
+	if cfg.Observer == nil {
+		cfg.Observer = nopObserver{}
 	}
 	log := cfg.Logger
 	if log == nil {

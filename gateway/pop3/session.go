@@ -205,6 +205,7 @@ func (s *session) readFailed(err error) {
 // bad answers a bad command and reports whether the bad command limit is
 // reached (the session ends).
 func (s *session) bad(text string) bool {
+	s.cfg.Observer.Error("")
 	s.badCommands++
 	if s.badCommands >= s.cfg.BadCommandLimit {
 		s.w.writeErr("", text+"; too many invalid commands, closing connection")
@@ -230,9 +231,11 @@ func (s *session) dispatch(cmd command) (done bool) {
 		return s.bad("wrong number of arguments")
 	}
 	s.log.Debug("command", zap.String("cmd", cmd.name)) // never the arguments: PASS, AUTH
+	s.cfg.Observer.Command(cmd.name)
 	tr, err := spec.run(s, cmd)
 	if err != nil && tr != abort {
 		code, text, logCause := reply(err)
+		s.cfg.Observer.Error(code)
 		if logCause {
 			s.log.Warn("command failed", zap.String("cmd", cmd.name), zap.Error(err))
 		}
