@@ -1,0 +1,359 @@
+package upstream
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// handoffLine reads one line from a handed-off connection.
+func handoffLine(t *testing.T, br *bufio.Reader, conn net.Conn) string {
+	t.Helper()
+	conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	l, err := br.ReadString('\n')
+	if err != nil {
+		t.Fatalf("read: %v (%q)", err, l)
+	}
+	return strings.TrimSuffix(l, "\r\n")
+}
+
+// selectThrough runs SELECT INBOX over a handed-off connection.
+func selectThrough(t *testing.T, p *Passthrough, exists string) {
+	t.Helper()
+	p.Conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.WriteString(p.Conn, "s1 SELECT INBOX\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(p.Conn)
+	sawExists := false
+	for {
+		l := handoffLine(t, br, p.Conn)
+		if l == "* "+exists+" EXISTS" {
+			sawExists = true
+		}
+		if strings.HasPrefix(l, "s1 ") {
+			if !strings.HasPrefix(l, "s1 OK") || !sawExists {
+				t.Fatalf("SELECT: %q (exists seen: %v)", l, sawExists)
+			}
+			return
+		}
+	}
+}
+
+func TestHandoffLoginThenSelect(t *testing.T) {
+	b := newBackend(t, nil)
+	b.addUser("alice", "secret", "Subject: 1\r\n\r\none\r\n", "Subject: 2\r\n\r\ntwo\r\n")
+	p, err := Handoff(context.Background(), b.target(), fastTimeouts, "alice", "secret")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Conn.Close()
+	if !hasCap(p.Caps, "IMAP4rev1") || hasCap(p.Caps, "AUTH=PLAIN") {
+		t.Errorf("post-login caps %q", p.Caps)
+	}
+	if _, ok := p.Conn.(*net.TCPConn); !ok {
+		t.Errorf("conn is %T, want *net.TCPConn (splice path)", p.Conn)
+	}
+	if !b.sawCommand(regexp.MustCompile(`^\S+ AUTHENTICATE PLAIN \S+`)) {
+		t.Error("AUTH=PLAIN with SASL-IR was not used")
+	}
+	selectThrough(t, p, "2")
+}
+
+// Without AUTH=PLAIN the login is LOGIN, with literals for 8-bit text and
+// quoted strings for specials.
+func TestHandoffLoginCommand(t *testing.T) {
+	for _, pw := range []string{`pa"ss\word`, "pässwörd", "has space"} {
+		b := newBackend(t, &backendOptions{noPlain: true})
+		b.addUser("alice", pw, "Subject: 1\r\n\r\none\r\n")
+		p, err := Handoff(context.Background(), b.target(), fastTimeouts, "alice", pw)
+		if err != nil {
+			t.Fatalf("password %q: %v", pw, err)
+		}
+		if !b.sawCommand(regexp.MustCompile(`^\S+ LOGIN `)) {
+			t.Error("LOGIN was not used")
+		}
+		selectThrough(t, p, "1")
+		p.Conn.Close()
+	}
+}
+
+func TestHandoffWrongPassword(t *testing.T) {
+	b := newBackend(t, nil)
+	b.addUser("alice", "secret")
+	_, err := Handoff(context.Background(), b.target(), fastTimeouts, "alice", "wrong")
+	if !errors.Is(err, ErrAuthFailed) {
+		t.Fatalf("err = %v, want ErrAuthFailed", err)
+	}
+	if strings.Contains(err.Error(), "wrong") {
+		t.Fatalf("error %q contains the password", err)
+	}
+}
+
+func TestHandoffBackendDown(t *testing.T) {
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	addr := ln.Addr().String()
+	ln.Close()
+	cfg := &BackendConfig{Address: addr, TLS: TLSNone}
+	cfg.ApplyDefaults()
+	cfg.Validate()
+	start := time.Now()
+	_, err := Handoff(context.Background(), Target{Address: addr, Config: cfg}, fastTimeouts, "alice", "secret")
+	if !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("err = %v", err)
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Fatalf("took %v", d)
+	}
+}
+
+// A backend that accepts and never answers costs the dial timeout, no more.
+func TestHandoffSilentBackend(t *testing.T) {
+	for _, greet := range []bool{false, true} {
+		addr := silentServer(t, greet)
+		cfg := &BackendConfig{Address: addr, TLS: TLSNone}
+		cfg.ApplyDefaults()
+		cfg.Validate()
+		start := time.Now()
+		_, err := Handoff(context.Background(), Target{Address: addr, Config: cfg}, Timeouts{Dial: 300 * time.Millisecond}, "alice", "secret")
+		if !errors.Is(err, ErrUnavailable) {
+			t.Fatalf("greet %v: err = %v", greet, err)
+		}
+		if d := time.Since(start); d < 250*time.Millisecond || d > 2*time.Second {
+			t.Fatalf("greet %v: took %v", greet, d)
+		}
+	}
+}
+
+func TestHandoffContextCancel(t *testing.T) {
+	addr := silentServer(t, true)
+	cfg := &BackendConfig{Address: addr, TLS: TLSNone}
+	cfg.ApplyDefaults()
+	cfg.Validate()
+	ctx, cancel := context.WithCancel(context.Background())
+	time.AfterFunc(100*time.Millisecond, cancel)
+	start := time.Now()
+	_, err := Handoff(ctx, Target{Address: addr, Config: cfg}, Timeouts{Dial: 10 * time.Second}, "a", "b")
+	if !errors.Is(err, ErrUnavailable) || time.Since(start) > 2*time.Second {
+		t.Fatalf("err = %v after %v", err, time.Since(start))
+	}
+}
+
+func TestHandoffTLS(t *testing.T) {
+	for _, implicit := range []bool{false, true} {
+		name := map[bool]string{false: "starttls", true: "implicit"}[implicit]
+		t.Run(name, func(t *testing.T) {
+			srvTLS, caPath := testCert(t)
+			b := newBackend(t, &backendOptions{tls: srvTLS, implicit: implicit})
+			b.addUser("alice", "secret", "Subject: 1\r\n\r\none\r\n")
+
+			trusted := b.target()
+			trusted.Config.CA = caPath
+			if errs := trusted.Config.Validate(); len(errs) > 0 {
+				t.Fatal(errs)
+			}
+			p, err := Handoff(context.Background(), trusted, fastTimeouts, "alice", "secret")
+			if err != nil {
+				t.Fatal(err)
+			}
+			selectThrough(t, p, "1")
+			p.Conn.Close()
+
+			// System roots do not know the test CA: refused, nothing sent.
+			_, err = Handoff(context.Background(), b.target(), fastTimeouts, "alice", "secret")
+			if !errors.Is(err, ErrUnavailable) || !strings.Contains(err.Error(), "certificate") {
+				t.Fatalf("untrusted certificate: err = %v", err)
+			}
+		})
+	}
+}
+
+// scripted runs a hand-written IMAP server for one connection: script gets
+// the reader and the conn. It returns a Target for it.
+func scripted(t *testing.T, forwardIP bool, script func(br *bufio.Reader, c net.Conn)) Target {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		script(bufio.NewReader(c), c)
+	}()
+	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	cfg := &BackendConfig{Address: ln.Addr().String(), TLS: TLSNone, ForwardClientIP: forwardIP}
+	cfg.ApplyDefaults()
+	cfg.Validate()
+	return Target{Address: cfg.Address, Config: cfg, ClientAddr: &net.TCPAddr{IP: net.IPv4(192, 0, 2, 7), Port: 50123}}
+}
+
+func expectLine(t *testing.T, br *bufio.Reader, re string) []string {
+	l, err := br.ReadString('\n')
+	if err != nil {
+		t.Errorf("script read: %v", err)
+		return nil
+	}
+	m := regexp.MustCompile(re).FindStringSubmatch(strings.TrimSuffix(l, "\r\n"))
+	if m == nil {
+		t.Errorf("script got %q, want %s", l, re)
+	}
+	return m
+}
+
+// The ID with the client's address goes before the login (pipelined), the
+// untagged CAPABILITY before a bare tagged OK counts as the post-login list,
+// and bytes sent right after the OK are not lost.
+func TestHandoffForwardIDAndReadAhead(t *testing.T) {
+	tgt := scripted(t, true, func(br *bufio.Reader, c net.Conn) {
+		io.WriteString(c, "* OK [CAPABILITY IMAP4rev1 ID LITERAL+] hi\r\n")
+		id := expectLine(t, br, `^(\S+) ID \("x-originating-ip" "192\.0\.2\.7" "x-originating-port" "50123"\)$`)
+		login := expectLine(t, br, `^(\S+) LOGIN "alice" \{4\+\}$`)
+		if id == nil || login == nil {
+			return
+		}
+		expectLine(t, br, `^pä"$`)
+		io.WriteString(c, "* ID NIL\r\n"+id[1]+" OK ID done\r\n* CAPABILITY IMAP4rev1 IDLE MOVE\r\n"+
+			login[1]+" OK Logged in\r\n* 7 EXISTS\r\n* OK [UIDNEXT 9] pushed at once\r\n")
+		expectLine(t, br, `^x NOOP$`)
+		io.WriteString(c, "x OK\r\n")
+	})
+	p, err := Handoff(context.Background(), tgt, fastTimeouts, "alice", "pä\"")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Conn.Close()
+	if strings.Join(p.Caps, " ") != "IMAP4rev1 IDLE MOVE" {
+		t.Fatalf("caps %q", p.Caps)
+	}
+	br := bufio.NewReader(p.Conn)
+	if l := handoffLine(t, br, p.Conn); l != "* 7 EXISTS" {
+		t.Fatalf("first handed-over line %q", l)
+	}
+	if l := handoffLine(t, br, p.Conn); l != "* OK [UIDNEXT 9] pushed at once" {
+		t.Fatalf("second handed-over line %q", l)
+	}
+	io.WriteString(p.Conn, "x NOOP\r\n")
+	if l := handoffLine(t, br, p.Conn); l != "x OK" {
+		t.Fatalf("%q", l)
+	}
+}
+
+// A LOGIN literal without LITERAL+ waits for the continuation request.
+func TestHandoffSynchronizingLiteral(t *testing.T) {
+	tgt := scripted(t, false, func(br *bufio.Reader, c net.Conn) {
+		io.WriteString(c, "* OK [CAPABILITY IMAP4rev1] hi\r\n")
+		m := expectLine(t, br, `^(\S+) LOGIN \{6\}$`)
+		if m == nil {
+			return
+		}
+		io.WriteString(c, "+ go on\r\n")
+		expectLine(t, br, `^björn "x"$`)
+		io.WriteString(c, m[1]+" OK [CAPABILITY IMAP4rev1 UIDPLUS] welcome\r\n")
+	})
+	p, err := Handoff(context.Background(), tgt, fastTimeouts, "björn", "x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Conn.Close()
+	if strings.Join(p.Caps, " ") != "IMAP4rev1 UIDPLUS" {
+		t.Fatalf("caps %q", p.Caps)
+	}
+}
+
+func TestHandoffBackendReplies(t *testing.T) {
+	tests := []struct {
+		name     string
+		greeting string
+		reply    string // to the login; %s is the tag
+		want     error
+	}{
+		{"PREAUTH greeting", "* PREAUTH [CAPABILITY IMAP4rev1] as someone\r\n", "", ErrUnavailable},
+		{"BYE greeting", "* BYE too busy\r\n", "", ErrUnavailable},
+		{"NO UNAVAILABLE", "", "%s NO [UNAVAILABLE] try later\r\n", ErrUnavailable},
+		{"NO INUSE", "", "%s NO [INUSE] locked\r\n", ErrInUse},
+		{"plain NO", "", "%s NO bad password\r\n", ErrAuthFailed},
+		{"NO AUTHENTICATIONFAILED", "", "%s NO [AUTHENTICATIONFAILED] bad\r\n", ErrAuthFailed},
+		{"BAD", "", "%s BAD what\r\n", ErrUnavailable},
+		{"BYE during login", "", "* BYE going down\r\n", ErrUnavailable},
+		{"second challenge", "", "+ more?\r\n%s BAD cancelled\r\n", ErrUnavailable},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tgt := scripted(t, false, func(br *bufio.Reader, c net.Conn) {
+				if tt.greeting != "" {
+					io.WriteString(c, tt.greeting)
+					return
+				}
+				io.WriteString(c, "* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN SASL-IR] hi\r\n")
+				m := expectLine(t, br, `^(\S+) AUTHENTICATE PLAIN \S+$`)
+				if m == nil {
+					return
+				}
+				io.WriteString(c, strings.ReplaceAll(tt.reply, "%s", m[1]))
+				if strings.HasPrefix(tt.reply, "+") {
+					expectLine(t, br, `^\*$`)
+				}
+			})
+			_, err := Handoff(context.Background(), tgt, fastTimeouts, "alice", "secret")
+			if !errors.Is(err, tt.want) {
+				t.Fatalf("err = %v, want %v", err, tt.want)
+			}
+		})
+	}
+}
+
+// Data after the backend's STARTTLS OK would be trusted as TLS: refused.
+func TestHandoffStartTLSInjection(t *testing.T) {
+	tgt := scripted(t, false, func(br *bufio.Reader, c net.Conn) {
+		io.WriteString(c, "* OK [CAPABILITY IMAP4rev1 STARTTLS] hi\r\n")
+		m := expectLine(t, br, `^(\S+) STARTTLS$`)
+		if m != nil {
+			io.WriteString(c, m[1]+" OK go\r\n* CAPABILITY IMAP4rev1 AUTH=PLAIN\r\n")
+		}
+		io.Copy(io.Discard, br)
+	})
+	tgt.Config.TLS = TLSStartTLS
+	_, err := Handoff(context.Background(), tgt, fastTimeouts, "alice", "secret")
+	if !errors.Is(err, ErrUnavailable) || !strings.Contains(err.Error(), "after the STARTTLS") {
+		t.Fatalf("err = %v", err)
+	}
+}
+
+func TestLoginCommandEncoding(t *testing.T) {
+	tests := []struct {
+		user, pass string
+		nonSync    int
+		want       []string
+	}{
+		{"alice", "secret", 0, []string{`t LOGIN "alice" "secret"` + "\r\n"}},
+		{"a\"b", `c\d`, 0, []string{`t LOGIN "a\"b" "c\\d"` + "\r\n"}},
+		{"", "", 0, []string{`t LOGIN "" ""` + "\r\n"}},
+		{"björn", "x", 0, []string{"t LOGIN {6}\r\n", "björn \"x\"\r\n"}},
+		{"björn", "pä", -1, []string{"t LOGIN {6+}\r\nbjörn {3+}\r\npä\r\n"}},
+		{"u", "line\r\nbreak", 4, []string{"t LOGIN \"u\" {11}\r\n", "line\r\nbreak\r\n"}},
+	}
+	for _, tt := range tests {
+		var got []string
+		for _, p := range loginCommand("t", tt.user, tt.pass, tt.nonSync) {
+			got = append(got, string(p))
+		}
+		if strings.Join(got, "|") != strings.Join(tt.want, "|") {
+			t.Errorf("loginCommand(%q, %q, %d) = %q, want %q", tt.user, tt.pass, tt.nonSync, got, tt.want)
+		}
+	}
+}

@@ -1,0 +1,440 @@
+package upstream
+
+// A POP3 maildrop over an IMAP mailbox.
+//
+// Invariants kept in this file and its companions (fetch.go, commit.go):
+//   - Message numbers are fixed at Open: number i is the i-th UID of the
+//     snapshot, ordered by UID (RFC 1939 §4). After the snapshot every backend
+//     command names messages by UID, so other clients' EXPUNGE and EXISTS
+//     never move a number; they are only counted.
+//   - Nothing on the backend changes except \Seen (RETR with mark_seen) until
+//     Commit, and Commit touches exactly the UIDs it is given (RFC 1939 §6).
+//   - Bodies are fetched with BODY.PEEK[] (RFC 3501 §6.4.5), so neither TOP
+//     nor fetch-ahead sets \Seen.
+//   - One goroutine at a time uses the backend connection's command stream
+//     (cmdMu): the fetcher while it runs a batch, Commit and Close otherwise.
+//   - Every backend exchange runs under a watchdog of Timeouts.Command that
+//     closes the socket; a dead connection makes the maildrop broken and all
+//     later calls fail with ErrUnavailable.
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/emersion/go-imap/v2"
+	"github.com/emersion/go-imap/v2/imapclient"
+	"go.uber.org/zap"
+	"golang.org/x/sync/singleflight"
+)
+
+// Maildrops opens POP3 maildrops on backend IMAP servers. There is one per
+// gateway, shared by all sessions: it owns the body cache, the singleflight
+// group that makes concurrent fetches of one body a single backend FETCH, and
+// the table of per-user maildrop locks.
+//
+//	mds := upstream.NewMaildrops(cfg.POP3, upstream.Timeouts{Dial: 10 * time.Second, Command: time.Minute}, log)
+//	md, err := mds.Open(ctx, target, user, password) // ErrAuthFailed, ErrInUse, ErrUnavailable
+//	defer md.Close()
+type Maildrops struct {
+	cfg      MaildropConfig
+	to       Timeouts
+	log      *zap.Logger
+	cache    *Cache
+	locks    lockTable
+	group    singleflight.Group
+	spoolDir string // "" = os.TempDir
+	markSeen bool
+	ahead    int64 // fetch-ahead byte budget per session; 0 = off
+}
+
+// NewMaildrops makes the maildrop opener. Zero fields of cfg get their
+// defaults (MaildropConfig.ApplyDefaults), zero timeouts get 10s for
+// dialing and 60s per command, and a nil log logs nothing.
+func NewMaildrops(cfg MaildropConfig, to Timeouts, log *zap.Logger) *Maildrops {
+	cfg.ApplyDefaults()
+	if log == nil {
+		log = zap.NewNop()
+	}
+	return &Maildrops{
+		cfg:      cfg,
+		to:       to.withDefaults(),
+		log:      log,
+		cache:    NewCache(int64(cfg.Cache.MaxBytes), int64(cfg.Cache.MaxMessageBytes)),
+		markSeen: *cfg.MarkSeen,
+		ahead:    int64(*cfg.FetchAhead),
+	}
+}
+
+// Cache returns the shared body cache (for its Stats).
+func (m *Maildrops) Cache() *Cache { return m.cache }
+
+// Open logs in to the backend t as user, takes the user's exclusive
+// maildrop lock (RFC 1939 §4), selects the configured mailbox and takes the
+// snapshot that fixes the session's message numbers.
+//
+// Errors wrap ErrAuthFailed (the backend refused the credentials), ErrInUse
+// (another session of this user is open on this gateway) or ErrUnavailable.
+// The lock is taken after login so that a wrong password never learns
+// whether the maildrop is in use.
+func (m *Maildrops) Open(ctx context.Context, t Target, user, password string) (*Maildrop, error) {
+	start := time.Now()
+	log := m.log.With(zap.String("backend", t.Name), zap.String("user", user))
+	d := &Maildrop{
+		m:        m,
+		log:      log,
+		target:   t,
+		user:     user,
+		mailbox:  m.cfg.Mailbox,
+		lock:     lockKey{backend: t.Name, user: user},
+		pending:  make(map[imap.UID]*flight),
+		gone:     make(map[imap.UID]bool),
+		wake:     make(chan struct{}, 1),
+		quit:     make(chan struct{}),
+		loopDone: make(chan struct{}),
+	}
+	c, raw, err := dialIMAP(ctx, t, m.to, log, &imapclient.UnilateralDataHandler{
+		// Only record: the handler runs on the client's reader goroutine,
+		// and numbers never shift because everything is by UID.
+		Expunge: func(uint32) { d.expungedElsewhere.Add(1) },
+		// go-imap hands a FETCH response to the waiting UID FETCH only if
+		// the UID comes before the literal; a server that sends BODY[]
+		// first has its bodies arrive here. Count them (before the
+		// literal is consumed, so the count is visible by the time the
+		// command completes) and let readBody refuse to call the message
+		// gone.
+		Fetch: func(msg *imapclient.FetchMessageData) {
+			for item := msg.Next(); item != nil; item = msg.Next() {
+				if _, ok := item.(imapclient.FetchItemDataBodySection); ok {
+					d.misrouted.Add(1)
+				}
+			}
+		},
+	})
+	if err != nil {
+		return nil, err
+	}
+	d.c, d.raw = c, raw
+	if err := login(ctx, c, d.kill, user, password, m.to); err != nil {
+		c.Close()
+		return nil, err
+	}
+	if !m.locks.acquire(d.lock) {
+		d.goodbye()
+		return nil, fmt.Errorf("%w: %s on %s", ErrInUse, user, t.Name)
+	}
+	if err := d.snapshot(ctx); err != nil {
+		c.Close()
+		m.locks.release(d.lock)
+		return nil, err
+	}
+	go d.fetchLoop()
+	log.Info("maildrop opened", zap.String("mailbox", d.mailbox), zap.Int("messages", len(d.uids)),
+		zap.Uint32("uidvalidity", d.uidValidity), zap.Duration("elapsed", time.Since(start)))
+	return d, nil
+}
+
+// Maildrop is one POP3 session's fixed view of a mailbox. It implements the
+// maildrop interface of gateway/pop3. Message numbers are 1..Len(); the
+// caller checks them (a number out of range gets an error, not a panic).
+type Maildrop struct {
+	m       *Maildrops
+	log     *zap.Logger
+	target  Target
+	user    string
+	mailbox string
+	lock    lockKey
+	c       *imapclient.Client
+	raw     net.Conn // under c; closing it aborts any command
+	caps    imap.CapSet
+
+	// Fixed by the snapshot.
+	uidValidity uint32
+	uids        []imap.UID // message n is uids[n-1]
+	uidls       []string
+
+	mu         sync.Mutex
+	sizes      []int64              // exact once the body has been seen
+	seen       imap.UIDSet          // RETRed, \Seen not yet sent
+	pending    map[imap.UID]*flight // fetched or being fetched, not yet taken
+	gone       map[imap.UID]bool    // expunged by another client, as a FETCH found
+	queue      []*flight            // asked for by Retr/Top, not yet sent
+	lastRetr   int                  // message number of the last RETR
+	aheadNext  int                  // next candidate for fetch-ahead; 0 = not reading in order
+	aheadBytes int64                // budget used by fetched-ahead bodies not yet taken
+	broken     error                // the connection is dead: why
+	closing    bool
+
+	cmdMu             sync.Mutex // the backend command stream (see the invariants above)
+	wake              chan struct{}
+	quit              chan struct{}
+	loopDone          chan struct{}
+	closeOnce         sync.Once
+	closeErr          error
+	expungedElsewhere atomic.Int64
+	misrouted         atomic.Int64 // bodies that reached the unilateral handler
+	batches           atomic.Int64 // pipelined FETCH batches sent: backend round trips for bodies
+}
+
+// snapshot selects the mailbox and fixes the message list: RFC 1939 §4.
+func (d *Maildrop) snapshot(ctx context.Context) error {
+	wd := watch(d.m.to.Command, d.kill)
+	stopCtx := context.AfterFunc(ctx, d.kill)
+	defer stopCtx()
+	fail := func(op string, err error) error {
+		if wd.stop() {
+			return fmt.Errorf("%w: %s timed out after %v", ErrUnavailable, op, d.m.to.Command)
+		}
+		return commandError(op, err)
+	}
+
+	d.caps = d.c.Caps() // after login: what the session may use
+	sel, err := d.c.Select(d.mailbox, nil).Wait()
+	if err != nil {
+		return fail("SELECT "+d.mailbox, err)
+	}
+	d.uidValidity = sel.UIDValidity
+
+	type entry struct {
+		uid  imap.UID
+		size int64
+	}
+	var list []entry
+	// Asking for 1:* in an empty mailbox is an error on some servers
+	// (RFC 3501 §6.4.8 leaves "*" undefined there): skip it.
+	if sel.NumMessages > 0 {
+		var all imap.UIDSet
+		all.AddRange(1, 0) // 1:*
+		fc := d.c.Fetch(all, &imap.FetchOptions{UID: true, RFC822Size: true, Flags: true})
+		for msg := fc.Next(); msg != nil; msg = fc.Next() {
+			wd.reset(d.m.to.Command) // a big mailbox: the timeout is for progress
+			buf, err := msg.Collect()
+			if err != nil || buf.UID == 0 {
+				continue
+			}
+			// RFC 1939 §4 has no place for a message marked \Deleted by
+			// another client: it is leaving, so it is not offered.
+			if slices.Contains(buf.Flags, imap.FlagDeleted) {
+				continue
+			}
+			list = append(list, entry{buf.UID, buf.RFC822Size})
+		}
+		if err := fc.Close(); err != nil {
+			return fail("UID FETCH 1:*", err)
+		}
+	}
+	if wd.stop() {
+		return fmt.Errorf("%w: snapshot timed out after %v", ErrUnavailable, d.m.to.Command)
+	}
+	slices.SortFunc(list, func(a, b entry) int { return cmp.Compare(a.uid, b.uid) })
+	list = slices.CompactFunc(list, func(a, b entry) bool { return a.uid == b.uid })
+
+	d.uids = make([]imap.UID, len(list))
+	d.uidls = make([]string, len(list))
+	d.sizes = make([]int64, len(list))
+	for i, e := range list {
+		uidl, err := FormatUIDL(d.m.cfg.UIDLFormat, uint32(e.uid), d.uidValidity)
+		if err != nil {
+			return fmt.Errorf("pop3.uidl_format: %w", err)
+		}
+		d.uids[i], d.uidls[i], d.sizes[i] = e.uid, uidl, e.size
+		// A cached body is the exact size; the backend's RFC822.SIZE may
+		// not be (RFC-NOTES 4).
+		if data, ok := d.m.cache.peek(d.key(e.uid)); ok {
+			d.sizes[i] = int64(len(data))
+		}
+	}
+	return nil
+}
+
+// Len is the number of messages in the snapshot.
+func (d *Maildrop) Len() int { return len(d.uids) }
+
+// Size is the message's octet count. Until the body has been fetched it is
+// the backend's RFC822.SIZE, which RFC 3501 defines on the CRLF form, as
+// POP3 wants (RFC 1939 §11); servers that store LF line ends sometimes get it
+// wrong. The body is authoritative: once Retr or Top has returned for n (or
+// the body was in the cache at Open), Size(n) is the body's exact length, so
+// the "+OK n octets" of RETR and every later LIST match what RETR sends. A
+// LIST before any fetch can at worst show the backend's figure.
+func (d *Maildrop) Size(n int) int64 {
+	if !d.valid(n) {
+		return 0
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.sizes[n-1]
+}
+
+// UIDL is the message's unique-id, from pop3.uidl_format (RFC 1939 §7).
+func (d *Maildrop) UIDL(n int) string {
+	if !d.valid(n) {
+		return ""
+	}
+	return d.uidls[n-1]
+}
+
+// UID is the message's IMAP UID (for logs and tests).
+func (d *Maildrop) UID(n int) imap.UID {
+	if !d.valid(n) {
+		return 0
+	}
+	return d.uids[n-1]
+}
+
+func (d *Maildrop) valid(n int) bool { return n >= 1 && n <= len(d.uids) }
+
+// Retr returns the message's exact bytes (the backend's BODY[]). It counts as
+// reading the message: with mark_seen, \Seen is set at Commit or Close (see
+// flushSeen). A message expunged by another client since Open gives
+// ErrMessageGone; the maildrop stays usable. The caller must Close the
+// reader.
+func (d *Maildrop) Retr(ctx context.Context, n int) (io.ReadCloser, error) {
+	return d.read(ctx, n, true)
+}
+
+// Top returns the same bytes as Retr without marking the message read; the
+// session cuts them to the header and the first lines (RFC 1939 §7).
+func (d *Maildrop) Top(ctx context.Context, n int) (io.ReadCloser, error) {
+	return d.read(ctx, n, false)
+}
+
+func (d *Maildrop) read(ctx context.Context, n int, retr bool) (io.ReadCloser, error) {
+	if !d.valid(n) {
+		return nil, fmt.Errorf("no message %d in a maildrop of %d", n, len(d.uids))
+	}
+	if retr {
+		d.noteRetr(n)
+	}
+	b, err := d.get(ctx, n)
+	if retr {
+		// After get, not before: the fetcher must see this message's
+		// demand first, or it would fetch the next ones ahead of it.
+		d.wakeFetcher()
+	}
+	if err != nil {
+		return nil, err
+	}
+	d.mu.Lock()
+	d.sizes[n-1] = b.size
+	if retr && d.m.markSeen {
+		d.seen.AddNum(d.uids[n-1])
+	}
+	d.mu.Unlock()
+	return b.open(), nil
+}
+
+// key is the cache and singleflight key of a message of this maildrop.
+func (d *Maildrop) key(uid imap.UID) CacheKey {
+	return CacheKey{Backend: d.target.Name, User: d.user, Mailbox: d.mailbox, UIDValidity: d.uidValidity, UID: uid}
+}
+
+// get finds message n's body: fetched ahead by this session, in the shared
+// cache (no backend round trip), or fetched now.
+func (d *Maildrop) get(ctx context.Context, n int) (*body, error) {
+	uid := d.uids[n-1]
+	d.mu.Lock()
+	f, gone := d.pending[uid], d.gone[uid]
+	d.mu.Unlock()
+	if gone {
+		return nil, fmt.Errorf("%w: UID %d", ErrMessageGone, uid)
+	}
+	if f != nil {
+		b, err := d.await(ctx, f)
+		if !errors.Is(err, errTaken) {
+			return b, err
+		}
+	}
+	key := d.key(uid)
+	if data, ok := d.m.cache.Get(key); ok {
+		return memBody(data), nil
+	}
+	// Concurrent misses of one key (TOP and RETR racing, or another session)
+	// share one backend FETCH.
+	leader := false
+	v, err, _ := d.m.group.Do(key.String(), func() (any, error) {
+		leader = true
+		if data, ok := d.m.cache.peek(key); ok {
+			return memBody(data), nil
+		}
+		return d.demand(ctx, n)
+	})
+	if leader {
+		if err != nil {
+			return nil, err
+		}
+		return v.(*body), nil
+	}
+	if err == nil && v.(*body).shareable() {
+		return v.(*body), nil
+	}
+	if errors.Is(err, ErrMessageGone) {
+		return nil, err
+	}
+	// A spooled body has one owner, and the leader's failure may have been
+	// its own (its context ended): fetch for ourselves.
+	return d.demand(ctx, n)
+}
+
+// noteRetr follows the client's reading order: RETR n right after RETR n-1
+// (or RETR 1 first) is reading in order, so fetch-ahead continues after n.
+// A jump stops fetch-ahead, and bodies fetched ahead that the client has
+// passed are dropped to free the budget.
+func (d *Maildrop) noteRetr(n int) {
+	d.mu.Lock()
+	if n == d.lastRetr+1 {
+		d.aheadNext = max(d.aheadNext, n+1)
+	} else {
+		d.aheadNext = 0
+	}
+	d.lastRetr = n
+	var drop []*body
+	for uid, f := range d.pending {
+		if f.ahead && f.n < n && f.isDone() {
+			delete(d.pending, uid)
+			d.aheadBytes -= f.cost
+			if f.b != nil {
+				drop = append(drop, f.b)
+			}
+		}
+	}
+	d.mu.Unlock()
+	for _, b := range drop {
+		b.discard()
+	}
+}
+
+// kill aborts whatever the backend connection is doing. It never blocks.
+func (d *Maildrop) kill() { d.raw.Close() }
+
+// setBroken records that the connection is dead.
+func (d *Maildrop) setBroken(err error) {
+	d.mu.Lock()
+	if d.broken == nil {
+		d.broken = err
+	}
+	d.mu.Unlock()
+	d.kill()
+}
+
+func (d *Maildrop) brokenErr() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.broken
+}
+
+// goodbye logs out under a short deadline and closes the client.
+func (d *Maildrop) goodbye() error {
+	wd := watch(min(closeTimeout, d.m.to.Command), d.kill)
+	err := d.c.Logout().Wait()
+	wd.stop()
+	d.c.Close()
+	return err
+}
