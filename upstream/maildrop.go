@@ -67,7 +67,7 @@ func NewMaildrops(cfg MaildropConfig, to Timeouts, log *zap.Logger) *Maildrops {
 		cfg:      cfg,
 		to:       to.withDefaults(),
 		log:      log,
-		cache:    NewCache(int64(cfg.Cache.MaxBytes), int64(cfg.Cache.MaxMessageBytes)),
+		cache:    NewCache(int64(*cfg.Cache.MaxBytes), int64(cfg.Cache.MaxMessageBytes)),
 		markSeen: *cfg.MarkSeen,
 		ahead:    int64(*cfg.FetchAhead),
 	}

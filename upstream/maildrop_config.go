@@ -38,8 +38,8 @@ type MaildropConfig struct {
 
 // CacheConfig is `pop3.cache`.
 type CacheConfig struct {
-	MaxBytes        Size `yaml:"max_bytes"`         // default 256MiB; 0B disables the cache
-	MaxMessageBytes Size `yaml:"max_message_bytes"` // default 4MiB: larger bodies are never cached
+	MaxBytes        *Size `yaml:"max_bytes"`         // default 256MiB; 0B disables the cache
+	MaxMessageBytes Size  `yaml:"max_message_bytes"` // default 4MiB: larger bodies are never cached
 }
 
 // ApplyDefaults fills the zero values.
@@ -57,8 +57,9 @@ func (c *MaildropConfig) ApplyDefaults() {
 		t := true
 		c.MarkSeen = &t
 	}
-	if c.Cache.MaxBytes == 0 {
-		c.Cache.MaxBytes = 256 << 20
+	if c.Cache.MaxBytes == nil {
+		s := Size(256 << 20)
+		c.Cache.MaxBytes = &s
 	}
 	if c.Cache.MaxMessageBytes == 0 {
 		c.Cache.MaxMessageBytes = 4 << 20
@@ -84,7 +85,7 @@ func (c *MaildropConfig) Validate() []error {
 	default:
 		errs = append(errs, fmt.Errorf("delete: %q is not one of expunge, flag, move:MAILBOX", c.Delete))
 	}
-	if c.Cache.MaxBytes < 0 || c.Cache.MaxMessageBytes < 0 {
+	if (c.Cache.MaxBytes != nil && *c.Cache.MaxBytes < 0) || c.Cache.MaxMessageBytes < 0 {
 		errs = append(errs, fmt.Errorf("cache: sizes must not be negative"))
 	}
 	return errs

@@ -72,7 +72,7 @@ func TestDesignExample(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Parse(design.yaml without lookup):\n%v", err)
 	}
-	if got := cfg.POP3.Cache.MaxBytes; got != 256<<20 {
+	if got := *cfg.POP3.Cache.MaxBytes; got != 256<<20 {
 		t.Errorf("pop3.cache.max_bytes = %d, want 256MiB", got)
 	}
 	if got := cfg.POP3.Cache.MaxMessageBytes; got != 4<<20 {
@@ -134,7 +134,7 @@ func TestDefaults(t *testing.T) {
 		{"limits.auth_failures_per_ip", cfg.Limits.AuthFailuresPerIP, "10/min"},
 		{"limits.bad_commands", cfg.Limits.BadCommands, 10},
 		{"pop3.mailbox", cfg.POP3.Mailbox, "INBOX"},
-		{"pop3.cache.max_bytes", cfg.POP3.Cache.MaxBytes, upstream.Size(256 << 20)},
+		{"pop3.cache.max_bytes", *cfg.POP3.Cache.MaxBytes, upstream.Size(256 << 20)},
 		{"backends.store.tls_min_version", cfg.Backends["store"].TLSMinVersion, "1.2"},
 		{"routing.default (the only backend)", cfg.Routing.Default, "store"},
 	}
