@@ -38,6 +38,7 @@ type Server struct {
 	state     atomic.Pointer[state] // routing and backends: replaced on Reload
 	limits    *connLimits
 	auth      *authLimiter
+	health    *routing.Health // pool servers' health: kept across reloads
 	metrics   *metrics
 
 	mu        sync.Mutex
@@ -75,6 +76,7 @@ func New(cfg *config.Config, log *zap.Logger) (*Server, error) {
 		maildrops:   upstream.NewMaildrops(cfg.POP3, st.timeouts, log.Named("upstream")),
 		limits:      newConnLimits(cfg.Limits.Connections, cfg.Limits.PerIP),
 		auth:        newAuthLimiter(cfg.Limits.AuthFailureRate()),
+		health:      routing.NewHealth(cfg.Routing.PoolCooldown),
 		sessionsCtx: ctx,
 		cutSessions: cancel,
 	}
@@ -177,7 +179,10 @@ func (s *Server) Reload(cfg *config.Config) error {
 			s.log.Warn("certificate reload failed; keeping the old certificates", zap.Error(err))
 		}
 	}
-	s.state.Store(st)
+	s.health.SetCooldown(cfg.Routing.PoolCooldown)
+	// Sessions in flight hold what they were routed to; the old router only
+	// loses its idle lookup connections.
+	s.state.Swap(st).router.Close()
 	s.log.Info("configuration reloaded")
 	return nil
 }
@@ -209,145 +214,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		if s.certs != nil {
 			s.certs.Close()
 		}
+		s.state.Load().router.Close()
 	})
 	return nil
-}
-
-// target resolves a routing decision to the server to dial.
-func (st *state) target(d routing.Decision, client net.Addr) (upstream.Target, error) {
-	b, ok := st.backends[d.Backend]
-	if !ok {
-		return upstream.Target{}, fmt.Errorf("%w: routing chose unknown backend %q", upstream.ErrUnavailable, d.Backend)
-	}
-	servers := b.Servers()
-	addr := servers[0]
-	if len(servers) > 1 {
-		addr = routing.Pick(servers, d.User)
-	}
-	return upstream.Target{Name: d.Backend, Address: addr, Config: b, ClientAddr: client}, nil
-}
-
-// errTooManyFailures refuses a login from a client address or for a user
-// that failed too often recently; the fronts answer it as a temporary error.
-var errTooManyFailures = fmt.Errorf("%w: too many failed logins; try again later", upstream.ErrUnavailable)
-
-// login runs one authentication attempt through the failure limiter:
-// refused outright when the client or the user is over the limit, delayed
-// more with every failure, logged for fail2ban. do performs the routing and
-// the backend login.
-func (s *Server) login(protocol, user string, remote net.Addr, do func() error) error {
-	ip := addrIP(remote)
-	if !s.auth.allowed(ip, user) {
-		s.log.Warn("login refused: too many failures", zap.String("protocol", protocol),
-			zap.String("client_ip", ip.String()), zap.String("user", user))
-		return errTooManyFailures
-	}
-	err := do()
-	if errors.Is(err, upstream.ErrAuthFailed) {
-		// fail2ban: failregex = "msg":"login failed".*"client_ip":"<HOST>"
-		s.log.Warn("login failed", zap.String("protocol", protocol),
-			zap.String("client_ip", ip.String()), zap.String("user", user))
-		if d := s.auth.failed(ip, user); d > 0 {
-			t := time.NewTimer(d)
-			select {
-			case <-t.C:
-			case <-s.sessionsCtx.Done():
-				t.Stop()
-			}
-		}
-	}
-	return err
-}
-
-// route maps a login to its backend target and backend user name.
-func (s *Server) route(ctx context.Context, user, password, protocol string, remote net.Addr) (upstream.Target, string, upstream.Timeouts, error) {
-	st := s.state.Load()
-	d, err := st.router.Route(ctx, routing.Login{User: user, Password: password, Protocol: protocol, ClientIP: addrIP(remote)})
-	if err != nil {
-		if errors.Is(err, routing.ErrNoRoute) {
-			// An unknown user must look like a wrong password.
-			return upstream.Target{}, "", st.timeouts, fmt.Errorf("%w: %v", upstream.ErrAuthFailed, err)
-		}
-		return upstream.Target{}, "", st.timeouts, fmt.Errorf("%w: routing: %v", upstream.ErrUnavailable, err)
-	}
-	t, err := st.target(d, remote)
-	return t, d.User, st.timeouts, err
-}
-
-// pop3Backend opens maildrops for gateway/pop3.
-type pop3Backend struct{ s *Server }
-
-var _ pop3.Backend = pop3Backend{}
-var _ pop3.Maildrop = (*upstream.Maildrop)(nil)
-
-func (b pop3Backend) Open(ctx context.Context, login pop3.Login) (pop3.Maildrop, error) {
-	start := time.Now()
-	var t upstream.Target
-	var md *upstream.Maildrop
-	err := b.s.login(config.ProtocolPOP3, login.User, login.Remote, func() error {
-		var user string
-		var err error
-		if t, user, _, err = b.s.route(ctx, login.User, login.Password, config.ProtocolPOP3, login.Remote); err != nil {
-			return err
-		}
-		md, err = b.s.maildrops.Open(ctx, t, user, login.Password)
-		return err
-	})
-	b.s.observeLogin(config.ProtocolPOP3, t.Name, start, err)
-	if err != nil {
-		return nil, err
-	}
-	return countingMaildrop{md, b.s.metrics}, nil
-}
-
-// countingMaildrop counts the deletions a QUIT commits.
-type countingMaildrop struct {
-	*upstream.Maildrop
-	m *metrics
-}
-
-func (c countingMaildrop) Commit(ctx context.Context, deleted []int) error {
-	err := c.Maildrop.Commit(ctx, deleted)
-	if err == nil {
-		c.m.deletions.Add(float64(len(deleted)))
-	}
-	return err
-}
-
-// observeLogin records a login's result and backend latency.
-func (s *Server) observeLogin(protocol, backend string, start time.Time, err error) {
-	result := loginResult(err)
-	s.metrics.logins.WithLabelValues(protocol, result).Inc()
-	if backend != "" {
-		s.metrics.backendLogin.WithLabelValues(protocol, backend, result).Observe(time.Since(start).Seconds())
-	}
-}
-
-// imapBackend logs in to the backend for gateway/imap and hands back the
-// connection.
-type imapBackend struct{ s *Server }
-
-var _ imap.Backend = imapBackend{}
-
-func (b imapBackend) Connect(ctx context.Context, login imap.Login) (net.Conn, []string, error) {
-	start := time.Now()
-	var t upstream.Target
-	var p *upstream.Passthrough
-	err := b.s.login(config.ProtocolIMAP, login.User, login.Remote, func() error {
-		var user string
-		var to upstream.Timeouts
-		var err error
-		if t, user, to, err = b.s.route(ctx, login.User, login.Password, config.ProtocolIMAP, login.Remote); err != nil {
-			return err
-		}
-		p, err = upstream.Handoff(ctx, t, to, user, login.Password)
-		return err
-	})
-	b.s.observeLogin(config.ProtocolIMAP, t.Name, start, err)
-	if err != nil {
-		return nil, nil, err
-	}
-	return p.Conn, p.Caps, nil
 }
 
 type listener struct {

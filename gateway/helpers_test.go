@@ -8,6 +8,7 @@ import (
 	"log"
 	"net"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -51,7 +52,20 @@ func memBackend(t *testing.T, messages ...string) string {
 	}
 	go srv.Serve(ln)
 	t.Cleanup(func() { srv.Close() })
+	backends.Store(ln.Addr().String(), srv)
 	return ln.Addr().String()
+}
+
+// backends maps a memBackend address to its server, so a test can stop one.
+var backends sync.Map
+
+func stopBackend(t *testing.T, addr string) {
+	t.Helper()
+	srv, ok := backends.Load(addr)
+	if !ok {
+		t.Fatalf("no backend at %s", addr)
+	}
+	srv.(*imapserver.Server).Close()
 }
 
 // startGateway runs a gateway from YAML (BACKEND is replaced by backend)

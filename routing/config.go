@@ -1,18 +1,27 @@
 // Package routing decides, for a login name, which backend serves the user and
-// under which name the backend knows them. It is a pure decision: it knows
-// nothing of POP3 or IMAP and dials nothing. Backends are named by the keys of
-// the configuration's `backends:` section; the caller resolves the name.
+// under which name the backend knows them. It knows nothing of POP3 or IMAP
+// and dials nothing itself; it returns a Decision that the gateway resolves.
+// Backends are named by the keys of the configuration's `backends:` section.
 //
 //	r, err := routing.New(cfg)
-//	d, err := r.Route(ctx, routing.Login{User: "alice@example.org"})
+//	defer r.Close()
+//	d, err := r.Route(ctx, routing.Login{User: "alice@example.org", Protocol: "pop3"})
 //	// d.Backend == "store", d.User == "alice"
 //
+// Sources, in order: exact `user` rules, `domain` rules (exact, then
+// wildcards), then the external lookup when `lookup:` is configured (a
+// service speaking nginx's mail auth_http protocol, lookup.go), else
+// `default`. A Router is immutable: a reload builds a new one.
+//
 // Pools (a backend with several servers) are resolved with Pick, which hashes
-// the user onto one server so that a user always lands on the same one.
+// the user onto one server so that a user always lands on the same one, or
+// with Health.Pick, which also skips servers that recently refused
+// connections (health.go).
 package routing
 
 import (
 	"fmt"
+	"net/http"
 	"net/url"
 	"slices"
 	"strings"
@@ -27,33 +36,73 @@ import (
 //	    - {domain: example.org, backend: store, rewrite_user: "{local}"}
 //	    - {domain: "*.example.org", backend: store}
 //	    - {user: boss@example.com, backend: store}
+//	  lookup: {url: "http://127.0.0.1:9000/auth", cache: 60s}
+//	  pool_cooldown: 30s
 type Config struct {
-	// Default is the backend for users no rule matches; empty means such users
-	// are refused (ErrNoRoute).
+	// Default is the backend for users no rule matches when there is no
+	// Lookup; empty means such users are refused (ErrNoRoute). With a
+	// Lookup, users no rule matches go to the lookup instead, and Default
+	// only names the backend whose TLS settings apply to the servers the
+	// lookup service names (unless lookup.backend says otherwise).
 	Default string `yaml:"default"`
 	// Rules are tried as: every exact `user` rule first, then `domain` rules
 	// (an exact domain before wildcards, a longer wildcard before a shorter
-	// one), then Default. The order of the list does not matter.
+	// one), then Lookup, then Default. The order of the list does not matter.
 	Rules []Rule `yaml:"rules"`
 	// Lookup asks an external service speaking nginx's mail auth_http
-	// protocol (issue 5). Its section is accepted so that configurations
-	// written for it parse, but Validate reports it as not yet available:
-	// silently routing without it would send users to the wrong backend.
+	// protocol for every user that no rule matches. Nil: no lookup.
 	Lookup *LookupConfig `yaml:"lookup"`
+	// PoolCooldown is how long a server of a pool (a backend with
+	// `addresses:`) that refused a connection is skipped: its users go to
+	// their next choice by rendezvous order meanwhile, then it is tried
+	// again. 0 means DefaultPoolCooldown (30s). It is under routing: because
+	// it changes which server a user is routed to, for every pool at once.
+	PoolCooldown time.Duration `yaml:"pool_cooldown"`
 }
 
-// LookupConfig is `routing.lookup`.
+// LookupConfig is `routing.lookup`: an external routing (and optionally
+// authentication) service speaking nginx's mail auth_http protocol, so a
+// service written for nginx's mail proxy works unchanged. See lookup.go for
+// the exact request and answer.
 //
-//	lookup: {url: "http://127.0.0.1:9000/auth", cache: 60s}
+//	lookup:
+//	  url: "http://127.0.0.1:9000/auth"
+//	  cache: 60s
+//	  timeout: 5s
+//	  send_password: true
+//	  backend: store
+//	  headers: {X-Auth-Key: "secret"}
 type LookupConfig struct {
-	URL string `yaml:"url"` // the auth_http endpoint
-	// Cache keeps OK answers this long; 0 asks the service every time.
+	// URL is the auth_http endpoint, http:// or https://. Credentials in it
+	// (http://user:pass@host/) are sent as HTTP basic authentication.
+	URL string `yaml:"url"`
+	// Cache keeps OK answers this long, keyed by login name, protocol and,
+	// when SendPassword is on, a salted hash of the password (never the
+	// password itself). 0 asks the service for every login. Rejections are
+	// never cached.
 	Cache time.Duration `yaml:"cache"`
-	// Timeout bounds one request to the service. Default 5s.
+	// Timeout bounds one request to the service, from dialing to the end of
+	// the answer's headers. 0 means DefaultLookupTimeout (5s; nginx's
+	// auth_http_timeout defaults to 60s, far longer than a mail client
+	// waits). A service that does not answer in time gives the client a
+	// temporary error ([SYS/TEMP] / UNAVAILABLE).
 	Timeout time.Duration `yaml:"timeout"`
-	// SendPassword sends the client's password in Auth-Pass. Default false:
-	// the service sees only the user name.
+	// SendPassword sends the client's password in Auth-Pass, as nginx always
+	// does; turn it on when the service authenticates users. Default false:
+	// Auth-Pass is left out and the service sees only the user name (the
+	// backend still checks the password). nginx-written services that read
+	// Auth-Pass need `send_password: true`.
 	SendPassword bool `yaml:"send_password"`
+	// Backend names the entry of `backends:` whose settings (TLS mode, CA,
+	// server_name, ...) apply when dialing the server the service names in
+	// Auth-Server/Auth-Port, and whose own servers are used when the answer
+	// names none. Empty means Default.
+	Backend string `yaml:"backend"`
+	// Headers are sent with every request, like nginx's auth_http_header:
+	// typically a shared secret proving the request comes from the gateway.
+	// The Auth-*, Client-* and Host headers are the protocol's and cannot be
+	// set here.
+	Headers map[string]string `yaml:"headers"`
 }
 
 // Rule sends a user or a domain to a backend. Exactly one of User and Domain
@@ -95,12 +144,16 @@ func (c *Config) Validate(backends []string) []error {
 	if c.Default != "" {
 		checkBackend("default", c.Default)
 	}
-	if c.Default == "" && len(c.Rules) == 0 {
+	if c.Default == "" && len(c.Rules) == 0 && c.Lookup == nil {
 		bad("default", "required when there are no rules: every login would be refused")
+	}
+	if c.PoolCooldown < 0 {
+		bad("pool_cooldown", "%v: must not be negative (0 means the default, %v)", c.PoolCooldown, DefaultPoolCooldown)
 	}
 	if l := c.Lookup; l != nil {
 		if u, err := url.Parse(l.URL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			bad("lookup.url", "%q is not an http:// or https:// URL", l.URL)
+			// The URL may carry credentials: never echo it whole.
+			bad("lookup.url", "%q is not an http:// or https:// URL", redactURL(l.URL))
 		}
 		if l.Cache < 0 {
 			bad("lookup.cache", "%v: must not be negative", l.Cache)
@@ -108,7 +161,22 @@ func (c *Config) Validate(backends []string) []error {
 		if l.Timeout < 0 {
 			bad("lookup.timeout", "%v: must not be negative", l.Timeout)
 		}
-		bad("lookup", "the auth_http lookup is not available in this version; route with default and rules")
+		switch {
+		case l.Backend != "":
+			checkBackend("lookup.backend", l.Backend)
+		case c.Default == "":
+			bad("lookup.backend", "required when routing.default is empty: it names the backend whose TLS settings apply to the servers the lookup service names")
+		}
+		names := make([]string, 0, len(l.Headers))
+		for name := range l.Headers {
+			names = append(names, name)
+		}
+		slices.Sort(names) // one order for the messages
+		for _, name := range names {
+			if err := checkLookupHeader(name, l.Headers[name]); err != nil {
+				bad("lookup.headers."+name, "%v", err)
+			}
+		}
 	}
 	seen := map[string]int{} // "user:x" or "domain:y" -> index of the first rule
 	for i, r := range c.Rules {
@@ -142,6 +210,38 @@ func (c *Config) Validate(backends []string) []error {
 		}
 	}
 	return errs
+}
+
+// checkLookupHeader accepts an extra header of the lookup request.
+func checkLookupHeader(name, value string) error {
+	canon := http.CanonicalHeaderKey(name)
+	switch {
+	case name == "" || strings.IndexFunc(name, func(r rune) bool { return !isTokenChar(r) }) >= 0:
+		return fmt.Errorf("%q is not a valid header name", name)
+	case canon == "Host" || strings.HasPrefix(canon, "Auth-") || strings.HasPrefix(canon, "Client-"):
+		return fmt.Errorf("%s is set by the auth_http protocol itself", name)
+	case strings.ContainsFunc(value, func(r rune) bool { return (r < ' ' && r != '\t') || r == 0x7f }):
+		return fmt.Errorf("the value contains a control character")
+	}
+	return nil
+}
+
+// isTokenChar reports whether r may appear in an HTTP header name (RFC 9110
+// §5.6.2 tchar).
+func isTokenChar(r rune) bool {
+	return r < 0x7f && (r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' ||
+		strings.ContainsRune("!#$%&'*+-.^_`|~", r))
+}
+
+// redactURL hides the password of a URL that has one, for messages.
+func redactURL(s string) string {
+	if u, err := url.Parse(s); err == nil {
+		return u.Redacted()
+	}
+	if strings.Contains(s, "@") {
+		return "(an unparsable URL with credentials)"
+	}
+	return s
 }
 
 // checkDomain accepts "example.org" and "*.example.org".

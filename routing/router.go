@@ -10,40 +10,69 @@ import (
 )
 
 // ErrNoRoute is returned by Route when no rule matches the login and there is
-// no default backend. The fronts answer it like a failed login ([AUTH] /
-// AUTHENTICATIONFAILED): telling the client that the user does not exist here
-// would let anyone probe for accounts.
+// neither a lookup nor a default backend. The fronts answer it like a failed
+// login ([AUTH] / AUTHENTICATIONFAILED): telling the client that the user does
+// not exist here would let anyone probe for accounts.
 var ErrNoRoute = errors.New("no backend for this user")
 
 // Login is what a front knows about an authentication attempt when it asks
-// for a route. Rules look only at User; Password, Protocol and ClientIP are
-// for sources that need them (an external lookup service).
+// for a route. Rules look only at User; the other fields are for the lookup
+// service (the auth_http request headers named below).
 type Login struct {
-	User     string     // login name as the client sent it
-	Password string     // never logged; used only by lookup sources that ask for it
-	Protocol string     // "pop3" or "imap"
-	ClientIP netip.Addr // the client's address (after PROXY protocol); zero when unknown
+	User     string     // login name as the client sent it (Auth-User)
+	Password string     // never logged; sent as Auth-Pass only with lookup.send_password
+	Protocol string     // "pop3" or "imap" (Auth-Protocol)
+	ClientIP netip.Addr // the client's address after PROXY protocol (Client-IP); zero when unknown
+	// Attempt counts the authentication attempts of this connection,
+	// starting at 1 (Auth-Login-Attempt); 0 is sent as 1. nginx's services
+	// use it to stop answering with Auth-Wait after 10-20 attempts.
+	Attempt int
 }
 
-// Decision is where a login goes.
+// Decision is where a login goes. Sessions keep their Decision: a reload
+// never moves a session in flight.
 type Decision struct {
-	Backend string // name of an entry of `backends:`
-	User    string // login name to present to the backend (after rewrite_user)
+	Backend string // name of an entry of `backends:`: its TLS settings apply
+	// Address, when set, is the server to dial ("ip:port", from the lookup
+	// service's Auth-Server and Auth-Port), instead of the backend's own
+	// address or pool. Empty: dial the backend's address, or Pick from its
+	// pool.
+	Address string
+	User    string // login name to present to the backend (after rewrite_user or Auth-User)
+	// Password, when set, replaces the client's password at the backend (the
+	// lookup service's Auth-Pass, e.g. a master password). Empty: log in
+	// with the client's password. Never log it.
+	Password string
+	// Source says what decided, for logs: "user", "domain", "lookup" or
+	// "default".
+	Source string
 }
 
-// Router holds the compiled rules. It is immutable and safe for concurrent
-// use; a configuration reload builds a new Router, and sessions in flight keep
-// the Decision they already have.
+// Sources of a Decision.
+const (
+	SourceUser    = "user"
+	SourceDomain  = "domain"
+	SourceLookup  = "lookup"
+	SourceDefault = "default"
+)
+
+// Router holds the compiled rules and the lookup client. Its configuration
+// is immutable after New and it is safe for concurrent use (the lookup's
+// answer cache is internally synchronized); a configuration reload builds a
+// new Router and swaps it in, sessions in flight keep the Decision they
+// already have, and the old Router's Close releases its idle connections.
 type Router struct {
 	users     map[string]route // lower-cased login -> route
 	domains   map[string]route // lower-cased exact domain -> route
 	wildcards []wildcard       // longest suffix first
 	def       *route
+	lookup    *lookup // nil without routing.lookup
 }
 
 type route struct {
 	backend string
 	rewrite template
+	source  string // SourceUser, SourceDomain or SourceDefault
 }
 
 type wildcard struct {
@@ -64,14 +93,18 @@ func New(cfg Config) (*Router, error) {
 			referenced = append(referenced, r.Backend)
 		}
 	}
+	if cfg.Lookup != nil && cfg.Lookup.Backend != "" {
+		referenced = append(referenced, cfg.Lookup.Backend)
+	}
 	if errs := cfg.Validate(referenced); len(errs) > 0 {
 		return nil, fmt.Errorf("routing: %w", errors.Join(errs...))
 	}
 	rt := &Router{users: map[string]route{}, domains: map[string]route{}}
 	for _, r := range cfg.Rules {
-		ro := route{backend: r.Backend, rewrite: compileTemplate(r.RewriteUser)}
+		ro := route{backend: r.Backend, rewrite: compileTemplate(r.RewriteUser), source: SourceDomain}
 		switch {
 		case r.User != "":
+			ro.source = SourceUser
 			rt.users[strings.ToLower(r.User)] = ro
 		case strings.HasPrefix(r.Domain, "*."):
 			rt.wildcards = append(rt.wildcards, wildcard{suffix: strings.ToLower(r.Domain[1:]), route: ro})
@@ -82,23 +115,51 @@ func New(cfg Config) (*Router, error) {
 	// The most specific wildcard wins: *.a.example.org before *.example.org.
 	slices.SortStableFunc(rt.wildcards, func(a, b wildcard) int { return len(b.suffix) - len(a.suffix) })
 	if cfg.Default != "" {
-		rt.def = &route{backend: cfg.Default, rewrite: compileTemplate("")}
+		rt.def = &route{backend: cfg.Default, rewrite: compileTemplate(""), source: SourceDefault}
+	}
+	if cfg.Lookup != nil {
+		backend := cfg.Lookup.Backend
+		if backend == "" {
+			backend = cfg.Default
+		}
+		rt.lookup = newLookup(*cfg.Lookup, backend)
 	}
 	return rt, nil
 }
 
+// Close releases the lookup client's idle connections. It is safe to call
+// while Route calls are in flight (they finish normally), and Route still
+// works afterwards; the gateway calls it on the Router a reload replaced.
+func (r *Router) Close() {
+	if r.lookup != nil {
+		r.lookup.close()
+	}
+}
+
 // Route decides the backend for l: an exact user rule, else a domain rule (an
 // exact domain before any wildcard, a longer wildcard before a shorter one),
-// else the default, else ErrNoRoute. Matching ignores case; the rewritten
-// name keeps the case the client typed. A login without @ has only a local
-// part and matches no domain rule.
+// else the lookup service when configured, else the default, else
+// ErrNoRoute. Matching ignores case; the rewritten name keeps the case the
+// client typed. A login without @ has only a local part and matches no domain
+// rule.
+//
+// Errors: ErrNoRoute (answer as a failed login); from the lookup, a
+// *RejectError matching ErrRejected (the service refused the login: show its
+// text, after its Wait) or ErrLookupUnavailable (answer [SYS/TEMP] /
+// UNAVAILABLE). No error text contains the password.
 func (r *Router) Route(ctx context.Context, l Login) (Decision, error) {
 	if l.User == "" {
 		return Decision{}, fmt.Errorf("%w: empty login name", ErrNoRoute)
 	}
 	ro, ok := r.match(l.User)
 	if !ok {
-		return Decision{}, ErrNoRoute
+		if r.lookup != nil {
+			return r.lookup.route(ctx, l)
+		}
+		if r.def == nil {
+			return Decision{}, ErrNoRoute
+		}
+		ro = *r.def
 	}
 	local, domain := splitLogin(l.User)
 	user := ro.rewrite.expand(l.User, local, domain)
@@ -106,9 +167,10 @@ func (r *Router) Route(ctx context.Context, l Login) (Decision, error) {
 		// e.g. rewrite_user: "{domain}" for a login without @.
 		return Decision{}, fmt.Errorf("%w: the rewrite gives an empty name", ErrNoRoute)
 	}
-	return Decision{Backend: ro.backend, User: user}, nil
+	return Decision{Backend: ro.backend, User: user, Source: ro.source}, nil
 }
 
+// match finds the rule for user, without the default.
 func (r *Router) match(user string) (route, bool) {
 	lower := strings.ToLower(user)
 	if ro, ok := r.users[lower]; ok {
@@ -124,9 +186,6 @@ func (r *Router) match(user string) (route, bool) {
 				return w.route, true
 			}
 		}
-	}
-	if r.def != nil {
-		return *r.def, true
 	}
 	return route{}, false
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestRoute(t *testing.T) {
@@ -54,7 +55,16 @@ func TestRoute(t *testing.T) {
 			if d.Backend != tt.wantBackend || d.User != tt.wantAs {
 				t.Errorf("Route(%q) = %+v, want backend %q user %q", tt.user, d, tt.wantBackend, tt.wantAs)
 			}
+			if d.Address != "" || d.Password != "" {
+				t.Errorf("Route(%q) = %+v: a rule sets neither Address nor Password", tt.user, d)
+			}
 		})
+	}
+	for user, want := range map[string]string{"boss@example.org": SourceUser, "root": SourceUser,
+		"alice@example.org": SourceDomain, "bob@a.example.org": SourceDomain, "dave@elsewhere.com": SourceDefault} {
+		if d, _ := r.Route(context.Background(), Login{User: user}); d.Source != want {
+			t.Errorf("Route(%q).Source = %q, want %q", user, d.Source, want)
+		}
 	}
 }
 
@@ -108,6 +118,28 @@ func TestValidate(t *testing.T) {
 			[]string{"rules[0].rewrite_user: \"local}\" has a } without {"}},
 		{"several at once", Config{Default: "nope", Rules: []Rule{{User: "a", Backend: "x", RewriteUser: "{x}"}}},
 			[]string{`default: "nope"`, `rules[0].backend: "x"`, `rules[0].rewrite_user`}},
+		{"lookup with default", Config{Default: "legacy", Lookup: &LookupConfig{URL: "http://127.0.0.1:9000/auth", Cache: time.Minute}}, nil},
+		{"lookup alone with its backend", Config{Lookup: &LookupConfig{URL: "https://auth.example/x", Backend: "store",
+			Headers: map[string]string{"X-Auth-Key": "secret"}}}, nil},
+		{"lookup without default or backend", Config{Lookup: &LookupConfig{URL: "http://127.0.0.1:9000/auth"}},
+			[]string{"lookup.backend: required when routing.default is empty"}},
+		{"lookup unknown backend", Config{Default: "legacy", Lookup: &LookupConfig{URL: "http://a/", Backend: "stor"}},
+			[]string{`lookup.backend: "stor" is not a backend (known: legacy, store)`}},
+		{"lookup bad url, password not echoed", Config{Default: "legacy", Lookup: &LookupConfig{URL: "ftp://u:topsecret@a/"}},
+			[]string{`lookup.url: "ftp://u:xxxxx@a/" is not an http:// or https:// URL`}},
+		{"lookup relative url", Config{Default: "legacy", Lookup: &LookupConfig{URL: "/auth"}},
+			[]string{`lookup.url: "/auth" is not an http://`}},
+		{"lookup negative durations", Config{Default: "legacy", Lookup: &LookupConfig{URL: "http://a/", Cache: -1, Timeout: -time.Second}},
+			[]string{"lookup.cache: -1ns: must not be negative", "lookup.timeout: -1s: must not be negative"}},
+		{"lookup headers", Config{Default: "legacy", Lookup: &LookupConfig{URL: "http://a/", Headers: map[string]string{
+			"Auth-Pass": "x", "Bad Name": "x", "Client-IP": "x", "X-Ok": "line\r\nInjected: 1", "host": "x"}}},
+			[]string{"lookup.headers.Auth-Pass: Auth-Pass is set by the auth_http protocol",
+				`lookup.headers.Bad Name: "Bad Name" is not a valid header name`,
+				"lookup.headers.Client-IP: Client-IP is set by the auth_http protocol",
+				"lookup.headers.X-Ok: the value contains a control character",
+				"lookup.headers.host: host is set by the auth_http protocol"}},
+		{"negative pool cool-down", Config{Default: "legacy", PoolCooldown: -time.Second},
+			[]string{"pool_cooldown: -1s: must not be negative (0 means the default, 30s)"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

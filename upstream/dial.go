@@ -31,7 +31,7 @@ func dialConn(ctx context.Context, t Target, timeout time.Duration) (net.Conn, e
 	d := &net.Dialer{KeepAlive: 30 * time.Second}
 	conn, err := d.DialContext(ctx, "tcp", t.Address)
 	if err != nil {
-		return nil, fmt.Errorf("%w: dial %s: %v", ErrUnavailable, t.Address, err)
+		return nil, fmt.Errorf("%w: dial %s: %v", ErrUnreachable, t.Address, err)
 	}
 	if t.Config.TLS != TLSImplicit {
 		return conn, nil

@@ -1,6 +1,9 @@
 package upstream
 
-import "errors"
+import (
+	"errors"
+	"fmt"
+)
 
 // Errors returned by this package, so the protocol fronts can answer with the
 // right response code (POP3 [AUTH], [IN-USE], [SYS/TEMP]; IMAP
@@ -18,3 +21,9 @@ var (
 	// ErrPartialCommit: some deletions of a QUIT were not applied.
 	ErrPartialCommit = errors.New("some deleted messages not removed")
 )
+
+// ErrUnreachable: the server refused or did not answer the TCP connection. It
+// is an ErrUnavailable; routing takes such a server out of its pool for a
+// while, which it must not do for other failures (a wrong password, a
+// locked maildrop) that say nothing about the server's health.
+var ErrUnreachable = fmt.Errorf("%w: server unreachable", ErrUnavailable)

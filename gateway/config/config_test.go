@@ -51,26 +51,17 @@ func problemsOf(t *testing.T, err error) Problems {
 	return ps
 }
 
-// TestDesignExample parses the configuration of DESIGN.md. Everything in it
-// is accepted except routing.lookup, which is reported as not available yet
-// (the auth_http source of issue 5) rather than silently ignored.
+// TestDesignExample parses the configuration of DESIGN.md, auth_http lookup
+// included: every key of the contract is accepted.
 func TestDesignExample(t *testing.T) {
 	dir := designDir(t)
 	data := readTestdata(t, "design.yaml", dir)
-	_, err := Parse(data)
-	ps := problemsOf(t, err)
-	if len(ps) != 1 || ps[0].Path != "routing.lookup" || !strings.Contains(ps[0].Message, "not available") {
-		t.Fatalf("Parse(design.yaml) problems:\n%v\nwant only routing.lookup", err)
-	}
-	if ps[0].Line != 29 {
-		t.Errorf("routing.lookup line = %d, want 29", ps[0].Line)
-	}
-
-	// Without the lookup, the rest is a valid configuration.
-	data = []byte(strings.Replace(string(data), "  lookup: {", "  # lookup: {", 1))
 	cfg, err := Parse(data)
 	if err != nil {
-		t.Fatalf("Parse(design.yaml without lookup):\n%v", err)
+		t.Fatalf("Parse(design.yaml):\n%v", err)
+	}
+	if cfg.Routing.Lookup == nil || cfg.Routing.Lookup.URL != "http://127.0.0.1:9000/auth" {
+		t.Errorf("routing.lookup = %+v", cfg.Routing.Lookup)
 	}
 	if got := *cfg.POP3.Cache.MaxBytes; got != 256<<20 {
 		t.Errorf("pop3.cache.max_bytes = %d, want 256MiB", got)

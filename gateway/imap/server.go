@@ -45,7 +45,12 @@ type Login struct {
 	User     string
 	Password string
 	Remote   net.Addr // the client (after PROXY protocol)
+	Attempt  int      // 1 for the connection's first login attempt, then 2, 3...
 }
+
+// publicText is implemented by errors whose text was written for the
+// client, such as an external authentication service's refusal.
+type publicText interface{ PublicText() string }
 
 // Config configures a Server. Zero durations and limits take the defaults
 // named next to them.
@@ -145,6 +150,7 @@ type session struct {
 	tls      bool
 	preauthT time.Time // end of the not-authenticated phase
 	bad      int       // invalid commands and failed logins so far
+	attempts int       // login attempts so far
 	spliced  bool      // the relay owns (and closed) the connections
 }
 
@@ -245,7 +251,7 @@ func (ss *session) step(ctx context.Context) error {
 	switch {
 	case err == nil:
 	case errors.As(err, &re):
-		if re.status == "BAD" || re == errAuthFail || re == errPrivacy {
+		if re.status == "BAD" || re.code == errAuthFail.code || re == errPrivacy {
 			ss.bad++
 		}
 		ss.w.status(cmd.tag, re.status, re.code, re.text)
@@ -495,7 +501,8 @@ func (ss *session) saslExchange(srv saslServer, resp []byte) error {
 // connection until it ends (errLoggedIn).
 func (ss *session) connect(ctx context.Context, tag, mech, user, pass string) error {
 	log := ss.log.With(zap.String("user", user), zap.String("mech", mech))
-	backend, caps, err := ss.cfg.Backend.Connect(ctx, Login{User: user, Password: pass, Remote: ss.conn.RemoteAddr()})
+	ss.attempts++
+	backend, caps, err := ss.cfg.Backend.Connect(ctx, Login{User: user, Password: pass, Remote: ss.conn.RemoteAddr(), Attempt: ss.attempts})
 	if err != nil {
 		switch {
 		case errors.Is(err, upstream.ErrAuthFailed):
@@ -508,6 +515,10 @@ func (ss *session) connect(ctx context.Context, tag, mech, user, pass string) er
 					t.Stop()
 					return ctx.Err()
 				}
+			}
+			var pt publicText
+			if errors.As(err, &pt) && pt.PublicText() != "" {
+				return &respError{"NO", errAuthFail.code, pt.PublicText()}
 			}
 			return errAuthFail
 		case errors.Is(err, upstream.ErrInUse):

@@ -161,7 +161,7 @@ func (s *session) login(mech, user, pass string) (transition, error) {
 	if user == "" || pass == "" || strings.ContainsAny(user, "\x00\r\n") {
 		return s.authFailed(mech, user, errors.New("empty or malformed credentials"))
 	}
-	md, err := s.cfg.Backend.Open(s.ctx, Login{User: user, Password: pass, Remote: s.conn.RemoteAddr()})
+	md, err := s.cfg.Backend.Open(s.ctx, Login{User: user, Password: pass, Remote: s.conn.RemoteAddr(), Attempt: s.authFailures + 1})
 	if err != nil {
 		code, _, logCause := reply(err)
 		if code == CodeAuth {
@@ -197,11 +197,16 @@ func (s *session) authFailed(mech, user string, cause error) (transition, error)
 			t.Stop()
 		}
 	}
+	text := textAuthFailed
+	var pt publicText
+	if errors.As(cause, &pt) && pt.PublicText() != "" {
+		text = pt.PublicText()
+	}
 	if s.authFailures >= maxAuthFailures {
 		s.result = "too_many_auth_failures"
-		return hangUp, &Error{Code: CodeAuth, Text: textAuthFailed + "; too many failures, closing connection"}
+		return hangUp, &Error{Code: CodeAuth, Text: text + "; too many failures, closing connection"}
 	}
-	return stay, &Error{Code: CodeAuth, Text: textAuthFailed}
+	return stay, &Error{Code: CodeAuth, Text: text}
 }
 
 // loginServer is the server side of the LOGIN mechanism

@@ -21,7 +21,12 @@ type Login struct {
 	User     string
 	Password string
 	Remote   net.Addr // the client (after PROXY protocol)
+	Attempt  int      // 1 for the connection's first login attempt, then 2, 3...
 }
+
+// publicText is implemented by errors whose text was written for the
+// client, such as an external authentication service's refusal.
+type publicText interface{ PublicText() string }
 
 // Maildrop is one session's fixed view of a mailbox (RFC 1939 §4). Message
 // numbers are 1..Len(), fixed when the maildrop was opened.

@@ -1,0 +1,191 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"time"
+
+	"go.uber.org/zap"
+
+	"mailgate/gateway/config"
+	"mailgate/gateway/imap"
+	"mailgate/gateway/pop3"
+	"mailgate/routing"
+	"mailgate/upstream"
+)
+
+// This file is where a login meets routing and upstream, the same way for
+// POP3 and IMAP: the failed-login limiter, the routing decision, the choice
+// of a pool's server with failover, and the adapters that implement the
+// fronts' Backend interfaces.
+
+// errTooManyFailures refuses a login from a client address or for a user
+// that failed too often recently; the fronts answer it as a temporary error.
+var errTooManyFailures = fmt.Errorf("%w: too many failed logins; try again later", upstream.ErrUnavailable)
+
+// login is one authentication attempt as the fronts present it.
+type login struct {
+	protocol string
+	user     string
+	password string
+	remote   net.Addr
+	attempt  int
+}
+
+// authenticate runs one login through the failure limiter, routes it, and
+// calls open with each candidate server until one answers: open logs in and
+// returns the backend's verdict. It returns the backend name for metrics.
+func (s *Server) authenticate(ctx context.Context, l login, open func(upstream.Target, string, string, upstream.Timeouts) error) (string, error) {
+	ip := addrIP(l.remote)
+	if !s.auth.allowed(ip, l.user) {
+		s.log.Warn("login refused: too many failures", zap.String("protocol", l.protocol),
+			zap.String("client_ip", ip.String()), zap.String("user", l.user))
+		return "", errTooManyFailures
+	}
+	backend, err := s.routeAndOpen(ctx, l, open)
+	if errors.Is(err, upstream.ErrAuthFailed) {
+		// fail2ban: failregex = "msg":"login failed".*"client_ip":"<HOST>"
+		s.log.Warn("login failed", zap.String("protocol", l.protocol),
+			zap.String("client_ip", ip.String()), zap.String("user", l.user))
+		s.sleep(ctx, s.auth.failed(ip, l.user))
+	}
+	return backend, err
+}
+
+func (s *Server) routeAndOpen(ctx context.Context, l login, open func(upstream.Target, string, string, upstream.Timeouts) error) (string, error) {
+	st := s.state.Load()
+	d, err := st.router.Route(ctx, routing.Login{User: l.user, Password: l.password, Protocol: l.protocol,
+		ClientIP: addrIP(l.remote), Attempt: l.attempt})
+	var rej *routing.RejectError
+	switch {
+	case errors.As(err, &rej):
+		s.sleep(ctx, rej.Wait) // Auth-Wait: answer only after it, as nginx does
+		return "", fmt.Errorf("%w: %w", upstream.ErrAuthFailed, rej)
+	case errors.Is(err, routing.ErrNoRoute):
+		// An unknown user must look like a wrong password.
+		return "", fmt.Errorf("%w: %v", upstream.ErrAuthFailed, err)
+	case err != nil: // the lookup service is down, among others
+		return "", fmt.Errorf("%w: routing: %v", upstream.ErrUnavailable, err)
+	}
+	b, ok := st.backends[d.Backend]
+	if !ok {
+		return "", fmt.Errorf("%w: routing chose unknown backend %q", upstream.ErrUnavailable, d.Backend)
+	}
+	password := l.password
+	if d.Password != "" {
+		password = d.Password
+	}
+	servers := b.Servers()
+	if d.Address != "" {
+		servers = []string{d.Address}
+	}
+	// A pool: the user's first healthy server in rendezvous order. A server
+	// that cannot be reached is skipped for the cool-down and the user goes
+	// to the next choice. A POP3 session never spans two servers: it
+	// connects once, here, and keeps that connection.
+	for range servers {
+		addr, healthy := s.health.Pick(servers, d.User)
+		t := upstream.Target{Name: d.Backend, Address: addr, Config: b, ClientAddr: l.remote}
+		err = open(t, d.User, password, st.timeouts)
+		if err == nil {
+			if s.health.Up(addr) {
+				s.log.Info("backend server answers again", zap.String("backend", d.Backend), zap.String("server", addr))
+			}
+			return d.Backend, nil
+		}
+		if len(servers) == 1 || !errors.Is(err, upstream.ErrUnreachable) {
+			return d.Backend, err
+		}
+		if s.health.Down(addr) {
+			s.log.Warn("backend server unreachable; skipping it", zap.String("backend", d.Backend),
+				zap.String("server", addr), zap.Duration("cooldown", s.health.Cooldown()), zap.Error(err))
+		}
+		if !healthy {
+			break // every server was down: the first choice was tried once
+		}
+	}
+	return d.Backend, err
+}
+
+// sleep waits d, or less if the gateway is cutting sessions or ctx ends.
+func (s *Server) sleep(ctx context.Context, d time.Duration) {
+	if d <= 0 {
+		return
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-ctx.Done():
+	case <-s.sessionsCtx.Done():
+	}
+}
+
+// observeLogin records a login's result and backend latency.
+func (s *Server) observeLogin(protocol, backend string, start time.Time, err error) {
+	result := loginResult(err)
+	s.metrics.logins.WithLabelValues(protocol, result).Inc()
+	if backend != "" {
+		s.metrics.backendLogin.WithLabelValues(protocol, backend, result).Observe(time.Since(start).Seconds())
+	}
+}
+
+// pop3Backend opens maildrops for gateway/pop3.
+type pop3Backend struct{ s *Server }
+
+var _ pop3.Backend = pop3Backend{}
+var _ pop3.Maildrop = (*upstream.Maildrop)(nil)
+
+func (b pop3Backend) Open(ctx context.Context, lg pop3.Login) (pop3.Maildrop, error) {
+	start := time.Now()
+	var md *upstream.Maildrop
+	backend, err := b.s.authenticate(ctx, login{config.ProtocolPOP3, lg.User, lg.Password, lg.Remote, lg.Attempt},
+		func(t upstream.Target, user, password string, _ upstream.Timeouts) error {
+			var err error
+			md, err = b.s.maildrops.Open(ctx, t, user, password)
+			return err
+		})
+	b.s.observeLogin(config.ProtocolPOP3, backend, start, err)
+	if err != nil {
+		return nil, err
+	}
+	return countingMaildrop{md, b.s.metrics}, nil
+}
+
+// countingMaildrop counts the deletions a QUIT commits.
+type countingMaildrop struct {
+	*upstream.Maildrop
+	m *metrics
+}
+
+func (c countingMaildrop) Commit(ctx context.Context, deleted []int) error {
+	err := c.Maildrop.Commit(ctx, deleted)
+	if err == nil {
+		c.m.deletions.Add(float64(len(deleted)))
+	}
+	return err
+}
+
+// imapBackend logs in to the backend for gateway/imap and hands back the
+// connection.
+type imapBackend struct{ s *Server }
+
+var _ imap.Backend = imapBackend{}
+
+func (b imapBackend) Connect(ctx context.Context, lg imap.Login) (net.Conn, []string, error) {
+	start := time.Now()
+	var p *upstream.Passthrough
+	backend, err := b.s.authenticate(ctx, login{config.ProtocolIMAP, lg.User, lg.Password, lg.Remote, lg.Attempt},
+		func(t upstream.Target, user, password string, to upstream.Timeouts) error {
+			var err error
+			p, err = upstream.Handoff(ctx, t, to, user, password)
+			return err
+		})
+	b.s.observeLogin(config.ProtocolIMAP, backend, start, err)
+	if err != nil {
+		return nil, nil, err
+	}
+	return p.Conn, p.Caps, nil
+}
