@@ -8,7 +8,7 @@ COPY go.mod go.sum ./
 RUN go mod download
 COPY . .
 ARG VERSION=dev
-# The same command test/build_test.go runs: a static, stripped, reproducible binary.
+# The same command deploy/build_test.go runs: a static, stripped, reproducible binary.
 RUN CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X main.version=${VERSION}" -o /out/mailgate ./cmd/mailgate
 
 FROM gcr.io/distroless/static-debian12:nonroot

@@ -34,6 +34,7 @@ commands:
   serve -config FILE    run the gateway
   check-config FILE     validate a configuration file; prints every problem, exits 1 if any
   demo                  run a self-contained demo (in-memory IMAP backend) on 127.0.0.1
+  healthcheck URL       GET URL (e.g. http://127.0.0.1:9110/healthz); exit 0 on 200 (container probes)
   version               print the version
 `
 
@@ -53,6 +54,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return checkConfig(args[1:], stdout, stderr)
 	case "demo":
 		return demo(args[1:], stdout, stderr)
+	case "healthcheck":
+		return healthcheck(args[1:], stdout, stderr)
 	case "version", "-version", "--version":
 		fmt.Fprintf(stdout, "mailgate %s\n", versionString())
 		return 0
