@@ -151,14 +151,18 @@ func (b pop3Backend) Open(ctx context.Context, lg pop3.Login) (pop3.Maildrop, er
 	if err != nil {
 		return nil, err
 	}
-	return countingMaildrop{md, b.s.metrics}, nil
+	return countingMaildrop{md, b.s.metrics, backend}, nil
 }
 
-// countingMaildrop counts the deletions a QUIT commits.
+// countingMaildrop counts the deletions a QUIT commits and names its backend
+// for the session's logs.
 type countingMaildrop struct {
 	*upstream.Maildrop
-	m *metrics
+	m       *metrics
+	backend string
 }
+
+func (c countingMaildrop) Backend() string { return c.backend }
 
 func (c countingMaildrop) Commit(ctx context.Context, deleted []int) error {
 	err := c.Maildrop.Commit(ctx, deleted)
@@ -174,7 +178,7 @@ type imapBackend struct{ s *Server }
 
 var _ imap.Backend = imapBackend{}
 
-func (b imapBackend) Connect(ctx context.Context, lg imap.Login) (net.Conn, []string, error) {
+func (b imapBackend) Connect(ctx context.Context, lg imap.Login) (imap.Upstream, error) {
 	start := time.Now()
 	var p *upstream.Passthrough
 	backend, err := b.s.authenticate(ctx, login{config.ProtocolIMAP, lg.User, lg.Password, lg.Remote, lg.Attempt},
@@ -185,7 +189,7 @@ func (b imapBackend) Connect(ctx context.Context, lg imap.Login) (net.Conn, []st
 		})
 	b.s.observeLogin(config.ProtocolIMAP, backend, start, err)
 	if err != nil {
-		return nil, nil, err
+		return imap.Upstream{}, err
 	}
-	return p.Conn, p.Caps, nil
+	return imap.Upstream{Conn: p.Conn, Caps: p.Caps, Name: backend}, nil
 }

@@ -26,14 +26,14 @@ import (
 // to with upstream.Handoff.
 type handoffBackend struct{ target upstream.Target }
 
-func (h handoffBackend) Connect(ctx context.Context, l Login) (net.Conn, []string, error) {
+func (h handoffBackend) Connect(ctx context.Context, l Login) (Upstream, error) {
 	t := h.target
 	t.ClientAddr = l.Remote
 	p, err := upstream.Handoff(ctx, t, upstream.Timeouts{Dial: 2 * time.Second}, l.User, l.Password)
 	if err != nil {
-		return nil, nil, err
+		return Upstream{}, err
 	}
-	return p.Conn, p.Caps, nil
+	return Upstream{Conn: p.Conn, Caps: p.Caps, Name: t.Name}, nil
 }
 
 // memBackend starts imapmemserver with alice/secret and two messages.

@@ -68,16 +68,16 @@ func FuzzParseCommand(f *testing.F) {
 // at once, "down" is unavailable, anyone else fails.
 type fuzzBackend struct{}
 
-func (fuzzBackend) Connect(ctx context.Context, l Login) (net.Conn, []string, error) {
+func (fuzzBackend) Connect(ctx context.Context, l Login) (Upstream, error) {
 	switch l.User {
 	case "ok":
 		ours, theirs := net.Pipe()
 		theirs.Close()
-		return ours, []string{"IMAP4rev1"}, nil
+		return Upstream{Conn: ours, Caps: []string{"IMAP4rev1"}, Name: "fuzz"}, nil
 	case "down":
-		return nil, nil, fmt.Errorf("%w: down", upstream.ErrUnavailable)
+		return Upstream{}, fmt.Errorf("%w: down", upstream.ErrUnavailable)
 	}
-	return nil, nil, fmt.Errorf("%w: no", upstream.ErrAuthFailed)
+	return Upstream{}, fmt.Errorf("%w: no", upstream.ErrAuthFailed)
 }
 
 // FuzzPreauthSession runs whole sessions over net.Pipe with short deadlines

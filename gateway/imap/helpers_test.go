@@ -32,14 +32,14 @@ func newFakeBackend(err error) *fakeBackend {
 		logins: make(chan Login, 10), peers: make(chan net.Conn, 10)}
 }
 
-func (b *fakeBackend) Connect(ctx context.Context, login Login) (net.Conn, []string, error) {
+func (b *fakeBackend) Connect(ctx context.Context, login Login) (Upstream, error) {
 	b.logins <- login
 	if b.err != nil {
-		return nil, nil, b.err
+		return Upstream{}, b.err
 	}
 	ours, theirs := net.Pipe()
 	b.peers <- theirs
-	return ours, b.caps, nil
+	return Upstream{Conn: ours, Caps: b.caps, Name: "fake"}, nil
 }
 
 // testClient is a raw transcript client.

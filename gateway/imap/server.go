@@ -31,13 +31,20 @@ import (
 // Backend logs a user in to the user's IMAP server. The gateway implements it
 // with routing and upstream.Handoff.
 type Backend interface {
-	// Connect returns the backend connection in the authenticated state and
-	// the backend's capabilities after login. Bytes the backend sent after
-	// its login reply must be the first the connection's Read returns.
+	// Connect returns the backend connection in the authenticated state.
 	// Errors should wrap upstream.ErrAuthFailed (answered NO
 	// [AUTHENTICATIONFAILED]) or upstream.ErrInUse (NO [INUSE]); anything
 	// else is answered NO [UNAVAILABLE] and only logged.
-	Connect(ctx context.Context, login Login) (conn net.Conn, caps []string, err error)
+	Connect(ctx context.Context, login Login) (Upstream, error)
+}
+
+// Upstream is a backend connection after a successful login.
+type Upstream struct {
+	// Conn is authenticated. Bytes the backend sent after its login reply
+	// must be the first its Read returns.
+	Conn net.Conn
+	Caps []string // the backend's capabilities after login
+	Name string   // the backend's name, for logs
 }
 
 // Login is what the client presented.
@@ -137,7 +144,7 @@ func (s *Server) Serve(ctx context.Context, conn net.Conn) {
 	if !ss.spliced {
 		conn.Close()
 		ss.conn.Close()
-		log.Debug("imap session ended before login", zap.String("reason", reason))
+		log.Info("session end", zap.String("result", reason), zap.Bool("logged_in", false))
 	}
 }
 
@@ -502,7 +509,8 @@ func (ss *session) saslExchange(srv saslServer, resp []byte) error {
 func (ss *session) connect(ctx context.Context, tag, mech, user, pass string) error {
 	log := ss.log.With(zap.String("user", user), zap.String("mech", mech))
 	ss.attempts++
-	backend, caps, err := ss.cfg.Backend.Connect(ctx, Login{User: user, Password: pass, Remote: ss.conn.RemoteAddr(), Attempt: ss.attempts})
+	up, err := ss.cfg.Backend.Connect(ctx, Login{User: user, Password: pass, Remote: ss.conn.RemoteAddr(), Attempt: ss.attempts})
+	backend, caps := up.Conn, up.Caps
 	if err != nil {
 		switch {
 		case errors.Is(err, upstream.ErrAuthFailed):
@@ -555,10 +563,11 @@ func (ss *session) connect(ctx context.Context, tag, mech, user, pass string) er
 		closeQuietly(backend, ss.conn)
 		return errLoggedIn
 	}
-	log.Info("imap login, relaying", zap.Int("backend_caps", len(caps)))
+	log = log.With(zap.String("backend", up.Name))
+	log.Info("logged in, relaying", zap.Int("backend_caps", len(caps)))
 	st := relay(ctx, ss.conn, backend, ss.cfg.IdleTimeout)
-	log.Info("imap session ended",
-		zap.String("reason", st.reason),
+	log.Info("session end",
+		zap.String("result", st.reason),
 		zap.Int64("bytes_from_client", st.up),
 		zap.Int64("bytes_to_client", st.down),
 		zap.Duration("duration", time.Since(now)))

@@ -176,6 +176,9 @@ func (s *session) login(mech, user, pass string) (transition, error) {
 	s.user = user
 	s.deleted = make([]bool, md.Len()+1)
 	s.log = s.log.With(zap.String("user", user))
+	if nm, ok := md.(namedMaildrop); ok {
+		s.log = s.log.With(zap.String("backend", nm.Backend()))
+	}
 	count, octets := s.totals()
 	s.log.Info("logged in", zap.String("mech", mech), zap.Int("messages", count), zap.Int64("octets", octets))
 	s.w.writeOK("maildrop has " + itoa(int64(count)) + " messages (" + itoa(octets) + " octets)")

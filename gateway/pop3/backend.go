@@ -24,6 +24,10 @@ type Login struct {
 	Attempt  int      // 1 for the connection's first login attempt, then 2, 3...
 }
 
+// namedMaildrop is implemented by maildrops that can name their backend for
+// the session's logs.
+type namedMaildrop interface{ Backend() string }
+
 // publicText is implemented by errors whose text was written for the
 // client, such as an external authentication service's refusal.
 type publicText interface{ PublicText() string }

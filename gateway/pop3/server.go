@@ -150,6 +150,7 @@ func (s *Server) Serve(ctx context.Context, conn net.Conn) {
 		started: time.Now(),
 		log: s.log.With(
 			zap.Uint64("conn", id),
+			zap.String("proto", "pop3"),
 			zap.String("listener", s.cfg.Listener),
 			zap.Stringer("remote", conn.RemoteAddr()),
 		),
