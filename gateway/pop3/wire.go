@@ -27,6 +27,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -120,10 +121,15 @@ func newWire(ctx context.Context, conn net.Conn, readTimeout, writeTimeout time.
 	return w
 }
 
-// interrupt makes a blocked or future read return at once. It is called from
-// another goroutine when the session's context is cancelled.
+// interrupt makes a blocked or future read return at once, and bounds every
+// write from now on by shutdownWriteTimeout: a body still streaming to a
+// slow client when the shutdown grace is over either completes within it or
+// is cut without its terminating dot. It is called from another goroutine
+// when the session's context is cancelled.
 func (w *wire) interrupt() {
+	w.out.cut.Store(true)
 	w.raw.SetReadDeadline(time.Now())
+	w.raw.SetWriteDeadline(time.Now().Add(shutdownWriteTimeout))
 }
 
 // readCommand reads and parses the next command, flushing pending responses
@@ -301,11 +307,14 @@ type deadlineWriter struct {
 	raw     net.Conn
 	timeout time.Duration
 	n       int64
+	cut     atomic.Bool // set by interrupt: the deadline no longer moves
 }
 
 func (d *deadlineWriter) Write(p []byte) (int, error) {
-	if err := d.raw.SetWriteDeadline(time.Now().Add(d.timeout)); err != nil {
-		return 0, err
+	if !d.cut.Load() {
+		if err := d.raw.SetWriteDeadline(time.Now().Add(d.timeout)); err != nil {
+			return 0, err
+		}
 	}
 	n, err := d.w.Write(p)
 	d.n += int64(n)

@@ -1,0 +1,171 @@
+package gateway
+
+import (
+	"context"
+	"io"
+	"net"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-imap/v2/imapclient"
+
+	"mailgate/gateway/config"
+)
+
+// messageCount logs in to a memBackend directly and counts INBOX.
+func messageCount(t *testing.T, addr string) uint32 {
+	t.Helper()
+	c, err := imapclient.DialInsecure(addr, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Login("alice", "secret").Wait(); err != nil {
+		t.Fatal(err)
+	}
+	sel, err := c.Select("INBOX", nil).Wait()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sel.NumMessages
+}
+
+func TestShutdownWithDeletionsPendingDeletesNothing(t *testing.T) {
+	backend := memBackend(t, testMessage, testMessage, testMessage)
+	srv, _ := startGateway(t, baseConfig, backend)
+	c := dialPOP3(t, srv.Addr("pop3"), "")
+	c.line()
+	c.cmd("USER alice")
+	c.cmd("PASS secret")
+	for _, n := range []string{"1", "2", "3"} {
+		if r := c.cmd("DELE " + n); !strings.HasPrefix(r, "+OK") {
+			t.Fatalf("DELE %s: %q", n, r)
+		}
+	}
+	// Shutdown with no grace: the session is cut before QUIT.
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	srv.Shutdown(ctx)
+	io.ReadAll(c.r) // the connection ends
+	if n := messageCount(t, backend); n != 3 {
+		t.Fatalf("after shutdown with 3 DELE pending the mailbox has %d messages, want 3", n)
+	}
+}
+
+func TestShutdownGraceLetsASessionFinish(t *testing.T) {
+	backend := memBackend(t, testMessage, testMessage)
+	srv, _ := startGateway(t, baseConfig, backend)
+	c := dialPOP3(t, srv.Addr("pop3"), "")
+	c.line()
+	c.cmd("USER alice")
+	c.cmd("PASS secret")
+	done := make(chan struct{})
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		srv.Shutdown(ctx)
+		close(done)
+	}()
+	// New connections are refused once shutdown starts...
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		conn, err := net.Dial("tcp", srv.Addr("pop3").String())
+		if err != nil {
+			break
+		}
+		conn.Close()
+		if time.Now().After(deadline) {
+			t.Fatal("still accepting during shutdown")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	// ...while the session in progress completes, deletion included.
+	c.cmd("DELE 1")
+	if r := c.cmd("QUIT"); !strings.HasPrefix(r, "+OK") {
+		t.Fatalf("QUIT during the grace period: %q", r)
+	}
+	<-done
+	if n := messageCount(t, backend); n != 1 {
+		t.Fatalf("mailbox has %d messages, want 1", n)
+	}
+}
+
+func TestShutdownDuringRetrNeverSendsATruncatedBody(t *testing.T) {
+	big := "Subject: big\r\n\r\n" + strings.Repeat(strings.Repeat("x", 998)+"\r\n", 16000) // 16 MB: more than the socket buffers
+	backend := memBackend(t, big)
+	srv, _ := startGateway(t, baseConfig, backend)
+	c := dialPOP3(t, srv.Addr("pop3"), "")
+	c.line()
+	c.cmd("USER alice")
+	c.cmd("PASS secret")
+	io.WriteString(c.c, "RETR 1\r\n")
+	first := c.line()
+	if !strings.HasPrefix(first, "+OK") {
+		t.Fatalf("RETR: %q", first)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	shutdownDone := make(chan struct{})
+	go func() { srv.Shutdown(ctx); close(shutdownDone) }()
+	// The client stalls longer than the shutdown write bound (2s): the
+	// server must give up on it rather than wait for the idle timeout.
+	select {
+	case <-shutdownDone:
+	case <-time.After(10 * time.Second):
+		t.Fatal("shutdown waits for a client that does not read")
+	}
+
+	// Read what arrives: either the whole body and its ".", or the
+	// connection ends without the ".".
+	r := c.r
+	var body strings.Builder
+	terminated := false
+	for {
+		l, err := r.ReadString('\n')
+		if err != nil {
+			break
+		}
+		if l == ".\r\n" {
+			terminated = true
+			break
+		}
+		body.WriteString(l)
+	}
+	if terminated {
+		t.Fatalf("the server sent the final dot after %d of %d bytes although the client stalled past the shutdown bound", body.Len(), len(big))
+	}
+}
+
+func TestReloadRoutesNewSessionsAndKeepsSessionsInFlight(t *testing.T) {
+	a := memBackend(t, testMessage)
+	b := memBackend(t, testMessage, testMessage)
+	srv, _ := startGateway(t, baseConfig, a)
+
+	inFlight := dialPOP3(t, srv.Addr("pop3"), "")
+	inFlight.line()
+	inFlight.cmd("USER alice")
+	inFlight.cmd("PASS secret")
+
+	cfg, err := config.Parse([]byte(strings.ReplaceAll(baseConfig, "BACKEND", b)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Reload(cfg); err != nil {
+		t.Fatal(err)
+	}
+	if r := inFlight.cmd("STAT"); r != "+OK 1 "+strconv.Itoa(len(testMessage)) {
+		t.Errorf("session in flight after reload: STAT %q, want backend A's single message", r)
+	}
+	inFlight.cmd("QUIT")
+
+	c := dialPOP3(t, srv.Addr("pop3"), "")
+	c.line()
+	c.cmd("USER alice")
+	c.cmd("PASS secret")
+	if r := c.cmd("STAT"); !strings.HasPrefix(r, "+OK 2 ") {
+		t.Errorf("new session after reload: STAT %q, want backend B's two messages", r)
+	}
+	c.cmd("QUIT")
+}
