@@ -280,7 +280,11 @@ func (s *session) update() {
 		}
 	}
 	ctx := context.WithoutCancel(s.ctx)
-	if err := s.md.Commit(ctx, del); err != nil {
+	err := s.md.Commit(ctx, del)
+	// Release the maildrop (and its lock) before answering, so a client
+	// that reconnects right after +OK is not told [IN-USE].
+	s.closeMaildrop()
+	if err != nil {
 		// RFC 1939 §6: "-ERR some deleted messages not removed".
 		s.log.Warn("commit failed", zap.Int("deleted", len(del)), zap.Error(err))
 		s.w.writeErr(CodeSysTemp, textPartialCommit)
@@ -295,13 +299,20 @@ func (s *session) update() {
 	s.w.flush()
 }
 
+// closeMaildrop ends the maildrop without changes, once.
+func (s *session) closeMaildrop() {
+	if s.md == nil {
+		return
+	}
+	if err := s.md.Close(); err != nil {
+		s.log.Warn("closing maildrop failed", zap.Error(err))
+	}
+	s.md = nil
+}
+
 // end releases the maildrop and writes the session's log line.
 func (s *session) end() {
-	if s.md != nil {
-		if err := s.md.Close(); err != nil {
-			s.log.Warn("closing maildrop failed", zap.Error(err))
-		}
-	}
+	s.closeMaildrop()
 	if s.result == "" {
 		s.result = "error"
 	}
