@@ -16,15 +16,16 @@ package imap
 import (
 	"context"
 	"crypto/tls"
-	"encoding/base64"
 	"errors"
 	"net"
 	"strings"
 	"sync/atomic"
 	"time"
 
+	"github.com/emersion/go-sasl"
 	"go.uber.org/zap"
 
+	"mailgate/gateway/internal/saslserver"
 	"mailgate/upstream"
 )
 
@@ -455,39 +456,37 @@ func (ss *session) authenticate(ctx context.Context, cmd *command) error {
 			return errArgs
 		}
 		var err error
-		if ir, err = decodeSASL(cmd.args[1].val, true); err != nil {
+		if ir, err = saslserver.Decode(cmd.args[1].val, true); err != nil {
 			return &respError{"BAD", "", "Invalid base64 in initial response"}
 		}
 	}
 	if !ss.authAllowed() {
 		return errPrivacy
 	}
-	var creds credentials
-	srv := newSASLServer(mech, &creds)
+	creds, srv := saslserver.New(mech)
 	if srv == nil {
 		return &respError{"NO", "", "Unsupported authentication mechanism"}
 	}
 	if err := ss.saslExchange(srv, ir); err != nil {
 		return err
 	}
-	return ss.connect(ctx, cmd.tag, mech, creds.user, creds.pass)
+	return ss.connect(ctx, cmd.tag, mech, creds.User, creds.Pass)
 }
 
 // saslExchange runs the challenge-response loop until the mechanism is done.
-func (ss *session) saslExchange(srv saslServer, resp []byte) error {
+func (ss *session) saslExchange(srv sasl.Server, resp []byte) error {
 	for {
 		challenge, done, err := srv.Next(resp)
+		if errors.Is(err, saslserver.ErrAuthzid) {
+			return errAuthzid
+		}
 		if err != nil {
-			var re *respError
-			if errors.As(err, &re) {
-				return re
-			}
 			return &respError{"BAD", "", "Invalid SASL response"}
 		}
 		if done {
 			return nil
 		}
-		ss.w.continuation(base64.StdEncoding.EncodeToString(challenge))
+		ss.w.continuation(saslserver.Encode(challenge))
 		if err := ss.w.flush(); err != nil {
 			return err
 		}
@@ -498,7 +497,7 @@ func (ss *session) saslExchange(srv saslServer, resp []byte) error {
 		if line == "*" {
 			return &respError{"BAD", "", "AUTHENTICATE cancelled"}
 		}
-		if resp, err = decodeSASL(line, false); err != nil {
+		if resp, err = saslserver.Decode(line, false); err != nil {
 			return &respError{"BAD", "", "Invalid base64 in SASL response"}
 		}
 	}

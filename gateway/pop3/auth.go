@@ -7,16 +7,14 @@ package pop3
 // a decoded response. Logs carry the user name and the mechanism only.
 
 import (
-	"encoding/base64"
 	"errors"
 	"strings"
 	"time"
 
-	"github.com/emersion/go-sasl"
 	"go.uber.org/zap"
-)
 
-var errAuthzid = errors.New("authorization identity differs from authentication identity")
+	"mailgate/gateway/internal/saslserver"
+)
 
 // plaintextAllowed: RFC 2595 §2.3 and RFC 8314 — passwords travel only over
 // TLS unless the listener allows cleartext.
@@ -82,48 +80,30 @@ func (s *session) cmdAUTH(cmd command) (transition, error) {
 	}
 	s.pendingUser = ""
 	mech := strings.ToUpper(cmd.args[0])
-	var user, pass string
-	var srv sasl.Server
-	switch mech {
-	case "PLAIN":
-		srv = sasl.NewPlainServer(func(identity, username, password string) error {
-			// Acting as another user is not supported: the backend would
-			// need a master login.
-			if identity != "" && identity != username {
-				return errAuthzid
-			}
-			user, pass = username, password
-			return nil
-		})
-	case "LOGIN":
-		srv = &loginServer{done: func(username, password string) error {
-			user, pass = username, password
-			return nil
-		}}
-	default:
+	creds, srv := saslserver.New(mech)
+	if srv == nil {
 		return stay, syntaxError("unsupported authentication mechanism")
 	}
-
 	var resp []byte // nil: no initial response
 	if len(cmd.args) == 2 {
 		var err error
-		if resp, err = decodeSASL(cmd.args[1]); err != nil {
+		if resp, err = saslserver.Decode(cmd.args[1], true); err != nil {
 			return s.authFailed(mech, "", err)
 		}
 	}
 	for {
 		challenge, done, err := srv.Next(resp)
 		if err != nil {
-			return s.authFailed(mech, user, err)
+			return s.authFailed(mech, creds.User, err)
 		}
 		if done {
 			break
 		}
-		s.w.writeChallenge(base64.StdEncoding.EncodeToString(challenge))
+		s.w.writeChallenge(saslserver.Encode(challenge))
 		line, err := s.w.readSASLLine()
 		switch {
 		case errors.Is(err, errLineTooLong):
-			return s.authFailed(mech, user, err)
+			return s.authFailed(mech, creds.User, err)
 		case err != nil:
 			s.readFailed(err)
 			return abort, nil
@@ -131,29 +111,11 @@ func (s *session) cmdAUTH(cmd command) (transition, error) {
 			// RFC 5034 §4: the server MUST reject the AUTH command.
 			return stay, &Error{Text: "authentication cancelled"}
 		}
-		if resp, err = decodeSASL(line); err != nil {
-			return s.authFailed(mech, user, err)
+		if resp, err = saslserver.Decode(line, false); err != nil {
+			return s.authFailed(mech, creds.User, err)
 		}
 	}
-	return s.login(mech, user, pass)
-}
-
-// decodeSASL decodes a base64 SASL response; "=" is an empty one (RFC 5034
-// §4). The result is never nil: go-sasl takes nil as "no response".
-func decodeSASL(s string) ([]byte, error) {
-	if s == "=" {
-		return []byte{}, nil
-	}
-	b, err := base64.StdEncoding.DecodeString(s)
-	if err != nil {
-		if b, err = base64.RawStdEncoding.DecodeString(s); err != nil {
-			return nil, errors.New("invalid base64 in SASL response")
-		}
-	}
-	if b == nil {
-		b = []byte{}
-	}
-	return b, nil
+	return s.login(mech, creds.User, creds.Pass)
 }
 
 // login opens the user's maildrop with the credentials the client gave.
@@ -210,39 +172,6 @@ func (s *session) authFailed(mech, user string, cause error) (transition, error)
 		return hangUp, &Error{Code: CodeAuth, Text: text + "; too many failures, closing connection"}
 	}
 	return stay, &Error{Code: CodeAuth, Text: text}
-}
-
-// loginServer is the server side of the LOGIN mechanism
-// (draft-murchison-sasl-login): challenges "Username:" and "Password:". An
-// initial response is taken as the user name. go-sasl has only the client.
-type loginServer struct {
-	step     int
-	username string
-	done     func(username, password string) error
-}
-
-var _ sasl.Server = (*loginServer)(nil)
-
-func (l *loginServer) Next(response []byte) (challenge []byte, done bool, err error) {
-	switch l.step {
-	case 0:
-		if response == nil {
-			l.step = 1
-			return []byte("Username:"), false, nil
-		}
-		l.username = string(response)
-		l.step = 2
-		return []byte("Password:"), false, nil
-	case 1:
-		l.username = string(response)
-		l.step = 2
-		return []byte("Password:"), false, nil
-	case 2:
-		l.step = 3
-		return nil, true, l.done(l.username, string(response))
-	default:
-		return nil, false, sasl.ErrUnexpectedClientResponse
-	}
 }
 
 // cmdSTLS: RFC 2595 §4. Refused if the client pipelined anything after STLS:
