@@ -242,6 +242,13 @@ func (w *watchdog) reset(d time.Duration) bool {
 	return true
 }
 
+// hasFired reports whether the watchdog has fired.
+func (w *watchdog) hasFired() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.fired
+}
+
 // stop disarms the watchdog and reports whether it had fired.
 func (w *watchdog) stop() (fired bool) {
 	w.mu.Lock()

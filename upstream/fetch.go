@@ -14,9 +14,10 @@ package upstream
 // not once per message.
 //
 // go-imap delivers FETCH data on its reader goroutine, which blocks until the
-// literal is consumed, so exactly one goroutine must read the answers in the
-// order the commands were sent: the fetcher holds cmdMu from the first
-// command of a batch to the last answer.
+// literal is consumed, and a server may interleave the answers of pipelined
+// commands, so each command's answer is read by a goroutine of its own; the
+// fetcher holds cmdMu from the first command of a batch to the last answer,
+// so no other command (STORE, EXPUNGE at QUIT) is sent meanwhile.
 
 import (
 	"context"
@@ -202,10 +203,16 @@ func (d *Maildrop) plan(limit int) []*flight {
 	return batch
 }
 
-// run sends one UID FETCH per flight, then reads the answers in order. As
-// each answer is complete it tops the pipeline up with what Retr has queued
-// since and with more fetch-ahead, so that, while the client keeps reading
-// in order and the budget allows, the backend never waits for us.
+// run sends one UID FETCH per flight and reads the answers as they come.
+// As each answer is complete it tops the pipeline up with what Retr has
+// queued since and with more fetch-ahead, so that, while the client keeps
+// reading in order and the budget allows, the backend never waits for us.
+//
+// Each command's answer is read by a goroutine of its own: a server may
+// interleave the answers of pipelined commands (Dovecot sends "* 1 FETCH",
+// "* 2 FETCH", then both tagged OKs), and go-imap's reader blocks until the
+// FETCH data it routed to a command is consumed, so reading the commands
+// one after the other would deadlock.
 func (d *Maildrop) run(batch []*flight) {
 	d.cmdMu.Lock()
 	defer d.cmdMu.Unlock()
@@ -219,23 +226,35 @@ func (d *Maildrop) run(batch []*flight) {
 	// matches FETCH responses by the UID seen before the literal).
 	opts := &imap.FetchOptions{UID: true, BodySection: []*imap.FetchItemBodySection{{Peek: true}}}
 	// Armed before the first write: a backend that does not read can block
-	// a write as surely as one that does not answer. Each message then gets
+	// a write as surely as one that does not answer. Each answer then gets
 	// the full command timeout from the moment the previous one is
 	// complete: a slow backend is fine, a silent one is not.
 	wd := watch(d.m.to.Command, d.kill)
 	d.batches.Add(1)
-	var cmds []*imapclient.FetchCommand
-	for _, f := range batch {
-		cmds = append(cmds, d.c.Fetch(imap.UIDSetNum(f.uid), opts))
+	type answer struct {
+		f   *flight
+		b   *body
+		err error
 	}
-	for i := 0; i < len(batch); i++ {
-		f := batch[i]
+	answers := make(chan answer, maxBatch)
+	send := func(f *flight) {
+		fc := d.c.Fetch(imap.UIDSetNum(f.uid), opts)
+		go func() {
+			b, err := d.readBody(fc, f)
+			answers <- answer{f, b, err}
+		}()
+	}
+	for _, f := range batch {
+		send(f)
+	}
+	for outstanding := len(batch); outstanding > 0; outstanding-- {
+		a := <-answers
 		wd.reset(d.m.to.Command)
-		b, err := d.readBody(cmds[i], f)
+		err := a.err
 		if err != nil && !errors.Is(err, ErrMessageGone) {
-			op := fmt.Sprintf("UID FETCH %d", f.uid)
+			op := fmt.Sprintf("UID FETCH %d", a.f.uid)
 			if d.c.State() == imap.ConnStateLogout { // the connection is dead
-				if wd.stop() {
+				if wd.hasFired() {
 					err = fmt.Errorf("%w: %s timed out after %v", ErrUnavailable, op, d.m.to.Command)
 				}
 				d.setBroken(commandError(op, err))
@@ -244,7 +263,7 @@ func (d *Maildrop) run(batch []*flight) {
 				err = commandError(op, err)
 			}
 		}
-		d.complete(f, b, err)
+		d.complete(a.f, a.b, err)
 
 		select {
 		case <-d.quit:
@@ -254,14 +273,13 @@ func (d *Maildrop) run(batch []*flight) {
 		if d.brokenErr() != nil {
 			continue
 		}
-		outstanding := len(batch) - i - 1
-		for _, g := range d.plan(maxBatch - outstanding) {
-			batch = append(batch, g)
-			cmds = append(cmds, d.c.Fetch(imap.UIDSetNum(g.uid), opts))
+		for _, g := range d.plan(maxBatch - (outstanding - 1)) {
+			send(g)
+			outstanding++
 		}
 	}
 	wd.stop()
-	d.log.Debug("fetched", zap.Int("messages", len(batch)), zap.Int("first", batch[0].n))
+	d.log.Debug("fetched", zap.Int("first", batch[0].n))
 }
 
 // readBody consumes the answer to one UID FETCH of one message. It always

@@ -15,8 +15,10 @@ import (
 //	%%  a literal %
 //
 // Between % and the letter: an optional 0 and width (zero- or space-padded),
-// then X for upper-case or x for lower-case hexadecimal; decimal otherwise.
-// "%08Xu%08Xv" (the default) gives 0000002A5F3E1C00.
+// then X for hexadecimal, decimal otherwise. As in Dovecot, X means "hex"
+// and the digits are lower-case: "%08Xu%08Xv" (the default) gives
+// 0000002a5f3e1c00, exactly what Dovecot's POP3 server says for the same
+// message (x is accepted as a synonym).
 //
 // RFC 1939 §7: the result must be 1-70 characters in 0x21-0x7E, and unique
 // within the maildrop, which needs %u. UIDVALIDITY+UID stay stable for as long
@@ -54,9 +56,9 @@ func FormatUIDL(format string, uid, uidValidity uint32) (string, error) {
 				return "", fmt.Errorf("width %d is too large", width)
 			}
 		}
-		base, upper := 10, false
+		base := 10
 		if i < len(format) && (format[i] == 'X' || format[i] == 'x') {
-			base, upper = 16, format[i] == 'X'
+			base = 16
 			i++
 		}
 		if i >= len(format) {
@@ -72,9 +74,6 @@ func FormatUIDL(format string, uid, uidValidity uint32) (string, error) {
 			return "", fmt.Errorf("unknown variable %%%c (known: %%u UID, %%v UIDVALIDITY, %%%%)", format[i])
 		}
 		s := strconv.FormatUint(uint64(v), base)
-		if upper {
-			s = strings.ToUpper(s)
-		}
 		pad := " "
 		if zero {
 			pad = "0"
