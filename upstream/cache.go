@@ -15,8 +15,12 @@ import (
 // backend. UIDVALIDITY is part of it so that bodies of a recreated mailbox
 // are never served for the new messages that reuse their UIDs (RFC 3501
 // §2.3.1.1); stale entries simply age out.
+//
+// Server (the address dialed) is in it as well as Backend: the servers of a
+// pool may be shards with stores of their own, whose UIDVALIDITY and UIDs can
+// coincide (UIDVALIDITY is often a creation time).
 type CacheKey struct {
-	Backend, User, Mailbox string
+	Backend, Server, User, Mailbox string
 	UIDValidity            uint32
 	UID                    imap.UID
 }
@@ -25,7 +29,7 @@ type CacheKey struct {
 // no two keys share a name.
 func (k CacheKey) String() string {
 	b := make([]byte, 0, 64)
-	for _, s := range []string{k.Backend, k.User, k.Mailbox} {
+	for _, s := range []string{k.Backend, k.Server, k.User, k.Mailbox} {
 		b = strconv.AppendInt(b, int64(len(s)), 10)
 		b = append(b, ':')
 		b = append(b, s...)

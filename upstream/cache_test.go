@@ -57,6 +57,13 @@ func TestCacheKeyIncludesUserAndUIDValidity(t *testing.T) {
 	if _, ok := c.Get(k); ok {
 		t.Error("a body from another UIDVALIDITY was served")
 	}
+	// Another server of the same backend (a shard of a pool) never shares
+	// bodies, even with equal UIDVALIDITY and UID.
+	k = key("alice", 1)
+	k.Server = "10.0.0.2:143"
+	if _, ok := c.Get(k); ok {
+		t.Error("a body from another server of the pool was served")
+	}
 	// The singleflight names differ too, also for fields that would
 	// collide if simply concatenated.
 	a := CacheKey{Backend: "b", User: "ab", Mailbox: "c"}

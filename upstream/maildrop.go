@@ -333,7 +333,7 @@ func (d *Maildrop) read(ctx context.Context, n int, retr bool) (io.ReadCloser, e
 
 // key is the cache and singleflight key of a message of this maildrop.
 func (d *Maildrop) key(uid imap.UID) CacheKey {
-	return CacheKey{Backend: d.target.Name, User: d.user, Mailbox: d.mailbox, UIDValidity: d.uidValidity, UID: uid}
+	return CacheKey{Backend: d.target.Name, Server: d.target.Address, User: d.user, Mailbox: d.mailbox, UIDValidity: d.uidValidity, UID: uid}
 }
 
 // get finds message n's body: fetched ahead by this session, in the shared
