@@ -1,0 +1,217 @@
+package test
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"mailgate/test/pop3client"
+)
+
+// mailgateProcess is the real binary running `serve -config FILE`, the way
+// operators run it: signals reach it as they would in production.
+type mailgateProcess struct {
+	cmd  *exec.Cmd
+	mu   sync.Mutex
+	logs strings.Builder
+	addr chan string
+	done chan error
+}
+
+var buildOnce struct {
+	once sync.Once
+	bin  string
+	err  error
+}
+
+func mailgateBinary(t *testing.T) string {
+	t.Helper()
+	buildOnce.once.Do(func() {
+		dir, err := os.MkdirTemp("", "mailgate-bin-")
+		if err != nil {
+			buildOnce.err = err
+			return
+		}
+		buildOnce.bin = filepath.Join(dir, "mailgate")
+		out, err := exec.Command("go", "build", "-o", buildOnce.bin, "mailgate/cmd/mailgate").CombinedOutput()
+		if err != nil {
+			buildOnce.err = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if buildOnce.err != nil {
+		t.Fatal(buildOnce.err)
+	}
+	return buildOnce.bin
+}
+
+var listeningRE = regexp.MustCompile(`"msg":"listening".*"address":"([^"]+)"`)
+
+func startMailgate(t *testing.T, configFile string) *mailgateProcess {
+	t.Helper()
+	p := &mailgateProcess{addr: make(chan string, 4), done: make(chan error, 1)}
+	p.cmd = exec.Command(mailgateBinary(t), "serve", "-config", configFile)
+	stderr, err := p.cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			line := sc.Text()
+			p.mu.Lock()
+			p.logs.WriteString(line + "\n")
+			p.mu.Unlock()
+			if m := listeningRE.FindStringSubmatch(line); m != nil {
+				p.addr <- m[1]
+			}
+		}
+		p.done <- p.cmd.Wait()
+	}()
+	t.Cleanup(func() {
+		p.cmd.Process.Kill()
+		if t.Failed() {
+			t.Logf("mailgate output:\n%s", p.output())
+		}
+	})
+	return p
+}
+
+func (p *mailgateProcess) output() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.logs.String()
+}
+
+func (p *mailgateProcess) listening(t *testing.T) string {
+	t.Helper()
+	select {
+	case a := <-p.addr:
+		return a
+	case err := <-p.done:
+		t.Fatalf("mailgate exited: %v\n%s", err, p.output())
+	case <-time.After(30 * time.Second):
+		t.Fatalf("mailgate did not start\n%s", p.output())
+	}
+	return ""
+}
+
+// waitLog waits until the output contains s.
+func (p *mailgateProcess) waitLog(t *testing.T, s string) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); !strings.Contains(p.output(), s); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no %q in mailgate's output:\n%s", s, p.output())
+		}
+	}
+}
+
+func signalsConfig(t *testing.T, backendUser string) string {
+	return fmt.Sprintf(`log: {level: info, format: json}
+listeners:
+  - {name: pop3, protocol: pop3, address: "127.0.0.1:0", tls: none, allow_plaintext_auth: true}
+backends:
+  dovecot: {address: %q, tls: none}
+routing:
+  rules:
+    - {user: alias@signals.test, backend: dovecot, rewrite_user: %q}
+limits: {auth_failure_delay: 1ms}
+timeouts: {shutdown: 2s}
+`, dovecotServer(t).IMAPAddr, backendUser)
+}
+
+// TestSIGTERMWithDeletionsPendingDeletesNothing: SIGTERM while a POP3
+// session has DELE pending and has not sent QUIT: the process stops within
+// its shutdown grace and nothing is deleted (RFC 1939 §6).
+func TestSIGTERMWithDeletionsPendingDeletesNothing(t *testing.T) {
+	u := newAccount(t)
+	seed(t, u, message("s1", "one\r\n"), message("s2", "two\r\n"))
+	file := writeFile(t, t.TempDir(), "mailgate.yaml", signalsConfig(t, u.User), 0o644)
+	p := startMailgate(t, file)
+	addr := p.listening(t)
+
+	c, err := pop3client.Dial(addr, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Login("alias@signals.test", u.Pass); err != nil {
+		t.Fatal(err)
+	}
+	c.Dele(1)
+	c.Dele(2)
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-p.done:
+		if err != nil {
+			t.Fatalf("mailgate exited with %v after SIGTERM", err)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("mailgate did not stop after SIGTERM and its 2s grace")
+	}
+	if st := state(t, u, false); len(st.Messages) != 2 {
+		t.Fatalf("after SIGTERM with 2 DELE pending the mailbox has %d messages, want 2", len(st.Messages))
+	}
+}
+
+// TestSIGHUPReloadsRoutesAndRefusesABrokenFile: SIGHUP applies a changed
+// route to new sessions; a file that does not validate is refused whole and
+// the running configuration stays.
+func TestSIGHUPReloadsRoutesAndRefusesABrokenFile(t *testing.T) {
+	first, second := newAccount(t), newAccount(t)
+	seed(t, first, message("first", "1\r\n"))
+	seed(t, second, message("second", "2\r\n"), message("second-b", "2b\r\n"))
+	// The route decides which account the alias reaches; each logs in with
+	// its own password.
+	file := writeFile(t, t.TempDir(), "mailgate.yaml", signalsConfig(t, first.User), 0o644)
+	p := startMailgate(t, file)
+	addr := p.listening(t)
+	count := func(pass string) int {
+		t.Helper()
+		c, err := pop3client.Dial(addr, 10*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if err := c.Login("alias@signals.test", pass); err != nil {
+			t.Fatalf("login: %v", err)
+		}
+		n, _, err := c.Stat()
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Quit()
+		return n
+	}
+	if n := count(first.Pass); n != 1 {
+		t.Fatalf("before reload the alias reached %d messages, want the first account's 1", n)
+	}
+
+	os.WriteFile(file, []byte(signalsConfig(t, second.User)), 0o644)
+	p.cmd.Process.Signal(syscall.SIGHUP)
+	p.waitLog(t, `"msg":"configuration reloaded"`)
+	if n := count(second.Pass); n != 2 {
+		t.Fatalf("after reload the alias reached %d messages, want the second account's 2", n)
+	}
+
+	os.WriteFile(file, []byte(signalsConfig(t, first.User)+"listeners: [{name: oops}]\nbogus_key: 1\n"), 0o644)
+	p.cmd.Process.Signal(syscall.SIGHUP)
+	p.waitLog(t, `reload refused`)
+	if n := count(second.Pass); n != 2 {
+		t.Fatalf("after a broken reload the alias reached %d messages, want the running route's 2", n)
+	}
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	if err := <-p.done; err != nil {
+		t.Fatalf("exit after SIGTERM: %v", err)
+	}
+}
