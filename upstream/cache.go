@@ -21,8 +21,8 @@ import (
 // coincide (UIDVALIDITY is often a creation time).
 type CacheKey struct {
 	Backend, Server, User, Mailbox string
-	UIDValidity            uint32
-	UID                    imap.UID
+	UIDValidity                    uint32
+	UID                            imap.UID
 }
 
 // String is the key's singleflight name: fields are length-prefixed so that

@@ -45,6 +45,11 @@ type BackendConfig struct {
 	// ForwardClientIP sends an ID command with x-originating-ip before login
 	// (the way Dovecot's proxy does), so the backend sees the real client.
 	ForwardClientIP bool `yaml:"forward_client_ip"`
+	// SendProxyProtocol prefixes every connection to this backend with a
+	// PROXY protocol header carrying the client's address: "v1", "v2" or
+	// empty (none). The backend must expect it (Dovecot: haproxy = yes on
+	// the listener and haproxy_trusted_networks naming mailgate).
+	SendProxyProtocol string `yaml:"send_proxy_protocol"`
 
 	tlsConfig *tls.Config // built by Validate
 }
@@ -108,6 +113,11 @@ func (c *BackendConfig) Validate() []error {
 	case TLSNone, TLSStartTLS, TLSImplicit:
 	default:
 		bad("tls", "%q is not one of none, starttls, implicit", c.TLS)
+	}
+	switch c.SendProxyProtocol {
+	case "", "v1", "v2":
+	default:
+		bad("send_proxy_protocol", "%q is not one of v1, v2", c.SendProxyProtocol)
 	}
 	minVersion, err := ParseTLSVersion(c.TLSMinVersion)
 	if err != nil {

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"net"
 	"time"
+
+	proxyproto "github.com/pires/go-proxyproto"
 )
 
 // Target is one backend server chosen for one session: the gateway builds it
@@ -33,6 +35,12 @@ func dialConn(ctx context.Context, t Target, timeout time.Duration) (net.Conn, e
 	if err != nil {
 		return nil, fmt.Errorf("%w: dial %s: %v", ErrUnreachable, t.Address, err)
 	}
+	if v := t.Config.SendProxyProtocol; v != "" && t.ClientAddr != nil {
+		if err := sendProxyHeader(ctx, conn, v, t.ClientAddr); err != nil {
+			conn.Close()
+			return nil, fmt.Errorf("%w: PROXY header to %s: %v", ErrUnavailable, t.Address, err)
+		}
+	}
 	if t.Config.TLS != TLSImplicit {
 		return conn, nil
 	}
@@ -42,4 +50,19 @@ func dialConn(ctx context.Context, t Target, timeout time.Duration) (net.Conn, e
 		return nil, fmt.Errorf("%w: TLS handshake with %s: %v", ErrUnavailable, t.Address, err)
 	}
 	return tc, nil
+}
+
+// sendProxyHeader writes a PROXY protocol header (v1 or v2) saying the
+// connection comes from client, before anything else (and before TLS).
+func sendProxyHeader(ctx context.Context, conn net.Conn, version string, client net.Addr) error {
+	v := byte(2)
+	if version == "v1" {
+		v = 1
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		conn.SetWriteDeadline(dl)
+		defer conn.SetWriteDeadline(time.Time{})
+	}
+	_, err := proxyproto.HeaderProxyFromAddrs(v, client, conn.RemoteAddr()).WriteTo(conn)
+	return err
 }

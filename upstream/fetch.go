@@ -305,6 +305,16 @@ func (d *Maildrop) readBody(fc *imapclient.FetchCommand, f *flight) (*body, erro
 					continue // msg.Next discards the literal
 				}
 				b, spoolErr = spoolLiteral(it.Literal, it.Literal.Size(), memMax, d.m.spoolDir)
+				if spoolErr != nil {
+					// The literal is half read. go-imap's reader goroutine
+					// resumes as soon as a literal read fails, and the
+					// discard that msg.Next and fc.Close do would then read
+					// the same decoder concurrently (a data race in
+					// go-imap). The connection is unusable anyway: close it
+					// and let the reader goroutine end before going on.
+					d.kill()
+					<-d.c.Closed()
+				}
 			}
 		}
 	}

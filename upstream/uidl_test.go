@@ -17,7 +17,7 @@ func TestFormatUIDL(t *testing.T) {
 		{"%u.%v", 7, 1234, "7.1234", true},
 		{"%v-%u%%", 7, 3, "3-7%", true},
 		{"%4u", 7, 3, "   7", false}, // spaces are not allowed in a UIDL
-		{"%v", 7, 3, "", false},       // no %u: not unique
+		{"%v", 7, 3, "", false},      // no %u: not unique
 		{"%q", 7, 3, "", false},
 		{"%08X", 7, 3, "", false},
 		{"%99u", 7, 3, "", false},
