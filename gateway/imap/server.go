@@ -564,6 +564,10 @@ func (ss *session) connect(ctx context.Context, tag, mech, user, pass string) er
 	}
 	log = log.With(zap.String("backend", up.Name))
 	log.Info("logged in, relaying", zap.Int("backend_caps", len(caps)))
+	// The pre-login reader and writer are done with (takeBuffered handed
+	// over what the client had pipelined): let their buffers go for the
+	// rest of what may be a days-long session.
+	ss.w = nil
 	st := relay(ctx, ss.conn, backend, ss.cfg.IdleTimeout)
 	log.Info("session end",
 		zap.String("result", st.reason),
