@@ -14,12 +14,12 @@ import (
 // reaches the limit, further logins are refused without asking the backend
 // until the window has passed. The counts are per mailgate instance.
 type authLimiter struct {
-	max  int           // failures within per before refusal; 0 disables
-	per  time.Duration // the window
 	now  func() time.Time
 	step time.Duration // the delay grows by this per failure, up to maxDelay
 
 	mu     sync.Mutex
+	max    int           // failures within per before refusal; 0 disables
+	per    time.Duration // the window
 	byIP   map[netip.Addr]*failures
 	byUser map[string]*failures
 	sweep  time.Time
@@ -32,6 +32,13 @@ type failures struct {
 
 const maxAuthDelay = 5 * time.Second
 
+// set changes the limit and window (SIGHUP); counts so far are kept.
+func (a *authLimiter) set(max int, per time.Duration) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.max, a.per = max, per
+}
+
 func newAuthLimiter(max int, per time.Duration) *authLimiter {
 	return &authLimiter{max: max, per: per, now: time.Now, step: 250 * time.Millisecond,
 		byIP: make(map[netip.Addr]*failures), byUser: make(map[string]*failures)}
@@ -39,11 +46,11 @@ func newAuthLimiter(max int, per time.Duration) *authLimiter {
 
 // allowed reports whether a login from ip as user may be tried now.
 func (a *authLimiter) allowed(ip netip.Addr, user string) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
 	if a.max <= 0 {
 		return true
 	}
-	a.mu.Lock()
-	defer a.mu.Unlock()
 	now := a.now()
 	return a.count(a.byIP[ip], now) < a.max && a.count(a.byUser[strings.ToLower(user)], now) < a.max
 }
@@ -58,11 +65,11 @@ func (a *authLimiter) count(f *failures, now time.Time) int {
 // failed records a failed login and returns how long to wait before
 // answering it.
 func (a *authLimiter) failed(ip netip.Addr, user string) time.Duration {
+	a.mu.Lock()
+	defer a.mu.Unlock()
 	if a.max <= 0 {
 		return 0
 	}
-	a.mu.Lock()
-	defer a.mu.Unlock()
 	now := a.now()
 	a.expire(now)
 	n := addFailure(a.byIP, ip, now, a.per)

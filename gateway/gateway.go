@@ -161,10 +161,9 @@ func (s *Server) Addr(name string) net.Addr {
 	return nil
 }
 
-// Reload applies a new configuration's routing, backends and certificates
-// (SIGHUP). Sessions in flight keep their backend. Listeners, timeouts of
-// running sessions and the POP3 section need a restart; a change there is
-// logged and otherwise ignored.
+// Reload applies a new configuration's routing, backends, limits and static
+// certificates (SIGHUP). Sessions in flight keep their backend. Listeners,
+// the fronts' timeouts and the pop3 section need a restart.
 func (s *Server) Reload(cfg *config.Config) error {
 	st, err := newState(cfg)
 	if err != nil {
@@ -180,6 +179,8 @@ func (s *Server) Reload(cfg *config.Config) error {
 		}
 	}
 	s.health.SetCooldown(cfg.Routing.PoolCooldown)
+	s.limits.set(cfg.Limits.Connections, cfg.Limits.PerIP)
+	s.auth.set(cfg.Limits.AuthFailureRate())
 	// Sessions in flight hold what they were routed to; the old router only
 	// loses its idle lookup connections.
 	s.state.Swap(st).router.Close()

@@ -169,3 +169,26 @@ func TestReloadRoutesNewSessionsAndKeepsSessionsInFlight(t *testing.T) {
 	}
 	c.cmd("QUIT")
 }
+
+func TestReloadAppliesLimits(t *testing.T) {
+	srv, _ := startGateway(t, baseConfig, memBackend(t, testMessage))
+	first := dialPOP3(t, srv.Addr("pop3"), "127.0.0.9")
+	if g := first.line(); !strings.HasPrefix(g, "+OK") {
+		t.Fatalf("greeting %q", g)
+	}
+	cfg, err := config.Parse([]byte(strings.ReplaceAll(strings.Replace(baseConfig,
+		"limits: {", "limits: {per_ip: 1, ", 1), "BACKEND", "127.0.0.1:1")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Reload(cfg); err != nil {
+		t.Fatal(err)
+	}
+	second := dialPOP3(t, srv.Addr("pop3"), "127.0.0.9")
+	if g := second.line(); !strings.HasPrefix(g, "-ERR [SYS/TEMP]") {
+		t.Fatalf("a second connection from one address after reloading per_ip: 1: %q", g)
+	}
+	if g := dialPOP3(t, srv.Addr("pop3"), "127.0.0.10").line(); !strings.HasPrefix(g, "+OK") {
+		t.Fatalf("another address after the reload: %q", g)
+	}
+}

@@ -21,6 +21,13 @@ func newConnLimits(max, maxIP int) *connLimits {
 	return &connLimits{max: max, maxIP: maxIP, perIP: make(map[netip.Addr]int)}
 }
 
+// set changes the limits (SIGHUP); connections already open stay.
+func (l *connLimits) set(max, maxIP int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.max, l.maxIP = max, maxIP
+}
+
 // acquire counts a new connection from addr; ok is false when a limit is
 // reached. release must be called exactly once when ok.
 func (l *connLimits) acquire(addr net.Addr) (release func(), ok bool) {

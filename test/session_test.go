@@ -136,7 +136,17 @@ func TestSecondSessionInUse(t *testing.T) {
 	if err := first.Quit(); err != nil {
 		t.Fatal(err)
 	}
-	g.loginEventually(a).Quit()
+	// Regression: the lock is released before QUIT is answered, so a
+	// client that reconnects at once is not told [IN-USE].
+	for i := 0; i < 20; i++ {
+		c := g.dial("pop3")
+		if err := c.Login(a.User, a.Pass); err != nil {
+			t.Fatalf("login %d right after the previous session's QUIT: %v", i, err)
+		}
+		if err := c.Quit(); err != nil {
+			t.Fatal(err)
+		}
+	}
 }
 
 // STLS (RFC 2595 §4): offered before login on the starttls listener,
