@@ -108,6 +108,20 @@ func TestUSERPASSAndQuit(t *testing.T) {
 	}
 }
 
+// TestQuitReleasesMaildropBeforeAnswering: the maildrop (and with it the
+// user's lock) is closed before QUIT's +OK, so a client that reconnects as
+// soon as it reads the answer is not refused [IN-USE].
+func TestQuitReleasesMaildropBeforeAnswering(t *testing.T) {
+	ts := newTestServer(t, nil, nil)
+	c := ts.dial()
+	c.cmd("USER "+testUser, "+OK")
+	c.cmd("PASS "+testPass, "+OK")
+	c.cmd("QUIT", "+OK mailgate signing off")
+	if _, closes := ts.b.counts(); closes != 1 {
+		t.Fatalf("QUIT was answered before the maildrop was closed (%d closes)", closes)
+	}
+}
+
 func TestPASSKeepsSpaces(t *testing.T) {
 	ts := newTestServer(t, nil, nil)
 	c := ts.dial()
