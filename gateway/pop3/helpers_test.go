@@ -48,7 +48,8 @@ type fakeBackend struct {
 	failAfter   int          // >0: body readers fail after this many octets
 	gone        map[int]bool // message numbers whose Retr/Top return ErrMessageGone
 	commitErr   error
-	panicOnRetr bool // Retr/Top panic: a backend bug
+	panicOnRetr bool          // Retr/Top panic: a backend bug
+	closeDelay  time.Duration // Close takes this long (LOGOUT to a slow backend)
 
 	mu      sync.Mutex
 	logins  []Login
@@ -142,6 +143,7 @@ func (m *fakeMaildrop) Commit(ctx context.Context, deleted []int) error {
 }
 
 func (m *fakeMaildrop) Close() error {
+	time.Sleep(m.b.closeDelay)
 	m.b.mu.Lock()
 	defer m.b.mu.Unlock()
 	m.b.closes++

@@ -112,7 +112,9 @@ func TestUSERPASSAndQuit(t *testing.T) {
 // user's lock) is closed before QUIT's +OK, so a client that reconnects as
 // soon as it reads the answer is not refused [IN-USE].
 func TestQuitReleasesMaildropBeforeAnswering(t *testing.T) {
-	ts := newTestServer(t, nil, nil)
+	b := newFakeBackend()
+	b.closeDelay = 200 * time.Millisecond
+	ts := newTestServer(t, b, nil)
 	c := ts.dial()
 	c.cmd("USER "+testUser, "+OK")
 	c.cmd("PASS "+testPass, "+OK")
