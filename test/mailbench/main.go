@@ -42,6 +42,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"sync"
@@ -82,7 +83,17 @@ func main() {
 	flag.IntVar(&o.memSessions, "memory-sessions", 200, "sessions for -memory")
 	flag.Var((*sizeFlag)(&o.memSize), "memory-size", "message size for -memory")
 	flag.DurationVar(&o.timeout, "timeout", 5*time.Minute, "give up after this long")
+	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the whole run (clients, mailgate) to this file")
 	flag.Parse()
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "mailbench:", err)
+			os.Exit(1)
+		}
+		pprof.StartCPUProfile(f)
+		defer pprof.StopCPUProfile()
+	}
 	if o.sessions < 1 || o.messages < 1 || o.memSessions < 1 {
 		fmt.Fprintln(os.Stderr, "mailbench: -sessions, -messages and -memory-sessions must be positive")
 		os.Exit(2)

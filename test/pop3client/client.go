@@ -119,7 +119,12 @@ func (c *Client) ReadLine() (string, error) {
 // readLine returns the line with its CRLF; the slice is valid until the next
 // read.
 func (c *Client) readLine() ([]byte, error) {
-	c.conn.SetReadDeadline(time.Now().Add(c.Timeout))
+	// The deadline is renewed whenever the buffer is drained, not for every
+	// line: a multi-line body is thousands of lines, and a deadline per line
+	// costs the load tool more CPU than the servers it measures.
+	if c.r.Buffered() == 0 {
+		c.conn.SetReadDeadline(time.Now().Add(c.Timeout))
+	}
 	b, err := c.r.ReadSlice('\n')
 	if err == bufio.ErrBufferFull {
 		// A long line: collect it whole.
