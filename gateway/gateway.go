@@ -110,28 +110,26 @@ func (s *Server) Start(ctx context.Context) error {
 		return err
 	}
 	s.certs = certs
+	undo := func(err error) error {
+		for _, l := range s.listeners {
+			l.ln.Close()
+		}
+		s.listeners = nil
+		certs.Close()
+		return err
+	}
 	serverTLS := certs.ServerConfig()
 	for _, lc := range s.cfg.Listeners {
 		l, err := s.listen(lc, serverTLS)
 		if err != nil {
-			for _, l := range s.listeners {
-				l.ln.Close()
-			}
-			s.listeners = nil
-			certs.Close()
-			return err
+			return undo(err)
 		}
 		s.listeners = append(s.listeners, l)
 	}
 	if addr := s.cfg.Metrics.Address; addr != "" {
 		hs, haddr, err := s.serveMetrics(addr)
 		if err != nil {
-			for _, l := range s.listeners {
-				l.ln.Close()
-			}
-			s.listeners = nil
-			certs.Close()
-			return fmt.Errorf("metrics.address: %w", err)
+			return undo(fmt.Errorf("metrics.address: %w", err))
 		}
 		s.httpSrv, s.httpAddr = hs, haddr
 	}
@@ -186,6 +184,18 @@ func (s *Server) Reload(cfg *config.Config) error {
 	s.state.Swap(st).router.Close()
 	s.log.Info("configuration reloaded")
 	return nil
+}
+
+// track counts a new session unless shutdown has begun: Shutdown waits for
+// the count to drop to zero, and no session may join once it waits.
+func (s *Server) track() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.stopping {
+		return false
+	}
+	s.sessions.Add(1)
+	return true
 }
 
 // Shutdown stops accepting, lets sessions finish until ctx is done, then cuts
@@ -306,7 +316,10 @@ func (l *listener) acceptLoop() {
 			continue
 		}
 		delay = 0
-		l.s.sessions.Add(1)
+		if !l.s.track() {
+			conn.Close() // accepted as the listener was closing
+			return
+		}
 		go func() {
 			defer l.s.sessions.Done()
 			l.handle(conn)
