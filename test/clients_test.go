@@ -17,6 +17,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"mailgate/test/harness"
 )
 
 // run executes a client program with a bounded time and a private HOME.
@@ -33,22 +35,22 @@ func run(t *testing.T, home string, name string, args ...string) (stdout, stderr
 }
 
 func TestCurl(t *testing.T) {
-	curl := needProgram(t, "curl")
+	curl := harness.NeedProgram(t, "curl")
 	g := startGateway(t, gwOptions{})
 	a := newAccount(t)
 	msgs := [][]byte{message("curl-1", "Hello from curl.\r\n.dot line\r\n"), message("curl-2", "second\r\n")}
 	seed(t, a, msgs...)
 	st := state(t, a, true)
 	home := t.TempDir()
-	_, caFile := testCA(t)
+	_, caFile := harness.CA(t)
 
 	for _, tc := range []struct {
 		name, url string
 		extra     []string
 	}{
-		{"pop3", "pop3://" + g.addr("pop3"), nil},
-		{"pop3s", "pop3s://" + g.addr("pop3s"), []string{"--cacert", caFile}},
-		{"pop3 with STLS required", "pop3://" + g.addr("pop3-stls"), []string{"--ssl-reqd", "--cacert", caFile}},
+		{"pop3", "pop3://" + g.Addr("pop3"), nil},
+		{"pop3s", "pop3s://" + g.Addr("pop3s"), []string{"--cacert", caFile}},
+		{"pop3 with STLS required", "pop3://" + g.Addr("pop3-stls"), []string{"--ssl-reqd", "--cacert", caFile}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			base := append([]string{"-sS", "--max-time", "30", "-u", a.User + ":" + a.Pass}, tc.extra...)
@@ -82,7 +84,7 @@ func TestCurl(t *testing.T) {
 // fetchmail in keep mode with UIDL: the first run downloads everything, the
 // second nothing (fetchmail remembers UIDLs, so they must be stable).
 func TestFetchmailKeepDownloadsOnce(t *testing.T) {
-	fetchmail := needProgram(t, "fetchmail")
+	fetchmail := harness.NeedProgram(t, "fetchmail")
 	g := startGateway(t, gwOptions{})
 	a := newAccount(t)
 	var subjects []string
@@ -96,7 +98,7 @@ func TestFetchmailKeepDownloadsOnce(t *testing.T) {
 
 	home := t.TempDir()
 	mbox := filepath.Join(home, "delivered")
-	host, port, _ := strings.Cut(g.addr("pop3"), ":")
+	host, port, _ := strings.Cut(g.Addr("pop3"), ":")
 	rc := writeFile(t, home, ".fetchmailrc", fmt.Sprintf(`set no syslog
 set no bouncemail
 poll %s with proto POP3 port %s uidl
@@ -173,18 +175,18 @@ print(json.dumps({"caps": sorted(caps), "stat": [count, size],
 `
 
 func TestPythonPoplib(t *testing.T) {
-	python := needProgram(t, "python3")
+	python := harness.NeedProgram(t, "python3")
 	g := startGateway(t, gwOptions{})
 	a := newAccount(t)
 	seed(t, a, message("poplib-1", "Hello, Python.\r\n..two dots\r\n"), message("poplib-2", "caf\xc3\xa9\r\n"))
 	st := state(t, a, true)
 	home := t.TempDir()
-	_, caFile := testCA(t)
+	_, caFile := harness.CA(t)
 	script := writeFile(t, home, "pop.py", poplibScript, 0o644)
 
 	for _, mode := range []struct{ name, listener string }{{"plain", "pop3"}, {"ssl", "pop3s"}, {"stls", "pop3-stls"}} {
 		t.Run(mode.name, func(t *testing.T) {
-			host, port, _ := strings.Cut(g.addr(mode.listener), ":")
+			host, port, _ := strings.Cut(g.Addr(mode.listener), ":")
 			out, errOut, err := run(t, home, python, script, mode.name, host, port, a.User, a.Pass, caFile)
 			if err != nil {
 				t.Fatalf("poplib: %v\n%s", err, errOut)

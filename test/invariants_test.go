@@ -16,6 +16,7 @@ import (
 	"github.com/emersion/go-imap/v2"
 
 	"mailgate/test/dovecot"
+	"mailgate/test/harness"
 	"mailgate/test/pop3client"
 )
 
@@ -114,7 +115,7 @@ func TestInvariant1_ShutdownDeletesNothing(t *testing.T) {
 	if err := c.Dele(2); err != nil {
 		t.Fatal(err)
 	}
-	g.stopWithin(500 * time.Millisecond) // the client idles in TRANSACTION: cut it
+	g.Stop(500 * time.Millisecond) // the client idles in TRANSACTION: cut it
 	if err := c.Dele(1); err == nil {
 		t.Error("the session still answers after the gateway shut down")
 	}
@@ -364,7 +365,7 @@ func TestInvariant3_UIDLStableAcrossSessionsAndRestart(t *testing.T) {
 		}
 	}
 
-	g.restart()
+	g.Restart()
 	session("session 4 (after a gateway restart)")
 
 	// Dovecot's own POP3 on the same store, same messages, default formats.
@@ -480,7 +481,7 @@ func TestInvariant4_CacheNeverCrossesUsers(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Both at once, over and over (singleflight must not merge their fetches).
-	addr := g.addr("pop3")
+	addr := g.Addr("pop3")
 	var wg sync.WaitGroup
 	for round := 0; round < 5; round++ {
 		for _, u := range []account{alice, bob} {
@@ -514,7 +515,7 @@ func TestInvariant5_NoCredentialsInLogs(t *testing.T) {
 	b64 := func(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }
 	wrong := "wrong-" + a.Pass
 	for _, s := range secretForms(a.User, wrong) {
-		addSecret(s)
+		harness.Secret(s)
 	}
 	var replies []string
 	record := func(text string, err error) {
@@ -600,7 +601,7 @@ func TestInvariant5_NoCredentialsInLogs(t *testing.T) {
 	record(c.Cmd("USER " + a.User))
 	record(c.Cmd("PASS " + a.Pass))
 	record(c.Cmd("AUTH PLAIN " + b64("\x00"+a.User+"\x00"+a.Pass)))
-	if err := c.STLS(clientTLS(t)); err != nil {
+	if err := c.STLS(harness.ClientTLS(t)); err != nil {
 		t.Fatal(err)
 	}
 	record("", c.Login(a.User, a.Pass))
@@ -618,9 +619,9 @@ func TestInvariant5_NoCredentialsInLogs(t *testing.T) {
 		}
 	}
 	// Cut sessions and shutdown paths log too: stop now, then search.
-	g.stop()
-	g.checkLogsForSecrets()
-	if !strings.Contains(g.logs.String(), a.User) {
+	g.Stop(15 * time.Second)
+	g.CheckNoSecrets()
+	if !strings.Contains(g.Logs(), a.User) {
 		t.Errorf("the gateway logged nothing about %s at debug level; the search above proves nothing", a.User)
 	}
 }

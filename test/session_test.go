@@ -14,6 +14,7 @@ import (
 
 	"github.com/emersion/go-imap/v2"
 
+	"mailgate/test/harness"
 	"mailgate/test/pop3client"
 )
 
@@ -170,7 +171,7 @@ func TestSTLSThenLogin(t *testing.T) {
 	if err := c.Login(a.User, a.Pass); !errors.As(err, &re) {
 		t.Errorf("USER/PASS in cleartext on a starttls listener: %v; want -ERR", err)
 	}
-	if err := c.STLS(clientTLS(t)); err != nil {
+	if err := c.STLS(harness.ClientTLS(t)); err != nil {
 		t.Fatal(err)
 	}
 	capa, err = c.Capa()

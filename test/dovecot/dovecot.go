@@ -41,6 +41,17 @@ import (
 // DefaultBinary is where Debian's dovecot-core installs the master.
 const DefaultBinary = "/usr/sbin/dovecot"
 
+// Version is the installed Dovecot's version as "dovecot 2.3.21", or
+// "dovecot (version unknown)" when DefaultBinary --version fails; for the
+// headers of benchmark reports.
+func Version() string {
+	out, err := exec.Command(DefaultBinary, "--version").Output()
+	if f := strings.Fields(string(out)); err == nil && len(f) > 0 {
+		return "dovecot " + f[0]
+	}
+	return "dovecot (version unknown)"
+}
+
 // ErrNotInstalled is returned by Start when the dovecot binary is absent.
 var ErrNotInstalled = errors.New("dovecot is not installed (apt-get install dovecot-imapd dovecot-pop3d)")
 
@@ -114,6 +125,47 @@ func SkipOrFail(t testing.TB, err error) {
 	default:
 		t.Skipf("SKIPPING: %v (these tests need a real Dovecot; .ci/run installs it)", err)
 	}
+}
+
+// Shared is one Dovecot for all the tests of a package, started by the first
+// test that asks for it: each test makes users of its own, so tests cannot
+// see each other's mail, and the run pays one startup. Declare it as a
+// package variable and let TestMain stop it:
+//
+//	var backend = dovecot.Shared{Options: dovecot.Options{TLS: true}}
+//
+//	func TestMain(m *testing.M) { os.Exit(backend.Run(m)) }
+type Shared struct {
+	Options Options // fixed before the first Get
+
+	once sync.Once
+	srv  *Server
+	err  error
+}
+
+// Get returns the instance, starting it on first use. When it cannot start,
+// t (and every later caller) is skipped or failed as by SkipOrFail.
+func (s *Shared) Get(t testing.TB) *Server {
+	t.Helper()
+	s.once.Do(func() { s.srv, s.err = Start(s.Options) })
+	if s.err != nil {
+		SkipOrFail(t, s.err)
+	}
+	return s.srv
+}
+
+// Run runs the package's tests (m.Run), then stops the instance if a test
+// started one, and returns the exit code for os.Exit: 1 when stopping
+// failed (reported on stderr), m.Run's code otherwise.
+func (s *Shared) Run(m *testing.M) int {
+	code := m.Run()
+	if s.srv != nil {
+		if err := s.srv.Stop(); err != nil {
+			fmt.Fprintln(os.Stderr, "stopping dovecot:", err)
+			code = 1
+		}
+	}
+	return code
 }
 
 var errNotRoot = errors.New("dovecot tests must run as root (the master binds, chroots and switches to the vmail user)")

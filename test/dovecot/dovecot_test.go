@@ -210,3 +210,43 @@ func TestCloneMailboxes(t *testing.T) {
 		t.Errorf("changing the clone changed the original: %+v", a.Messages)
 	}
 }
+
+// TestAppendConcurrently: every message arrives exactly once whatever the
+// split (more connections than messages, none at all), and a failed login
+// is reported.
+func TestAppendConcurrently(t *testing.T) {
+	srv := dovecot.StartForTest(t, dovecot.Options{})
+	for _, tc := range []struct {
+		user  string
+		conns int
+		n     int
+	}{{"seven@p.test", 3, 7}, {"two@p.test", 5, 2}, {"none@p.test", 4, 0}} {
+		if err := srv.AddUser(tc.user, "pw"); err != nil {
+			t.Fatal(err)
+		}
+		want := map[string]int{}
+		var msgs [][]byte
+		for i := range tc.n {
+			m := fmt.Sprintf("Subject: %d\r\n\r\nmessage %d of %s\r\n", i, i, tc.user)
+			msgs = append(msgs, []byte(m))
+			want[m]++
+		}
+		if err := srv.AppendConcurrently(tc.user, "pw", "INBOX", tc.conns, msgs); err != nil {
+			t.Fatalf("%s: %v", tc.user, err)
+		}
+		st, err := srv.Mailbox(tc.user, "pw", "INBOX", true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := map[string]int{}
+		for _, m := range st.Messages {
+			got[string(m.Body)]++
+		}
+		if fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Errorf("%s over %d connections: INBOX holds %v, want %v", tc.user, tc.conns, got, want)
+		}
+	}
+	if err := srv.AppendConcurrently("seven@p.test", "wrong", "INBOX", 2, [][]byte{[]byte("Subject: x\r\n\r\nx\r\n")}); err == nil {
+		t.Error("APPEND with a wrong password succeeded")
+	}
+}

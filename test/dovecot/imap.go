@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/emersion/go-imap/v2"
@@ -58,6 +59,27 @@ func (s *Server) Login(user, password string) (*Client, error) {
 // APPEND, in order, and returns their UIDs (Dovecot answers APPENDUID).
 func (s *Server) Append(user, password, mailbox string, msgs ...[]byte) ([]uint32, error) {
 	return s.AppendFlags(user, password, mailbox, nil, msgs...)
+}
+
+// AppendConcurrently is Append for seeding many messages fast: msgs are
+// split over conns connections at once, so their UID order differs from
+// msgs' order, and no UIDs are returned. It returns the first error.
+func (s *Server) AppendConcurrently(user, password, mailbox string, conns int, msgs [][]byte) error {
+	conns = max(1, min(conns, len(msgs)))
+	chunk := (len(msgs) + conns - 1) / conns
+	var wg sync.WaitGroup
+	errs := make(chan error, conns)
+	for c := 0; c < conns && c*chunk < len(msgs); c++ {
+		part := msgs[c*chunk : min(len(msgs), (c+1)*chunk)]
+		wg.Go(func() {
+			if _, err := s.Append(user, password, mailbox, part...); err != nil {
+				errs <- err
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	return <-errs
 }
 
 // AppendFlags is Append with flags set on every message.

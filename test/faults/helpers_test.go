@@ -11,7 +11,6 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -26,30 +25,13 @@ import (
 )
 
 // One Dovecot serves the package; every test uses users of its own.
-var backend struct {
-	once sync.Once
-	srv  *dovecot.Server
-	err  error
-}
+var backend = dovecot.Shared{}
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	if backend.srv != nil {
-		if err := backend.srv.Stop(); err != nil {
-			fmt.Fprintln(os.Stderr, "stopping dovecot:", err)
-			code = 1
-		}
-	}
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(backend.Run(m)) }
 
 func dovecotServer(t testing.TB) *dovecot.Server {
 	t.Helper()
-	backend.once.Do(func() { backend.srv, backend.err = dovecot.Start(dovecot.Options{}) })
-	if backend.err != nil {
-		dovecot.SkipOrFail(t, backend.err)
-	}
-	return backend.srv
+	return backend.Get(t)
 }
 
 // account is a Dovecot user made for one test.

@@ -323,23 +323,9 @@ func popSession(addr string, a account, r *rand.Rand) *popObservation {
 // dialRetry logs in, waiting out the [IN-USE] of the previous round's
 // session (its Close may still be under way).
 func dialRetry(addr string, a account) (*pop3client.Client, error) {
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		c, err := pop3client.Dial(addr, clientTimeout)
-		if err != nil {
-			return nil, err
-		}
-		err = c.Login(a.User, a.Pass)
-		if err == nil {
-			return c, nil
-		}
-		c.Close()
-		var re *pop3client.ReplyError
-		if !errors.As(err, &re) || re.Code() != "IN-USE" || time.Now().After(deadline) {
-			return nil, err
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	return pop3client.LoginRetry(func() (*pop3client.Client, error) {
+		return pop3client.Dial(addr, clientTimeout)
+	}, a.User, a.Pass, 15*time.Second)
 }
 
 func isReply(err error) bool {

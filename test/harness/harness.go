@@ -84,11 +84,16 @@ func (g *Gateway) Stop(grace time.Duration) {
 	g.Srv = nil
 	ctx, cancel := context.WithTimeout(context.Background(), grace)
 	defer cancel()
-	done := make(chan struct{})
-	go func() { srv.Shutdown(ctx); close(done) }()
+	done := make(chan error, 1)
+	go func() { done <- srv.Shutdown(ctx) }()
 	select {
-	case <-done:
+	case err := <-done:
+		if err != nil {
+			g.t.Errorf("gateway Shutdown: %v", err)
+		}
 	case <-time.After(grace + 15*time.Second):
+		// Shutdown must cut sessions once ctx is done; carry on with the
+		// other tests rather than hang the package.
 		g.t.Errorf("gateway Shutdown did not return 15s after its grace ended")
 	}
 }
@@ -166,7 +171,7 @@ var ca struct {
 }
 
 // CA is a test CA shared by the process, and the path of its certificate
-// (for curl --cacert and the like). Its files live until the process ends.
+// (for curl --cacert and the like). Its files live until RemoveCAFiles.
 func CA(t testing.TB) (*testca.CA, string) {
 	t.Helper()
 	ca.once.Do(func() {
@@ -182,6 +187,14 @@ func CA(t testing.TB) (*testca.CA, string) {
 		t.Fatal(ca.err)
 	}
 	return ca.ca, ca.file
+}
+
+// RemoveCAFiles removes the shared CA's files, if CA made any; TestMain
+// calls it after m.Run, when no test can ask for them any more.
+func RemoveCAFiles() {
+	if ca.dir != "" {
+		os.RemoveAll(ca.dir)
+	}
 }
 
 // ClientTLS trusts the test CA, for 127.0.0.1.

@@ -30,22 +30,10 @@ import (
 	"mailgate/test/pop3client"
 )
 
-var backend struct {
-	once sync.Once
-	srv  *dovecot.Server
-	err  error
-}
+// One Dovecot serves the package; every test uses users of its own.
+var backend = dovecot.Shared{}
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	if backend.srv != nil {
-		if err := backend.srv.Stop(); err != nil {
-			fmt.Fprintln(os.Stderr, "stopping dovecot:", err)
-			code = 1
-		}
-	}
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(backend.Run(m)) }
 
 // Timeouts of the gateway under attack, and what the tests allow on top.
 const (
@@ -67,11 +55,7 @@ type env struct {
 
 func start(t *testing.T) *env {
 	t.Helper()
-	backend.once.Do(func() { backend.srv, backend.err = dovecot.Start(dovecot.Options{}) })
-	if backend.err != nil {
-		dovecot.SkipOrFail(t, backend.err)
-	}
-	dc := backend.srv
+	dc := backend.Get(t)
 	var rnd [8]byte
 	rand.Read(rnd[:])
 	e := &env{user: "h-" + hex.EncodeToString(rnd[:3]) + "@hostile.test", pass: "pw-" + hex.EncodeToString(rnd[:])}

@@ -152,7 +152,7 @@ func run(o options) (bool, error) {
 	msg := makeMessage(int(o.size))
 	pass := int64(o.sessions) * int64(o.messages) * int64(len(msg))
 	fmt.Printf("imapbench: %s, GOMAXPROCS=%d, %s; %d sessions x %d messages x %s = %s a pass\n",
-		runtime.Version(), runtime.GOMAXPROCS(0), dovecotVersion(), o.sessions, o.messages, kib(int64(len(msg))), mb(pass))
+		runtime.Version(), runtime.GOMAXPROCS(0), dovecot.Version(), o.sessions, o.messages, kib(int64(len(msg))), mb(pass))
 	users, err := seedUsers(dc, o.sessions, o.messages, msg)
 	if err != nil {
 		return false, err
@@ -221,14 +221,6 @@ func verdict(ok bool) string {
 	return "MISSED"
 }
 
-func dovecotVersion() string {
-	out, err := exec.Command(dovecot.DefaultBinary, "--version").Output()
-	if f := strings.Fields(string(out)); err == nil && len(f) > 0 {
-		return "dovecot " + f[0]
-	}
-	return "dovecot (version unknown)"
-}
-
 // raiseFileLimit lifts RLIMIT_NOFILE's soft limit to at least need (up to
 // the hard limit, which root may raise too).
 func raiseFileLimit(need uint64) error {
@@ -266,29 +258,11 @@ func seedUsers(dc *dovecot.Server, n, messages int, msg []byte) ([]user, error) 
 		}
 	}
 	start := time.Now()
-	const conns = 4
-	var wg sync.WaitGroup
-	errs := make(chan error, conns)
-	for c := range conns {
-		count := messages/conns + boolInt(c < messages%conns)
-		if count == 0 {
-			continue
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			batch := make([][]byte, count)
-			for i := range batch {
-				batch[i] = msg
-			}
-			if _, err := dc.Append(users[0].name, users[0].pass, "INBOX", batch...); err != nil {
-				errs <- err
-			}
-		}()
+	batch := make([][]byte, messages)
+	for i := range batch {
+		batch[i] = msg
 	}
-	wg.Wait()
-	close(errs)
-	if err := <-errs; err != nil {
+	if err := dc.AppendConcurrently(users[0].name, users[0].pass, "INBOX", 4, batch); err != nil {
 		return nil, fmt.Errorf("seeding: %w", err)
 	}
 	for _, u := range users[1:] {
@@ -299,13 +273,6 @@ func seedUsers(dc *dovecot.Server, n, messages int, msg []byte) ([]user, error) 
 	fmt.Printf("seeded %d messages by APPEND in %v, cloned for %d more users\n",
 		messages, time.Since(start).Round(time.Millisecond), n-1)
 	return users, nil
-}
-
-func boolInt(b bool) int {
-	if b {
-		return 1
-	}
-	return 0
 }
 
 // makeMessage returns a message of exactly size bytes: headers, then lines

@@ -40,7 +40,6 @@ import (
 	"math/rand/v2"
 	"net"
 	"os"
-	"os/exec"
 	"runtime"
 	"runtime/pprof"
 	"strconv"
@@ -132,19 +131,11 @@ func run(o options) error {
 	stop := context.AfterFunc(ctx, func() { dc.Stop() })
 	defer stop()
 
-	fmt.Printf("mailbench: %s, GOMAXPROCS=%d, %s\n", runtime.Version(), runtime.GOMAXPROCS(0), dovecotVersion())
+	fmt.Printf("mailbench: %s, GOMAXPROCS=%d, %s\n", runtime.Version(), runtime.GOMAXPROCS(0), dovecot.Version())
 	if o.memory {
 		return runMemory(ctx, o, dc)
 	}
 	return runThroughput(ctx, o, dc)
-}
-
-func dovecotVersion() string {
-	out, err := exec.Command(dovecot.DefaultBinary, "--version").Output()
-	if f := strings.Fields(string(out)); err == nil && len(f) > 0 {
-		return "dovecot " + f[0]
-	}
-	return "dovecot (version unknown)"
 }
 
 type user struct{ name, pass string }
@@ -163,23 +154,7 @@ func seedUsers(dc *dovecot.Server, n int, msgs [][]byte) ([]user, error) {
 	// APPEND over a few connections at once. The UID order then differs
 	// from msgs' order, which nothing depends on: every check compares
 	// what a server delivered with what it listed.
-	const conns = 4
-	var wg sync.WaitGroup
-	errs := make(chan error, conns)
-	chunk := (len(msgs) + conns - 1) / conns
-	for c := 0; c < conns && c*chunk < len(msgs); c++ {
-		part := msgs[c*chunk : min(len(msgs), (c+1)*chunk)]
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if _, err := dc.Append(users[0].name, users[0].pass, "INBOX", part...); err != nil {
-				errs <- err
-			}
-		}()
-	}
-	wg.Wait()
-	close(errs)
-	if err := <-errs; err != nil {
+	if err := dc.AppendConcurrently(users[0].name, users[0].pass, "INBOX", 4, msgs); err != nil {
 		return nil, fmt.Errorf("seeding: %w", err)
 	}
 	seeded := time.Since(start)

@@ -213,6 +213,30 @@ func (c *Client) Login(user, password string) error {
 	return err
 }
 
+// LoginRetry dials with dial and logs in, dialling again every 20ms while the
+// answer is -ERR [IN-USE] (RFC 2449 §8.1.2: another session still holds the
+// maildrop's lock, as right after the previous session's client closed),
+// for up to within. Any other error ends it at once. Safe in any goroutine.
+func LoginRetry(dial func() (*Client, error), user, password string, within time.Duration) (*Client, error) {
+	deadline := time.Now().Add(within)
+	for {
+		c, err := dial()
+		if err != nil {
+			return nil, err
+		}
+		err = c.Login(user, password)
+		if err == nil {
+			return c, nil
+		}
+		c.Close()
+		var re *ReplyError
+		if !errors.As(err, &re) || re.Code() != "IN-USE" || time.Now().After(deadline) {
+			return nil, err
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 // STLS upgrades the connection (RFC 2595 §4).
 func (c *Client) STLS(cfg *tls.Config) error {
 	if _, err := c.Cmd("STLS"); err != nil {
