@@ -27,7 +27,11 @@ import (
 // One Dovecot serves the package; every test uses users of its own.
 var backend = dovecot.Shared{}
 
-func TestMain(m *testing.M) { os.Exit(backend.Run(m)) }
+func TestMain(m *testing.M) {
+	code := backend.Run(m)
+	harness.RemoveCAFiles()
+	os.Exit(code)
+}
 
 func dovecotServer(t testing.TB) *dovecot.Server {
 	t.Helper()

@@ -33,7 +33,11 @@ import (
 // One Dovecot serves the package; every test uses users of its own.
 var backend = dovecot.Shared{}
 
-func TestMain(m *testing.M) { os.Exit(backend.Run(m)) }
+func TestMain(m *testing.M) {
+	code := backend.Run(m)
+	harness.RemoveCAFiles()
+	os.Exit(code)
+}
 
 // Timeouts of the gateway under attack, and what the tests allow on top.
 const (

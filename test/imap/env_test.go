@@ -34,6 +34,7 @@ var (
 func TestMain(m *testing.M) {
 	dc, dcError = dovecot.Start(dovecot.Options{TLS: true})
 	code := m.Run()
+	harness.RemoveCAFiles()
 	if dc != nil {
 		if err := dc.Stop(); err != nil {
 			fmt.Fprintln(os.Stderr, "stopping dovecot:", err)
