@@ -82,7 +82,20 @@ func New(cfg *config.Config, log *zap.Logger) (*Server, error) {
 	}
 	s.metrics = newMetrics(s.maildrops.Cache().Stats)
 	s.state.Store(st)
+	s.warnInsecure(cfg)
 	return s, nil
+}
+
+// warnInsecure says loudly, at start and on every reload, which backends are
+// reached without certificate verification.
+func (s *Server) warnInsecure(cfg *config.Config) {
+	for _, name := range cfg.BackendNames() {
+		b := cfg.Backends[name]
+		if b.InsecureSkipVerify && b.TLS != upstream.TLSNone {
+			s.log.Warn("INSECURE: backend certificate verification is off (insecure_skip_verify); "+
+				"anyone on the path to it can read every password", zap.String("backend", name))
+		}
+	}
 }
 
 func newState(cfg *config.Config) (*state, error) {
@@ -182,6 +195,7 @@ func (s *Server) Reload(cfg *config.Config) error {
 	// Sessions in flight hold what they were routed to; the old router only
 	// loses its idle lookup connections.
 	s.state.Swap(st).router.Close()
+	s.warnInsecure(cfg)
 	s.log.Info("configuration reloaded")
 	return nil
 }

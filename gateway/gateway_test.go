@@ -210,3 +210,12 @@ func TestProxyProtocolFromTrustedPeer(t *testing.T) {
 		t.Errorf("PROXY header from an untrusted peer: %q", r)
 	}
 }
+
+func TestInsecureSkipVerifyIsLoud(t *testing.T) {
+	yaml := strings.Replace(baseConfig, `mem: {address: "BACKEND", tls: none}`,
+		`mem: {address: "BACKEND", tls: implicit, insecure_skip_verify: true}`, 1)
+	_, logs := startGateway(t, yaml, "127.0.0.1:993")
+	if logs.FilterMessageSnippet("INSECURE").FilterField(zapString("backend", "mem")).Len() != 1 {
+		t.Fatal("no loud warning for a backend without certificate verification")
+	}
+}
