@@ -286,7 +286,7 @@ func (s *Server) listen(lc config.Listener, serverTLS *tls.Config) (*listener, e
 			AuthFailureDelay:    s.cfg.Limits.AuthFailureDelay,
 			BadCommandLimit:     s.cfg.Limits.BadCommands,
 			Logger:              log,
-			Observer:            pop3Observer{s.metrics},
+			Observer:            pop3Observer{s.metrics, lc.Name},
 		})
 		l.serve = srv.Serve
 	case config.ProtocolIMAP:
@@ -302,6 +302,7 @@ func (s *Server) listen(lc config.Listener, serverTLS *tls.Config) (*listener, e
 			AuthFailureDelay:    s.cfg.Limits.AuthFailureDelay,
 			BadCommandLimit:     s.cfg.Limits.BadCommands,
 			Logger:              log,
+			Observer:            tlsObserver{s.metrics, lc.Name},
 		})
 		l.serve = srv.Serve
 	default:
@@ -370,18 +371,7 @@ func (l *listener) handle(conn net.Conn) {
 		conn = &countingConn{Conn: conn, n: s.metrics.bytesToClients.WithLabelValues(l.name, l.protocol)}
 	}
 	if l.tls != nil && l.tlsMode == upstream.TLSImplicit {
-		tc := tls.Server(conn, l.tls)
-		ctx, cancel := context.WithTimeout(s.sessionsCtx, s.cfg.Timeouts.TLSHandshake)
-		err := tc.HandshakeContext(ctx)
-		cancel()
-		if err != nil {
-			s.metrics.tlsHandshakes.WithLabelValues(l.name, "failed").Inc()
-			s.log.Debug("TLS handshake failed", zap.String("listener", l.name), zap.Stringer("remote", conn.RemoteAddr()), zap.Error(err))
-			conn.Close()
-			return
-		}
-		s.metrics.tlsHandshakes.WithLabelValues(l.name, "ok").Inc()
-		conn = tc
+		conn = tls.Server(conn, l.tls) // the front runs the handshake under its timeout
 	}
 	l.serve(s.sessionsCtx, conn)
 }

@@ -1,15 +1,20 @@
 package gateway
 
 import (
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	mgtls "mailgate/tls"
 )
 
 const testMessage = "From: a@example.org\r\nSubject: hi\r\n\r\nhello\r\n.dot line\r\n"
@@ -218,4 +223,56 @@ func TestInsecureSkipVerifyIsLoud(t *testing.T) {
 	if logs.FilterMessageSnippet("INSECURE").FilterField(zapString("backend", "mem")).Len() != 1 {
 		t.Fatal("no loud warning for a backend without certificate verification")
 	}
+}
+
+func TestMetricsCountTLSHandshakes(t *testing.T) {
+	dir := t.TempDir()
+	cert, err := mgtls.SelfSigned("127.0.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	certFile, keyFile := filepath.Join(dir, "c.pem"), filepath.Join(dir, "k.pem")
+	if err := mgtls.WritePEM(cert, certFile, keyFile); err != nil {
+		t.Fatal(err)
+	}
+	yaml := fmt.Sprintf("tls: {certificates: [{cert: %q, key: %q}]}\n", certFile, keyFile) +
+		strings.Replace(baseConfig, `{name: imap, protocol: imap, address: "127.0.0.1:0", tls: none, allow_plaintext_auth: true}`,
+			`{name: imaps, protocol: imap, address: "127.0.0.1:0", tls: implicit}`, 1)
+	srv, _ := startGateway(t, yaml, memBackend(t))
+	pool := x509.NewCertPool()
+	pool.AddCert(cert.Leaf)
+	c, err := tls.Dial("tcp", srv.Addr("imaps").String(), &tls.Config{RootCAs: pool, ServerName: "127.0.0.1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	raw, err := net.Dial("tcp", srv.Addr("imaps").String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.WriteString(raw, "a LOGIN not tls\r\n")
+	io.ReadAll(raw)
+	raw.Close()
+	var m string
+	for i := 0; i < 50; i++ {
+		_, m = scrape(t, srv, "/metrics")
+		if strings.Contains(m, `mailgate_tls_handshakes_total{listener="imaps",result="failed"} 1`) {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if metricValue(t, m, `mailgate_tls_handshakes_total{listener="imaps",result="ok"}`) != 1 ||
+		metricValue(t, m, `mailgate_tls_handshakes_total{listener="imaps",result="failed"}`) != 1 {
+		t.Fatalf("TLS handshake counters:\n%s", grepLines(m, "tls_handshakes"))
+	}
+}
+
+func grepLines(s, sub string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
 }

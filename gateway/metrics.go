@@ -46,7 +46,7 @@ func newMetrics(cache func() upstream.CacheStats) *metrics {
 			Name: "mailgate_connections_refused_total", Help: "Client connections refused by a limit.",
 		}, []string{"listener", "reason"}),
 		tlsHandshakes: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "mailgate_tls_handshakes_total", Help: "Implicit TLS handshakes with clients, by result.",
+			Name: "mailgate_tls_handshakes_total", Help: "TLS handshakes with clients (implicit, STLS, STARTTLS), by result.",
 		}, []string{"listener", "result"}),
 		logins: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "mailgate_logins_total", Help: "Client logins, by result (ok, auth_failed, in_use, unavailable).",
@@ -161,8 +161,27 @@ func (s *Server) ready(ctx context.Context) error {
 	return nil
 }
 
-// pop3Observer feeds the POP3 command and error counters.
-type pop3Observer struct{ m *metrics }
+// tlsObserver counts a listener's TLS handshakes, implicit and STARTTLS.
+type tlsObserver struct {
+	m        *metrics
+	listener string
+}
+
+func (o tlsObserver) TLSHandshake(err error) {
+	result := "ok"
+	if err != nil {
+		result = "failed"
+	}
+	o.m.tlsHandshakes.WithLabelValues(o.listener, result).Inc()
+}
+
+// pop3Observer feeds the POP3 command, error and handshake counters.
+type pop3Observer struct {
+	m        *metrics
+	listener string
+}
+
+func (o pop3Observer) TLSHandshake(err error) { tlsObserver(o).TLSHandshake(err) }
 
 func (o pop3Observer) Command(name string) { o.m.pop3Commands.WithLabelValues(name).Inc() }
 

@@ -92,7 +92,21 @@ type Config struct {
 	BadCommandLimit int
 	// Logger receives per-connection logs; nil: none.
 	Logger *zap.Logger
+	// Observer is told of every TLS handshake, for metrics. nil: none.
+	Observer Observer
 }
+
+// Observer counts what sessions do. It is called from session goroutines
+// and must be safe for concurrent use and quick.
+type Observer interface {
+	// TLSHandshake is called after each TLS handshake (implicit or
+	// STARTTLS) with its outcome.
+	TLSHandshake(err error)
+}
+
+type nopObserver struct{}
+
+func (nopObserver) TLSHandshake(error) {}
 
 // Server is the IMAP front for one listener.
 type Server struct {
@@ -108,6 +122,9 @@ func NewServer(cfg Config) *Server {
 	}
 	if cfg.IdleTimeout <= 0 {
 		cfg.IdleTimeout = 30 * time.Minute
+	}
+	if cfg.Observer == nil {
+		cfg.Observer = nopObserver{}
 	}
 	if cfg.TLSHandshakeTimeout <= 0 {
 		cfg.TLSHandshakeTimeout = 30 * time.Second
@@ -419,7 +436,9 @@ func (ss *session) handshake(ctx context.Context, conn net.Conn) error {
 	if err := tc.SetDeadline(deadline); err != nil {
 		return err
 	}
-	if err := tc.HandshakeContext(ctx); err != nil {
+	err := tc.HandshakeContext(ctx)
+	ss.cfg.Observer.TLSHandshake(err)
+	if err != nil {
 		return err
 	}
 	ss.conn = tc

@@ -189,7 +189,9 @@ func (s *session) cmdSTLS(command) (transition, error) {
 		return stay, &Error{Text: "STLS must be the last command sent before the TLS handshake"}
 	}
 	s.w.writeOK("begin TLS negotiation")
-	if err := s.w.startTLS(s.cfg.TLSConfig, s.cfg.TLSHandshakeTimeout); err != nil {
+	err := s.w.startTLS(s.cfg.TLSConfig, s.cfg.TLSHandshakeTimeout)
+	s.cfg.Observer.TLSHandshake(err)
+	if err != nil {
 		s.log.Info("TLS handshake failed", zap.Error(err))
 		s.result = "tls_failed"
 		return abort, nil

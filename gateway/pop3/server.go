@@ -69,12 +69,16 @@ type Observer interface {
 	// Error is called for each -ERR answered to a command, with its
 	// response code ("" for none).
 	Error(code string)
+	// TLSHandshake is called after each TLS handshake (implicit or STLS)
+	// with its outcome.
+	TLSHandshake(err error)
 }
 
 type nopObserver struct{}
 
-func (nopObserver) Command(string) {}
-func (nopObserver) Error(string)   {}
+func (nopObserver) Command(string)     {}
+func (nopObserver) Error(string)       {}
+func (nopObserver) TLSHandshake(error) {}
 
 const (
 	defaultIdleTimeout      = 10 * time.Minute

@@ -136,7 +136,9 @@ func (s *session) run() {
 	}()
 
 	if tc, ok := s.conn.(*tls.Conn); ok && s.cfg.ImplicitTLS {
-		if err := s.w.handshake(tc, s.cfg.TLSHandshakeTimeout); err != nil {
+		err := s.w.handshake(tc, s.cfg.TLSHandshakeTimeout)
+		s.cfg.Observer.TLSHandshake(err)
+		if err != nil {
 			s.log.Info("TLS handshake failed", zap.Error(err))
 			s.result = "tls_failed"
 			return
