@@ -30,9 +30,10 @@ func FuzzDecode(f *testing.F) {
 		d.decode(data, cfg)
 		cfg.ApplyDefaults()
 		ps := d.problems
+		// Lines as YAML counts them: LF, CRLF and a lone CR each end one.
 		lines := 1
-		for _, c := range data {
-			if c == '\n' {
+		for i, c := range data {
+			if c == '\n' || (c == '\r' && (i+1 == len(data) || data[i+1] != '\n')) {
 				lines++
 			}
 		}
