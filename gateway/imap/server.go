@@ -199,8 +199,11 @@ var (
 
 // errLogout and errLoggedIn end the command loop normally.
 var (
-	errLogout   = errors.New("logout")
-	errLoggedIn = errors.New("logged in")
+	errLogout = errors.New("logout")
+	// errProxyRefused ends a session that began with a PROXY header it may
+	// not send.
+	errProxyRefused = errors.New("PROXY header from an untrusted peer")
+	errLoggedIn     = errors.New("logged in")
 )
 
 // run drives the not-authenticated state and, after a login, the relay. It
@@ -235,6 +238,9 @@ func (ss *session) run(ctx context.Context) string {
 			return "logged in"
 		case errors.Is(err, errLogout):
 			return "logout"
+		case errors.Is(err, errProxyRefused):
+			ss.log.Warn("PROXY header from an untrusted peer refused")
+			return "proxy header refused"
 		case errors.Is(err, errLineTooLong), errors.Is(err, errLiteralTooLong):
 			ss.bye("Command too long")
 			ss.log.Info("imap client disconnected", zap.Error(err))
@@ -290,6 +296,12 @@ func (ss *session) step(ctx context.Context) error {
 // §6.2). It writes untagged data and the tagged OK itself; a *respError is
 // the tagged failure reply; other errors end the session.
 func (ss *session) dispatch(ctx context.Context, cmd *command) error {
+	if isProxyHeader(cmd.tag, cmd.name) {
+		// A PROXY protocol v1 header from a peer the listener does not
+		// trust (listeners[].proxy_protocol): refused, never honoured.
+		ss.bye("PROXY protocol not accepted from this address")
+		return errProxyRefused
+	}
 	switch cmd.name {
 	case "CAPABILITY":
 		if len(cmd.args) != 0 {
@@ -605,4 +617,10 @@ func closeQuietly(conns ...net.Conn) {
 func isTimeout(err error) bool {
 	var ne net.Error
 	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// isProxyHeader reports whether a command line is a PROXY protocol v1 header
+// ("PROXY TCP4 ...", "PROXY TCP6 ...", "PROXY UNKNOWN"), as its tag and name.
+func isProxyHeader(tag, name string) bool {
+	return tag == "PROXY" && (name == "TCP4" || name == "TCP6" || name == "UNKNOWN")
 }

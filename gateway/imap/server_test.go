@@ -391,3 +391,13 @@ func TestCredentialsNeverLogged(t *testing.T) {
 		}
 	}
 }
+
+// A PROXY protocol header reaching the IMAP front comes from a peer the
+// listener does not trust: it is refused and the connection closed.
+func TestProxyHeaderFromUntrustedPeerRefused(t *testing.T) {
+	c := startPipe(t, testConfig(t, newFakeBackend(nil)))
+	c.expect("* OK")
+	c.send("PROXY TCP4 203.0.113.9 127.0.0.1 4000 143\r\n")
+	c.expect("* BYE PROXY protocol not accepted")
+	c.expectClosed()
+}

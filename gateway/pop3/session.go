@@ -225,6 +225,14 @@ func (s *session) bad(text string) bool {
 func (s *session) dispatch(cmd command) (done bool) {
 	spec, ok := commands[cmd.name]
 	switch {
+	case cmd.name == "PROXY":
+		// A PROXY protocol v1 header from a peer the listener does not
+		// trust (listeners[].proxy_protocol): refused, never honoured.
+		s.log.Warn("PROXY header from an untrusted peer refused")
+		s.w.writeErr("", "PROXY protocol not accepted from this address")
+		s.w.flush()
+		s.result = "proxy_refused"
+		return true
 	case !ok:
 		return s.bad("unknown command")
 	case s.state&spec.states == 0:

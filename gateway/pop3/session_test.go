@@ -522,3 +522,12 @@ func TestPanicEndsOnlyTheSession(t *testing.T) {
 		t.Fatalf("commits %v closes %d, want only the other session's empty commit and two closes", commits, closes)
 	}
 }
+
+// A PROXY protocol header reaching the POP3 front comes from a peer the
+// listener does not trust: it is refused and the connection closed.
+func TestProxyHeaderFromUntrustedPeerRefused(t *testing.T) {
+	ts := newTestServer(t, nil, nil)
+	c := ts.dial()
+	c.cmd("PROXY TCP4 203.0.113.9 127.0.0.1 4000 110", "-ERR PROXY protocol not accepted")
+	c.expectClosed()
+}
