@@ -2,58 +2,38 @@ package gateway
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"io"
-	"log"
 	"net"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/emersion/go-imap/v2"
-	"github.com/emersion/go-imap/v2/imapserver"
-	"github.com/emersion/go-imap/v2/imapserver/imapmemserver"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
 
 	"mailgate/gateway/config"
+	"mailgate/test/memimap"
 )
 
 func tcpAddr(ip string) net.Addr { return &net.TCPAddr{IP: net.ParseIP(ip), Port: 40000} }
 
 // memBackend serves go-imap's in-memory IMAP server on loopback with user
-// alice/secret and a few messages.
+// alice/secret and the given messages in INBOX.
 func memBackend(t *testing.T, messages ...string) string {
 	t.Helper()
-	mem := imapmemserver.New()
-	u := imapmemserver.NewUser("alice", "secret")
-	if err := u.Create("INBOX", nil); err != nil {
-		t.Fatal(err)
-	}
+	var msgs [][]byte
 	for _, m := range messages {
-		if _, err := u.Append("INBOX", bytes.NewReader([]byte(m)), &imap.AppendOptions{}); err != nil {
-			t.Fatal(err)
-		}
+		msgs = append(msgs, []byte(m))
 	}
-	mem.AddUser(u)
-	srv := imapserver.New(&imapserver.Options{
-		NewSession: func(*imapserver.Conn) (imapserver.Session, *imapserver.GreetingData, error) {
-			return mem.NewSession(), nil, nil
-		},
-		Caps:         imap.CapSet{imap.CapIMAP4rev1: {}, imap.CapIMAP4rev2: {}},
-		InsecureAuth: true,
-		Logger:       log.New(io.Discard, "", 0),
-	})
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	srv, err := memimap.Start(memimap.User{Name: "alice", Password: "secret", Messages: msgs})
 	if err != nil {
 		t.Fatal(err)
 	}
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close() })
-	backends.Store(ln.Addr().String(), srv)
-	return ln.Addr().String()
+	t.Cleanup(srv.Close)
+	backends.Store(srv.Addr(), srv)
+	return srv.Addr()
 }
 
 // backends maps a memBackend address to its server, so a test can stop one.
@@ -65,7 +45,7 @@ func stopBackend(t *testing.T, addr string) {
 	if !ok {
 		t.Fatalf("no backend at %s", addr)
 	}
-	srv.(*imapserver.Server).Close()
+	srv.(*memimap.Server).Close()
 }
 
 // startGateway runs a gateway from YAML (BACKEND is replaced by backend)

@@ -8,20 +8,17 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"log"
 	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"time"
 
-	"github.com/emersion/go-imap/v2"
-	"github.com/emersion/go-imap/v2/imapserver"
-	"github.com/emersion/go-imap/v2/imapserver/imapmemserver"
 	"go.uber.org/zap"
 
 	"mailgate/gateway"
 	"mailgate/gateway/config"
+	"mailgate/test/memimap"
 	mgtls "mailgate/tls"
 )
 
@@ -81,7 +78,7 @@ backends:
 routing:
   default: memory
 limits: {auth_failure_delay: 200ms}
-`, certFile, keyFile, hp(*pop3Port), hp(*pop3sPort), hp(*imapPort), hp(*imapsPort), backend.Addr().String())
+`, certFile, keyFile, hp(*pop3Port), hp(*pop3sPort), hp(*imapPort), hp(*imapsPort), backend.Addr())
 	cfg, err := config.Parse([]byte(yaml))
 	if err != nil {
 		fmt.Fprintf(stderr, "demo: configuration: %v\n", err)
@@ -157,44 +154,15 @@ func writeSelfSigned(certFile, keyFile, host string) error {
 	return os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600)
 }
 
-type demoBackend struct {
-	srv *imapserver.Server
-	ln  net.Listener
-}
-
-func (b *demoBackend) Addr() net.Addr { return b.ln.Addr() }
-func (b *demoBackend) Close()         { b.srv.Close() }
-
 // startDemoBackend serves an in-memory IMAP server on a free loopback port,
 // with one user and a few messages that show what POP3 clients must get
 // right: a line starting with a dot, 8-bit text, an attachment.
-func startDemoBackend() (*demoBackend, error) {
-	mem := imapmemserver.New()
-	u := imapmemserver.NewUser(demoUser, demoPassword)
-	if err := u.Create("INBOX", nil); err != nil {
-		return nil, err
-	}
+func startDemoBackend() (*memimap.Server, error) {
+	var msgs [][]byte
 	for _, m := range demoMessages() {
-		raw := strings.ReplaceAll(strings.TrimLeft(m, "\n"), "\n", "\r\n")
-		if _, err := u.Append("INBOX", bytes.NewReader([]byte(raw)), &imap.AppendOptions{}); err != nil {
-			return nil, err
-		}
+		msgs = append(msgs, []byte(strings.ReplaceAll(strings.TrimLeft(m, "\n"), "\n", "\r\n")))
 	}
-	mem.AddUser(u)
-	srv := imapserver.New(&imapserver.Options{
-		NewSession: func(*imapserver.Conn) (imapserver.Session, *imapserver.GreetingData, error) {
-			return mem.NewSession(), nil, nil
-		},
-		Caps:         imap.CapSet{imap.CapIMAP4rev1: {}, imap.CapIMAP4rev2: {}},
-		InsecureAuth: true,
-		Logger:       log.New(io.Discard, "", 0),
-	})
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return nil, err
-	}
-	go srv.Serve(ln)
-	return &demoBackend{srv: srv, ln: ln}, nil
+	return memimap.Start(memimap.User{Name: demoUser, Password: demoPassword, Messages: msgs})
 }
 
 func demoMessages() []string {

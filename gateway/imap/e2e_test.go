@@ -1,12 +1,10 @@
 package imap
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
 	"io"
-	"log"
 	"net"
 	"strings"
 	"sync"
@@ -15,10 +13,9 @@ import (
 
 	"github.com/emersion/go-imap/v2"
 	"github.com/emersion/go-imap/v2/imapclient"
-	"github.com/emersion/go-imap/v2/imapserver"
-	"github.com/emersion/go-imap/v2/imapserver/imapmemserver"
 	"go.uber.org/zap/zaptest"
 
+	"mailgate/test/memimap"
 	"mailgate/upstream"
 )
 
@@ -36,35 +33,17 @@ func (h handoffBackend) Connect(ctx context.Context, l Login) (Upstream, error) 
 	return Upstream{Conn: p.Conn, Caps: p.Caps, Name: t.Name}, nil
 }
 
-// memBackend starts imapmemserver with alice/secret and two messages.
+// memBackend starts imapmemserver with alice/secret, an Archive mailbox
+// and two messages in INBOX.
 func memBackend(t *testing.T) string {
 	t.Helper()
-	mem := imapmemserver.New()
-	u := imapmemserver.NewUser("alice", "secret")
-	u.Create("INBOX", nil)
-	u.Create("Archive", nil)
-	for _, m := range []string{"Subject: one\r\n\r\nfirst\r\n", "Subject: two\r\n\r\nsecond\r\n"} {
-		if _, err := u.Append("INBOX", bytes.NewReader([]byte(m)), &imap.AppendOptions{}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	mem.AddUser(u)
-	srv := imapserver.New(&imapserver.Options{
-		NewSession: func(*imapserver.Conn) (imapserver.Session, *imapserver.GreetingData, error) {
-			return mem.NewSession(), nil, nil
-		},
-		Caps:         imap.CapSet{imap.CapIMAP4rev1: {}, imap.CapIMAP4rev2: {}},
-		InsecureAuth: true,
-		Logger:       log.New(io.Discard, "", 0),
-	})
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	srv, err := memimap.Start(memimap.User{Name: "alice", Password: "secret", Mailboxes: []string{"Archive"},
+		Messages: [][]byte{[]byte("Subject: one\r\n\r\nfirst\r\n"), []byte("Subject: two\r\n\r\nsecond\r\n")}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	done := make(chan struct{})
-	go func() { defer close(done); srv.Serve(ln) }()
-	t.Cleanup(func() { srv.Close(); <-done })
-	return ln.Addr().String()
+	t.Cleanup(srv.Close)
+	return srv.Addr()
 }
 
 // startGateway serves cfg on 127.0.0.1:0 until the test ends.
