@@ -73,7 +73,7 @@ func New(cfg *config.Config, log *zap.Logger) (*Server, error) {
 	s := &Server{
 		log:         log,
 		cfg:         cfg,
-		maildrops:   upstream.NewMaildrops(cfg.POP3, st.timeouts, log.Named("upstream")),
+		maildrops:   upstream.NewMaildrops(cfg.POP3, log.Named("upstream")),
 		limits:      newConnLimits(cfg.Limits.Connections, cfg.Limits.PerIP),
 		auth:        newAuthLimiter(cfg.Limits.AuthFailureRate()),
 		health:      routing.NewHealth(cfg.Routing.PoolCooldown),

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"time"
 
@@ -30,7 +31,8 @@ type login struct {
 	protocol string
 	user     string
 	password string
-	remote   net.Addr
+	remote   net.Addr // the client
+	local    net.Addr // the gateway address it connected to
 	attempt  int
 }
 
@@ -87,7 +89,7 @@ func (s *Server) routeAndOpen(ctx context.Context, l login, open func(upstream.T
 	// connects once, here, and keeps that connection.
 	for range servers {
 		addr, healthy := s.health.Pick(servers, d.User)
-		t := upstream.Target{Name: d.Backend, Address: addr, Config: b, ClientAddr: l.remote}
+		t := upstream.Target{Name: d.Backend, Address: addr, Config: b, ClientAddr: l.remote, LocalAddr: l.local}
 		err = open(t, d.User, password, st.timeouts)
 		if err == nil {
 			if s.health.Up(addr) {
@@ -132,44 +134,100 @@ func (s *Server) observeLogin(protocol, backend string, start time.Time, err err
 	}
 }
 
+// The fronts declare the errors their backends may return (pop3.ErrAuthFailed,
+// imap.ErrInUse...); this is the one place where the outcomes of routing and
+// upstream become them. The cause stays in the chain, for the log and for
+// what the fronts may pass on (a lookup service's public text, a backend's
+// RFC 5530 code).
+var (
+	pop3Errors = []errorMapping{
+		{upstream.ErrPartialCommit, pop3.ErrPartialCommit},
+		{upstream.ErrMessageGone, pop3.ErrMessageGone},
+		{upstream.ErrAuthFailed, pop3.ErrAuthFailed},
+		{upstream.ErrInUse, pop3.ErrInUse},
+		{upstream.ErrUnavailable, pop3.ErrUnavailable},
+	}
+	imapErrors = []errorMapping{
+		{upstream.ErrAuthFailed, imap.ErrAuthFailed},
+		{upstream.ErrInUse, imap.ErrInUse},
+		{upstream.ErrUnavailable, imap.ErrUnavailable},
+	}
+)
+
+type errorMapping struct{ from, to error }
+
+// frontError is an outcome translated for a front: errors.Is matches both
+// the front's sentinel and everything in the cause; its text is the cause's.
+type frontError struct{ kind, cause error }
+
+func (e *frontError) Error() string   { return e.cause.Error() }
+func (e *frontError) Unwrap() []error { return []error{e.kind, e.cause} }
+
+// translate maps err with the first mapping it matches, in order. An error
+// that matches none is returned as it is: the fronts answer it as a
+// temporary failure.
+func translate(err error, mappings []errorMapping) error {
+	if err == nil {
+		return nil
+	}
+	for _, m := range mappings {
+		if errors.Is(err, m.from) {
+			return &frontError{m.to, err}
+		}
+	}
+	return err
+}
+
 // pop3Backend opens maildrops for gateway/pop3.
 type pop3Backend struct{ s *Server }
 
 var _ pop3.Backend = pop3Backend{}
-var _ pop3.Maildrop = (*upstream.Maildrop)(nil)
 
 func (b pop3Backend) Open(ctx context.Context, lg pop3.Login) (pop3.Maildrop, error) {
 	start := time.Now()
 	var md *upstream.Maildrop
-	backend, err := b.s.authenticate(ctx, login{config.ProtocolPOP3, lg.User, lg.Password, lg.Remote, lg.Attempt},
-		func(t upstream.Target, user, password string, _ upstream.Timeouts) error {
+	backend, err := b.s.authenticate(ctx, login{config.ProtocolPOP3, lg.User, lg.Password, lg.Remote, lg.Local, lg.Attempt},
+		func(t upstream.Target, user, password string, to upstream.Timeouts) error {
 			var err error
-			md, err = b.s.maildrops.Open(ctx, t, user, password)
+			md, err = b.s.maildrops.Open(ctx, t, to, user, password)
 			return err
 		})
 	b.s.observeLogin(config.ProtocolPOP3, backend, start, err)
 	if err != nil {
-		return nil, err
+		return nil, translate(err, pop3Errors)
 	}
-	return countingMaildrop{md, b.s.metrics, backend}, nil
+	return pop3Maildrop{md, b.s.metrics, backend}, nil
 }
 
-// countingMaildrop counts the deletions a QUIT commits and names its backend
-// for the session's logs.
-type countingMaildrop struct {
+// pop3Maildrop is an upstream maildrop as gateway/pop3 sees it: its errors
+// translated, the deletions a QUIT commits counted, its backend named for the
+// session's logs.
+type pop3Maildrop struct {
 	*upstream.Maildrop
 	m       *metrics
 	backend string
 }
 
-func (c countingMaildrop) Backend() string { return c.backend }
+var _ pop3.Maildrop = pop3Maildrop{}
 
-func (c countingMaildrop) Commit(ctx context.Context, deleted []int) error {
+func (c pop3Maildrop) Backend() string { return c.backend }
+
+func (c pop3Maildrop) Retr(ctx context.Context, n int) (io.ReadCloser, error) {
+	rc, err := c.Maildrop.Retr(ctx, n)
+	return rc, translate(err, pop3Errors)
+}
+
+func (c pop3Maildrop) Top(ctx context.Context, n int) (io.ReadCloser, error) {
+	rc, err := c.Maildrop.Top(ctx, n)
+	return rc, translate(err, pop3Errors)
+}
+
+func (c pop3Maildrop) Commit(ctx context.Context, deleted []int) error {
 	err := c.Maildrop.Commit(ctx, deleted)
 	if err == nil {
 		c.m.deletions.Add(float64(len(deleted)))
 	}
-	return err
+	return translate(err, pop3Errors)
 }
 
 // imapBackend logs in to the backend for gateway/imap and hands back the
@@ -180,16 +238,16 @@ var _ imap.Backend = imapBackend{}
 
 func (b imapBackend) Connect(ctx context.Context, lg imap.Login) (imap.Upstream, error) {
 	start := time.Now()
-	var p *upstream.Passthrough
-	backend, err := b.s.authenticate(ctx, login{config.ProtocolIMAP, lg.User, lg.Password, lg.Remote, lg.Attempt},
+	var sess *upstream.Session
+	backend, err := b.s.authenticate(ctx, login{config.ProtocolIMAP, lg.User, lg.Password, lg.Remote, lg.Local, lg.Attempt},
 		func(t upstream.Target, user, password string, to upstream.Timeouts) error {
 			var err error
-			p, err = upstream.Handoff(ctx, t, to, user, password)
+			sess, err = upstream.Login(ctx, t, to, user, password)
 			return err
 		})
 	b.s.observeLogin(config.ProtocolIMAP, backend, start, err)
 	if err != nil {
-		return imap.Upstream{}, err
+		return imap.Upstream{}, translate(err, imapErrors)
 	}
-	return imap.Upstream{Conn: p.Conn, Caps: p.Caps, Name: backend}, nil
+	return imap.Upstream{Conn: sess.Conn, Caps: sess.Caps, Name: backend}, nil
 }

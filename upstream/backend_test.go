@@ -436,7 +436,7 @@ var fastTimeouts = Timeouts{Dial: 2 * time.Second, Command: 2 * time.Second}
 // open opens alice's maildrop and closes it at the end of the test.
 func openMaildrop(t testing.TB, mds *Maildrops, b *backend, user, password string) *Maildrop {
 	t.Helper()
-	md, err := mds.Open(context.Background(), b.target(), user, password)
+	md, err := mds.Open(context.Background(), b.target(), fastTimeouts, user, password)
 	if err != nil {
 		t.Fatalf("Open: %v", err)
 	}

@@ -12,7 +12,7 @@ import (
 func BenchmarkRetrCached(b *testing.B) {
 	be := newBackend(b, nil)
 	be.addUser("alice", "pw", msg(1, 64<<10))
-	mds := NewMaildrops(testConfig(nil), fastTimeouts, testLogger(b))
+	mds := NewMaildrops(testConfig(nil), testLogger(b))
 	md := openMaildrop(b, mds, be, "alice", "pw")
 	readAll(b)(md.Retr(context.Background(), 1)) // warm the cache
 	before := be.totalFetches()
@@ -42,7 +42,7 @@ func BenchmarkRetrSpool(b *testing.B) {
 		c.Cache.MaxMessageBytes = 1 // nothing is cached
 		c.FetchAhead = size(0)
 	})
-	mds := NewMaildrops(cfg, fastTimeouts, testLogger(b))
+	mds := NewMaildrops(cfg, testLogger(b))
 	mds.spoolDir = b.TempDir()
 	md := openMaildrop(b, mds, be, "alice", "pw")
 	b.SetBytes(int64(len(body)))
@@ -77,9 +77,9 @@ func BenchmarkDownloadMaildrop(b *testing.B) {
 				off := false
 				c.MarkSeen = &off
 			})
-			mds := NewMaildrops(cfg, fastTimeouts, testLogger(b))
+			mds := NewMaildrops(cfg, testLogger(b))
 			for b.Loop() {
-				md, err := mds.Open(context.Background(), be.target(), "alice", "pw")
+				md, err := mds.Open(context.Background(), be.target(), fastTimeouts, "alice", "pw")
 				if err != nil {
 					b.Fatal(err)
 				}

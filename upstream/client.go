@@ -12,8 +12,6 @@ import (
 
 	"github.com/emersion/go-imap/v2"
 	"github.com/emersion/go-imap/v2/imapclient"
-	"github.com/emersion/go-sasl"
-	"go.uber.org/zap"
 )
 
 // Defaults for zero Timeouts (DESIGN.md: backend_dial 10s, backend_command 60s).
@@ -35,146 +33,47 @@ func (t Timeouts) withDefaults() Timeouts {
 	return t
 }
 
-// DialIMAP connects to the backend server t and returns an imapclient.Client
-// that has received the server's greeting and, for tls: starttls, completed
-// STARTTLS (RFC 3501 §6.2.1) with certificate verification against
-// t.Config's roots and server name. Everything, from the TCP connect to the
-// greeting, happens within to.Dial and ctx.
-//
-// go-imap's client has no timeouts of its own between responses: callers must
-// bound every later command themselves (Login does; so does Maildrop). Errors
-// wrap ErrUnavailable.
-func DialIMAP(ctx context.Context, t Target, to Timeouts, log *zap.Logger) (*imapclient.Client, error) {
-	c, _, err := dialIMAP(ctx, t, to, log, nil)
-	return c, err
-}
-
-// dialIMAP is DialIMAP with a handler for unsolicited responses (EXISTS,
-// EXPUNGE, FETCH from other clients' changes), which the maildrop records.
-// It also returns the TCP connection under the client: closing it is the
-// watchdogs' way to abort whatever the client is doing. (Client.Close waits
-// for the client's reader goroutine, which may itself be waiting for the
-// consumer of a FETCH literal; closing the socket never blocks.)
-func dialIMAP(ctx context.Context, t Target, to Timeouts, log *zap.Logger, unilateral *imapclient.UnilateralDataHandler) (*imapclient.Client, net.Conn, error) {
-	to = to.withDefaults()
-	if log == nil {
-		log = zap.NewNop()
-	}
-	start := time.Now()
-	conn, err := dialConn(ctx, t, to.Dial)
+// openClient logs in with Login and hands the authenticated connection to
+// go-imap's client behind a synthesized greeting
+// "* PREAUTH [CAPABILITY ...]" (RFC 9051 §7.1.4), which the client takes as
+// "authenticated, with these capabilities". Both fronts thus log in through
+// the same code; the POP3 maildrop then drives the connection with
+// imapclient. It also returns the TCP connection under the client: closing
+// it is the watchdogs' way to abort whatever the client is doing
+// (Client.Close waits for the client's reader goroutine, which may itself be
+// waiting for the consumer of a FETCH literal; closing the socket never
+// blocks).
+func openClient(ctx context.Context, t Target, to Timeouts, user, password string, unilateral *imapclient.UnilateralDataHandler) (*imapclient.Client, net.Conn, error) {
+	s, err := Login(ctx, t, to, user, password)
 	if err != nil {
 		return nil, nil, err
 	}
-	raw := conn
-	if tc, ok := conn.(*tls.Conn); ok {
+	raw := s.Conn
+	if ra, ok := raw.(*readAheadConn); ok {
+		raw = ra.Conn
+	}
+	if tc, ok := raw.(*tls.Conn); ok {
 		raw = tc.NetConn()
 	}
-	// The greeting and STARTTLS get what is left of the dial budget. Closing
-	// the conn is the only way to interrupt imapclient: it has no context.
-	wd := watch(to.Dial-time.Since(start), func() { raw.Close() })
-	stopCtx := context.AfterFunc(ctx, func() { raw.Close() })
-	defer stopCtx()
-
+	greeting := "* PREAUTH logged in by mailgate\r\n"
+	if len(s.Caps) > 0 {
+		greeting = "* PREAUTH [CAPABILITY " + strings.Join(s.Caps, " ") + "] logged in by mailgate\r\n"
+	}
+	conn := &readAheadConn{Conn: s.Conn, ahead: []byte(greeting)}
 	// Never set DebugWriter: it copies the raw wire, passwords included.
-	opts := &imapclient.Options{UnilateralDataHandler: unilateral}
-	var c *imapclient.Client
-	if t.Config.TLS == TLSStartTLS {
-		// NewStartTLS uses the configuration as is; TLSConfig fills
-		// ServerName so that the certificate is verified for the right name.
-		opts.TLSConfig = t.Config.TLSConfig(t.Address)
-		c, err = imapclient.NewStartTLS(conn, opts)
-	} else {
-		c = imapclient.New(conn, opts)
-		if err = c.WaitGreeting(); err != nil {
-			c.Close()
-		}
+	c := imapclient.New(conn, &imapclient.Options{UnilateralDataHandler: unilateral})
+	wd := watch(to.withDefaults().Dial, func() { raw.Close() })
+	err = c.WaitGreeting()
+	wd.stop()
+	if err == nil && c.State() != imap.ConnStateAuthenticated {
+		err = fmt.Errorf("state %v after the synthesized greeting", c.State())
 	}
-	fired := wd.stop()
 	if err != nil {
-		conn.Close()
-		switch {
-		case fired:
-			return nil, nil, fmt.Errorf("%w: no greeting from %s within %v", ErrUnavailable, t.Address, to.Dial)
-		case ctx.Err() != nil:
-			return nil, nil, fmt.Errorf("%w: dial %s: %w", ErrUnavailable, t.Address, ctx.Err())
-		}
-		return nil, nil, fmt.Errorf("%w: greeting from %s: %w", ErrUnavailable, t.Address, err)
-	}
-	if c.State() != imap.ConnStateNotAuthenticated {
-		// PREAUTH would log us in as somebody without checking the user's
-		// password; BYE is a refusal.
+		raw.Close()
 		c.Close()
-		return nil, nil, fmt.Errorf("%w: %s greeted in state %v, want not authenticated", ErrUnavailable, t.Address, c.State())
+		return nil, nil, fmt.Errorf("%w: %s: %v", ErrUnavailable, t.Address, err)
 	}
-	log.Debug("backend connected", zap.String("address", t.Address), zap.String("tls", t.Config.TLS),
-		zap.Duration("elapsed", time.Since(start)))
 	return c, raw, nil
-}
-
-// Login authenticates with the user's own credentials: AUTHENTICATE PLAIN
-// (RFC 4616) when the backend offers AUTH=PLAIN, else LOGIN, within
-// to.Dial. A NO from the backend wraps ErrAuthFailed (the backend's text stays
-// in the error, for logs only; never show it to clients); a broken or silent
-// connection wraps ErrUnavailable and leaves c closed.
-func Login(ctx context.Context, c *imapclient.Client, user, password string, to Timeouts) error {
-	return login(ctx, c, func() { c.Close() }, user, password, to)
-}
-
-// login is Login with the function that aborts the connection.
-func login(ctx context.Context, c *imapclient.Client, kill func(), user, password string, to Timeouts) error {
-	if strings.ContainsRune(user, 0) || strings.ContainsRune(password, 0) {
-		// Neither PLAIN (RFC 4616 §2) nor an IMAP string can carry NUL.
-		return fmt.Errorf("%w: credentials contain NUL", ErrAuthFailed)
-	}
-	to = to.withDefaults()
-	wd := watch(to.Dial, kill)
-	stopCtx := context.AfterFunc(ctx, kill)
-	defer stopCtx()
-
-	caps := c.Caps() // may send CAPABILITY
-	var err error
-	switch {
-	case caps == nil:
-		err = errors.New("no capabilities")
-	case caps.Has(imap.AuthCap(sasl.Plain)):
-		err = c.Authenticate(sasl.NewPlainClient("", user, password))
-	case caps.Has(imap.CapLoginDisabled):
-		// RFC 3501 §6.2.3: LOGIN is refused on this (cleartext) connection.
-		wd.stop()
-		return fmt.Errorf("%w: backend advertises LOGINDISABLED and no AUTH=PLAIN: configure tls: starttls or implicit", ErrUnavailable)
-	default:
-		err = c.Login(user, password).Wait()
-	}
-	if wd.stop() {
-		return fmt.Errorf("%w: login timed out after %v", ErrUnavailable, to.Dial)
-	}
-	if err != nil {
-		return loginError(err)
-	}
-	return nil
-}
-
-// loginError maps a failed LOGIN/AUTHENTICATE to our sentinels (RFC 5530
-// response codes).
-func loginError(err error) error {
-	var ierr *imap.Error
-	if !errors.As(err, &ierr) {
-		return fmt.Errorf("%w: login: %w", ErrUnavailable, err)
-	}
-	switch ierr.Code {
-	case imap.ResponseCodeUnavailable, imap.ResponseCodeServerBug, imap.ResponseCodeLimit,
-		imap.ResponseCodeContactAdmin, imap.ResponseCodePrivacyRequired:
-		return fmt.Errorf("%w: login: %w", ErrUnavailable, err)
-	case imap.ResponseCodeInUse:
-		return fmt.Errorf("%w: login: %w", ErrInUse, err)
-	}
-	if ierr.Type == imap.StatusResponseTypeNo {
-		// AUTHENTICATIONFAILED, AUTHORIZATIONFAILED, EXPIRED, or no code
-		// at all: every server answers a wrong password with NO.
-		return fmt.Errorf("%w: %w", ErrAuthFailed, err)
-	}
-	// BAD: the backend did not understand us; not the user's fault.
-	return fmt.Errorf("%w: login: %w", ErrUnavailable, err)
 }
 
 // commandError wraps the failure of a backend command after login. A tagged

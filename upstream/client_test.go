@@ -14,7 +14,9 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 )
 
-func TestDialIMAPAndLogin(t *testing.T) {
+// A maildrop opens through the one backend login over every TLS mode, with
+// PLAIN or LOGIN, and nothing logged mentions the password.
+func TestOpenEveryTLSMode(t *testing.T) {
 	certCfg, caPath := testCert(t)
 	for _, tc := range []struct {
 		name string
@@ -37,14 +39,12 @@ func TestDialIMAPAndLogin(t *testing.T) {
 				}
 			}
 			core, logs := observer.New(zap.DebugLevel)
-			c, err := DialIMAP(context.Background(), tg, fastTimeouts, zap.New(core))
+			mds := NewMaildrops(testConfig(nil), zap.New(core))
+			md, err := mds.Open(context.Background(), tg, fastTimeouts, "alice", "s3cret-pass")
 			if err != nil {
-				t.Fatalf("DialIMAP: %v", err)
+				t.Fatalf("Open: %v", err)
 			}
-			defer c.Close()
-			if err := Login(context.Background(), c, "alice", "s3cret-pass", fastTimeouts); err != nil {
-				t.Fatalf("Login: %v", err)
-			}
+			md.Close()
 			if tc.auth != nil && !b.sawCommand(tc.auth) {
 				t.Errorf("backend never saw %v", tc.auth)
 			}
@@ -60,11 +60,11 @@ func TestDialIMAPAndLogin(t *testing.T) {
 	}
 }
 
-func TestDialIMAPRejectsUnknownCertificate(t *testing.T) {
+func TestLoginRejectsUnknownCertificate(t *testing.T) {
 	certCfg, _ := testCert(t)
 	for _, implicit := range []bool{false, true} {
 		b := newBackend(t, &backendOptions{tls: certCfg, implicit: implicit})
-		_, err := DialIMAP(context.Background(), b.target(), fastTimeouts, zap.NewNop())
+		_, err := Login(context.Background(), b.target(), fastTimeouts, "alice", "pw")
 		if !errors.Is(err, ErrUnavailable) {
 			t.Errorf("implicit=%v: err = %v, want ErrUnavailable (certificate not trusted)", implicit, err)
 		}
@@ -75,8 +75,8 @@ func TestLoginBadPassword(t *testing.T) {
 	for _, noPlain := range []bool{false, true} {
 		b := newBackend(t, &backendOptions{noPlain: noPlain})
 		b.addUser("alice", "right")
-		mds := NewMaildrops(testConfig(nil), fastTimeouts, testLogger(t))
-		_, err := mds.Open(context.Background(), b.target(), "alice", "wrong-secret")
+		mds := NewMaildrops(testConfig(nil), testLogger(t))
+		_, err := mds.Open(context.Background(), b.target(), fastTimeouts, "alice", "wrong-secret")
 		if !errors.Is(err, ErrAuthFailed) {
 			t.Fatalf("noPlain=%v: err = %v, want ErrAuthFailed", noPlain, err)
 		}
@@ -96,9 +96,9 @@ func TestBackendDown(t *testing.T) {
 	cfg := &BackendConfig{Address: addr, TLS: TLSNone}
 	cfg.ApplyDefaults()
 	cfg.Validate()
-	mds := NewMaildrops(testConfig(nil), fastTimeouts, testLogger(t))
+	mds := NewMaildrops(testConfig(nil), testLogger(t))
 	start := time.Now()
-	_, err = mds.Open(context.Background(), Target{Name: "down", Address: addr, Config: cfg}, "alice", "pw")
+	_, err = mds.Open(context.Background(), Target{Name: "down", Address: addr, Config: cfg}, fastTimeouts, "alice", "pw")
 	if !errors.Is(err, ErrUnavailable) {
 		t.Fatalf("err = %v, want ErrUnavailable", err)
 	}
@@ -116,9 +116,9 @@ func TestSilentBackend(t *testing.T) {
 		cfg := &BackendConfig{Address: addr, TLS: TLSNone}
 		cfg.ApplyDefaults()
 		cfg.Validate()
-		mds := NewMaildrops(testConfig(nil), to, testLogger(t))
+		mds := NewMaildrops(testConfig(nil), testLogger(t))
 		start := time.Now()
-		_, err := mds.Open(context.Background(), Target{Name: "silent", Address: addr, Config: cfg}, "alice", "pw")
+		_, err := mds.Open(context.Background(), Target{Name: "silent", Address: addr, Config: cfg}, to, "alice", "pw")
 		if !errors.Is(err, ErrUnavailable) {
 			t.Fatalf("greet=%v: err = %v, want ErrUnavailable", greet, err)
 		}
@@ -135,11 +135,15 @@ func TestSilentBackendMidSession(t *testing.T) {
 	b := newBackend(t, nil)
 	b.addUser("alice", "pw", msg(1, 100), msg(2, 100))
 	to := Timeouts{Dial: 2 * time.Second, Command: 300 * time.Millisecond}
-	mds := NewMaildrops(testConfig(nil), to, testLogger(t))
-	md := openMaildrop(t, mds, b, "alice", "pw")
+	mds := NewMaildrops(testConfig(nil), testLogger(t))
+	md, err := mds.Open(context.Background(), b.target(), to, "alice", "pw")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer md.Close()
 	b.opts.stallBody.Store(true)
 	start := time.Now()
-	_, err := md.Retr(context.Background(), 1)
+	_, err = md.Retr(context.Background(), 1)
 	if !errors.Is(err, ErrUnavailable) {
 		t.Fatalf("Retr: err = %v, want ErrUnavailable", err)
 	}
@@ -167,7 +171,7 @@ func TestContextCancelsDial(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 	defer cancel()
 	start := time.Now()
-	_, err := DialIMAP(ctx, Target{Address: addr, Config: cfg}, Timeouts{Dial: 10 * time.Second}, zap.NewNop())
+	_, err := Login(ctx, Target{Address: addr, Config: cfg}, Timeouts{Dial: 10 * time.Second}, "alice", "pw")
 	if !errors.Is(err, ErrUnavailable) {
 		t.Fatalf("err = %v, want ErrUnavailable", err)
 	}

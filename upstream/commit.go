@@ -71,7 +71,7 @@ func (d *Maildrop) Commit(ctx context.Context, deleted []int) error {
 		}
 		return fmt.Errorf("%w: %w", ErrPartialCommit, err)
 	}
-	wd := watch(d.m.to.Command, d.kill)
+	wd := watch(d.to.Command, d.kill)
 	defer wd.stop()
 	stopCtx := context.AfterFunc(ctx, d.kill)
 	defer stopCtx()
@@ -87,7 +87,7 @@ func (d *Maildrop) Commit(ctx context.Context, deleted []int) error {
 	err := d.remove(wd, uids, policy)
 	if err != nil {
 		if wd.stop() {
-			err = fmt.Errorf("%w: timed out after %v", ErrUnavailable, d.m.to.Command)
+			err = fmt.Errorf("%w: timed out after %v", ErrUnavailable, d.to.Command)
 		}
 		if d.c.State() == imap.ConnStateLogout {
 			d.setBroken(err)
@@ -116,7 +116,7 @@ func (d *Maildrop) remove(wd *watchdog, uids imap.UIDSet, policy string) error {
 				zap.String("uids", uids.String()))
 			return nil
 		}
-		wd.reset(d.m.to.Command)
+		wd.reset(d.to.Command)
 		_, err := d.c.UIDExpunge(uids).Collect()
 		return commandErrorIf("UID EXPUNGE", err)
 	case strings.HasPrefix(policy, DeleteMovePfx):
@@ -125,12 +125,12 @@ func (d *Maildrop) remove(wd *watchdog, uids imap.UIDSet, policy string) error {
 		var ierr *imap.Error
 		if errors.As(err, &ierr) && ierr.Code == imap.ResponseCodeTryCreate {
 			// RFC 3501 §6.4.7: the destination does not exist yet.
-			wd.reset(d.m.to.Command)
+			wd.reset(d.to.Command)
 			if cerr := d.c.Create(dest, nil).Wait(); cerr != nil {
 				return commandError("CREATE "+dest, cerr)
 			}
 			d.log.Info("created the move destination", zap.String("mailbox", dest))
-			wd.reset(d.m.to.Command)
+			wd.reset(d.to.Command)
 			err = d.move(wd, uids, dest, uidPlus)
 		}
 		return err
@@ -146,7 +146,7 @@ func (d *Maildrop) move(wd *watchdog, uids imap.UIDSet, dest string, uidPlus boo
 	if _, err := d.c.Copy(uids, dest).Wait(); err != nil {
 		return commandErrorIf("UID COPY", err)
 	}
-	wd.reset(d.m.to.Command)
+	wd.reset(d.to.Command)
 	if err := d.storeDeleted(uids); err != nil {
 		return err
 	}
@@ -155,7 +155,7 @@ func (d *Maildrop) move(wd *watchdog, uids imap.UIDSet, dest string, uidPlus boo
 			zap.String("uids", uids.String()))
 		return nil
 	}
-	wd.reset(d.m.to.Command)
+	wd.reset(d.to.Command)
 	_, err := d.c.UIDExpunge(uids).Collect()
 	return commandErrorIf("UID EXPUNGE", err)
 }
@@ -176,7 +176,7 @@ func (d *Maildrop) flushSeen(wd *watchdog) error {
 	if len(uids) == 0 {
 		return nil
 	}
-	wd.reset(d.m.to.Command)
+	wd.reset(d.to.Command)
 	err := d.c.Store(uids, &imap.StoreFlags{Op: imap.StoreFlagsAdd, Silent: true,
 		Flags: []imap.Flag{imap.FlagSeen}}, nil).Close()
 	return commandErrorIf("UID STORE +FLAGS.SILENT (\\Seen)", err)
@@ -222,11 +222,11 @@ func (d *Maildrop) close() error {
 	var err error
 	d.cmdMu.Lock()
 	if d.brokenErr() == nil && d.c.State() != imap.ConnStateLogout {
-		wd := watch(min(closeTimeout, d.m.to.Command), d.kill)
+		wd := watch(min(closeTimeout, d.to.Command), d.kill)
 		if err = d.flushSeen(wd); err != nil {
 			d.log.Warn("setting \\Seen failed", zap.Error(err))
 		}
-		wd.reset(min(closeTimeout, d.m.to.Command))
+		wd.reset(min(closeTimeout, d.to.Command))
 		d.c.Logout().Wait() // the answer does not matter
 		wd.stop()
 	} else {

@@ -16,8 +16,12 @@ type Target struct {
 	Name    string         // the backend's name in the configuration (logs only)
 	Address string         // host:port of the server to dial
 	Config  *BackendConfig // validated
-	// ClientAddr is the end client, for forward_client_ip.
+	// ClientAddr is the end client (after PROXY protocol), for
+	// forward_client_ip and send_proxy_protocol.
 	ClientAddr net.Addr
+	// LocalAddr is the gateway address the client connected to, for
+	// forward_client_ip (x-connected-ip); nil leaves it out.
+	LocalAddr net.Addr
 }
 
 // dialConn connects to t.Address under ctx and the dial timeout and, for

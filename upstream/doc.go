@@ -7,8 +7,9 @@
 // needs (Len, Size, UIDL, Retr, Top, Commit, Close) and *Maildrop provides
 // it.
 //
-//	mds := upstream.NewMaildrops(cfg.POP3, upstream.Timeouts{Dial: 10 * time.Second, Command: time.Minute}, log)
-//	md, err := mds.Open(ctx, upstream.Target{Name: "store", Address: "10.1.3.1:993", Config: backendCfg}, user, pass)
+//	mds := upstream.NewMaildrops(cfg.POP3, log)
+//	md, err := mds.Open(ctx, upstream.Target{Name: "store", Address: "10.1.3.1:993", Config: backendCfg},
+//		upstream.Timeouts{Dial: 10 * time.Second, Command: time.Minute}, user, pass)
 //	if err != nil { ... } // errors.Is: ErrAuthFailed, ErrInUse, ErrUnavailable
 //	defer md.Close()      // releases the lock; deletes nothing
 //	rc, err := md.Retr(ctx, 1) // the exact BODY[] bytes; ErrMessageGone if expunged meanwhile

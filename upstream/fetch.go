@@ -229,7 +229,7 @@ func (d *Maildrop) run(batch []*flight) {
 	// a write as surely as one that does not answer. Each answer then gets
 	// the full command timeout from the moment the previous one is
 	// complete: a slow backend is fine, a silent one is not.
-	wd := watch(d.m.to.Command, d.kill)
+	wd := watch(d.to.Command, d.kill)
 	d.batches.Add(1)
 	type answer struct {
 		f   *flight
@@ -249,13 +249,13 @@ func (d *Maildrop) run(batch []*flight) {
 	}
 	for outstanding := len(batch); outstanding > 0; outstanding-- {
 		a := <-answers
-		wd.reset(d.m.to.Command)
+		wd.reset(d.to.Command)
 		err := a.err
 		if err != nil && !errors.Is(err, ErrMessageGone) {
 			op := fmt.Sprintf("UID FETCH %d", a.f.uid)
 			if d.c.State() == imap.ConnStateLogout { // the connection is dead
 				if wd.hasFired() {
-					err = fmt.Errorf("%w: %s timed out after %v", ErrUnavailable, op, d.m.to.Command)
+					err = fmt.Errorf("%w: %s timed out after %v", ErrUnavailable, op, d.to.Command)
 				}
 				d.setBroken(commandError(op, err))
 			}

@@ -40,12 +40,11 @@ import (
 // group that makes concurrent fetches of one body a single backend FETCH, and
 // the table of per-user maildrop locks.
 //
-//	mds := upstream.NewMaildrops(cfg.POP3, upstream.Timeouts{Dial: 10 * time.Second, Command: time.Minute}, log)
-//	md, err := mds.Open(ctx, target, user, password) // ErrAuthFailed, ErrInUse, ErrUnavailable
+//	mds := upstream.NewMaildrops(cfg.POP3, log)
+//	md, err := mds.Open(ctx, target, timeouts, user, password) // ErrAuthFailed, ErrInUse, ErrUnavailable
 //	defer md.Close()
 type Maildrops struct {
 	cfg      MaildropConfig
-	to       Timeouts
 	log      *zap.Logger
 	cache    *Cache
 	locks    lockTable
@@ -56,16 +55,14 @@ type Maildrops struct {
 }
 
 // NewMaildrops makes the maildrop opener. Zero fields of cfg get their
-// defaults (MaildropConfig.ApplyDefaults), zero timeouts get 10s for
-// dialing and 60s per command, and a nil log logs nothing.
-func NewMaildrops(cfg MaildropConfig, to Timeouts, log *zap.Logger) *Maildrops {
+// defaults (MaildropConfig.ApplyDefaults), and a nil log logs nothing.
+func NewMaildrops(cfg MaildropConfig, log *zap.Logger) *Maildrops {
 	cfg.ApplyDefaults()
 	if log == nil {
 		log = zap.NewNop()
 	}
 	return &Maildrops{
 		cfg:      cfg,
-		to:       to.withDefaults(),
 		log:      log,
 		cache:    NewCache(int64(*cfg.Cache.MaxBytes), int64(cfg.Cache.MaxMessageBytes)),
 		markSeen: *cfg.MarkSeen,
@@ -84,7 +81,7 @@ func (m *Maildrops) Cache() *Cache { return m.cache }
 // (another session of this user is open on this gateway) or ErrUnavailable.
 // The lock is taken after login so that a wrong password never learns
 // whether the maildrop is in use.
-func (m *Maildrops) Open(ctx context.Context, t Target, user, password string) (*Maildrop, error) {
+func (m *Maildrops) Open(ctx context.Context, t Target, to Timeouts, user, password string) (*Maildrop, error) {
 	start := time.Now()
 	log := m.log.With(zap.String("backend", t.Name), zap.String("user", user))
 	d := &Maildrop{
@@ -93,6 +90,7 @@ func (m *Maildrops) Open(ctx context.Context, t Target, user, password string) (
 		target:   t,
 		user:     user,
 		mailbox:  m.cfg.Mailbox,
+		to:       to.withDefaults(),
 		lock:     lockKey{backend: t.Name, user: user},
 		pending:  make(map[imap.UID]*flight),
 		gone:     make(map[imap.UID]bool),
@@ -100,7 +98,7 @@ func (m *Maildrops) Open(ctx context.Context, t Target, user, password string) (
 		quit:     make(chan struct{}),
 		loopDone: make(chan struct{}),
 	}
-	c, raw, err := dialIMAP(ctx, t, m.to, log, &imapclient.UnilateralDataHandler{
+	c, raw, err := openClient(ctx, t, to, user, password, &imapclient.UnilateralDataHandler{
 		// Only record: the handler runs on the client's reader goroutine,
 		// and numbers never shift because everything is by UID.
 		Expunge: func(uint32) { d.expungedElsewhere.Add(1) },
@@ -122,10 +120,6 @@ func (m *Maildrops) Open(ctx context.Context, t Target, user, password string) (
 		return nil, err
 	}
 	d.c, d.raw = c, raw
-	if err := login(ctx, c, d.kill, user, password, m.to); err != nil {
-		c.Close()
-		return nil, err
-	}
 	if !m.locks.acquire(d.lock) {
 		d.goodbye()
 		return nil, fmt.Errorf("%w: %s on %s", ErrInUse, user, t.Name)
@@ -150,6 +144,7 @@ type Maildrop struct {
 	target  Target
 	user    string
 	mailbox string
+	to      Timeouts // of the configuration current at Open
 	lock    lockKey
 	c       *imapclient.Client
 	raw     net.Conn // under c; closing it aborts any command
@@ -185,12 +180,12 @@ type Maildrop struct {
 
 // snapshot selects the mailbox and fixes the message list: RFC 1939 §4.
 func (d *Maildrop) snapshot(ctx context.Context) error {
-	wd := watch(d.m.to.Command, d.kill)
+	wd := watch(d.to.Command, d.kill)
 	stopCtx := context.AfterFunc(ctx, d.kill)
 	defer stopCtx()
 	fail := func(op string, err error) error {
 		if wd.stop() {
-			return fmt.Errorf("%w: %s timed out after %v", ErrUnavailable, op, d.m.to.Command)
+			return fmt.Errorf("%w: %s timed out after %v", ErrUnavailable, op, d.to.Command)
 		}
 		return commandError(op, err)
 	}
@@ -214,7 +209,7 @@ func (d *Maildrop) snapshot(ctx context.Context) error {
 		all.AddRange(1, 0) // 1:*
 		fc := d.c.Fetch(all, &imap.FetchOptions{UID: true, RFC822Size: true, Flags: true})
 		for msg := fc.Next(); msg != nil; msg = fc.Next() {
-			wd.reset(d.m.to.Command) // a big mailbox: the timeout is for progress
+			wd.reset(d.to.Command) // a big mailbox: the timeout is for progress
 			buf, err := msg.Collect()
 			if err != nil || buf.UID == 0 {
 				continue
@@ -231,7 +226,7 @@ func (d *Maildrop) snapshot(ctx context.Context) error {
 		}
 	}
 	if wd.stop() {
-		return fmt.Errorf("%w: snapshot timed out after %v", ErrUnavailable, d.m.to.Command)
+		return fmt.Errorf("%w: snapshot timed out after %v", ErrUnavailable, d.to.Command)
 	}
 	slices.SortFunc(list, func(a, b entry) int { return cmp.Compare(a.uid, b.uid) })
 	list = slices.CompactFunc(list, func(a, b entry) bool { return a.uid == b.uid })
@@ -432,7 +427,7 @@ func (d *Maildrop) brokenErr() error {
 
 // goodbye logs out under a short deadline and closes the client.
 func (d *Maildrop) goodbye() error {
-	wd := watch(min(closeTimeout, d.m.to.Command), d.kill)
+	wd := watch(min(closeTimeout, d.to.Command), d.kill)
 	err := d.c.Logout().Wait()
 	wd.stop()
 	d.c.Close()

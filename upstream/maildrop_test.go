@@ -95,7 +95,7 @@ func TestSnapshotNumbersByUIDAndSkipsDeleted(t *testing.T) {
 	b := newBackend(t, nil)
 	b.addUser("alice", "pw", msgs(5, 200)...)
 	setFlag(t, b, "alice", "pw", 2, imap.FlagDeleted) // another client's pending deletion
-	mds := NewMaildrops(testConfig(nil), fastTimeouts, testLogger(t))
+	mds := NewMaildrops(testConfig(nil), testLogger(t))
 	md := openMaildrop(t, mds, b, "alice", "pw")
 	if md.Len() != 4 {
 		t.Fatalf("Len = %d, want 4 (UID 2 is \\Deleted)", md.Len())
@@ -121,7 +121,7 @@ func TestSnapshotNumbersByUIDAndSkipsDeleted(t *testing.T) {
 func TestEmptyMailbox(t *testing.T) {
 	b := newBackend(t, nil)
 	b.addUser("alice", "pw")
-	mds := NewMaildrops(testConfig(nil), fastTimeouts, testLogger(t))
+	mds := NewMaildrops(testConfig(nil), testLogger(t))
 	md := openMaildrop(t, mds, b, "alice", "pw")
 	if md.Len() != 0 {
 		t.Fatalf("Len = %d", md.Len())
@@ -135,7 +135,7 @@ func TestUIDL(t *testing.T) {
 	b := newBackend(t, nil)
 	b.addUser("alice", "pw", msgs(3, 100)...)
 	for _, format := range []string{"%08Xu%08Xv", "%u.%v", "x%xu"} {
-		mds := NewMaildrops(testConfig(func(c *MaildropConfig) { c.UIDLFormat = format }), fastTimeouts, testLogger(t))
+		mds := NewMaildrops(testConfig(func(c *MaildropConfig) { c.UIDLFormat = format }), testLogger(t))
 		md := openMaildrop(t, mds, b, "alice", "pw")
 		seen := map[string]bool{}
 		for n := 1; n <= md.Len(); n++ {
@@ -168,7 +168,7 @@ func TestRetrExactBytes(t *testing.T) {
 	b := newBackend(t, nil)
 	b.addUser("alice", "pw", odd...)
 	cfg := testConfig(func(c *MaildropConfig) { c.SpoolMemory = 64 << 10; c.Cache.MaxMessageBytes = 32 << 10 })
-	mds := NewMaildrops(cfg, fastTimeouts, testLogger(t))
+	mds := NewMaildrops(cfg, testLogger(t))
 	mds.spoolDir = t.TempDir()
 	md := openMaildrop(t, mds, b, "alice", "pw")
 	for n := 1; n <= md.Len(); n++ {
@@ -197,7 +197,7 @@ func TestRetrExactBytes(t *testing.T) {
 func TestSizeFollowsTheBody(t *testing.T) {
 	b := newBackend(t, &backendOptions{sizeLie: 7})
 	b.addUser("alice", "pw", msg(1, 500), msg(2, 500))
-	mds := NewMaildrops(testConfig(nil), fastTimeouts, testLogger(t))
+	mds := NewMaildrops(testConfig(nil), testLogger(t))
 	md := openMaildrop(t, mds, b, "alice", "pw")
 	want := int64(len(msg(1, 500)))
 	if md.Size(1) != want+7 {
@@ -221,7 +221,7 @@ func TestSeenOnRetrNotTop(t *testing.T) {
 			b := newBackend(t, nil)
 			b.addUser("alice", "pw", msgs(3, 200)...)
 			cfg := testConfig(func(c *MaildropConfig) { c.FetchAhead = size(0) })
-			mds := NewMaildrops(cfg, fastTimeouts, testLogger(t))
+			mds := NewMaildrops(cfg, testLogger(t))
 			md := openMaildrop(t, mds, b, "alice", "pw")
 			readAll(t)(md.Top(context.Background(), 1))
 			readAll(t)(md.Retr(context.Background(), 2))
@@ -254,7 +254,7 @@ func TestMarkSeenOff(t *testing.T) {
 	b := newBackend(t, nil)
 	b.addUser("alice", "pw", msgs(2, 200)...)
 	off := false
-	mds := NewMaildrops(testConfig(func(c *MaildropConfig) { c.MarkSeen = &off }), fastTimeouts, testLogger(t))
+	mds := NewMaildrops(testConfig(func(c *MaildropConfig) { c.MarkSeen = &off }), testLogger(t))
 	md := openMaildrop(t, mds, b, "alice", "pw")
 	readAll(t)(md.Retr(context.Background(), 1))
 	md.Close()
@@ -268,7 +268,7 @@ func TestMarkSeenOff(t *testing.T) {
 func TestExpungedElsewhere(t *testing.T) {
 	b := newBackend(t, nil)
 	b.addUser("alice", "pw", msgs(4, 200)...)
-	mds := NewMaildrops(testConfig(nil), fastTimeouts, testLogger(t))
+	mds := NewMaildrops(testConfig(nil), testLogger(t))
 	md := openMaildrop(t, mds, b, "alice", "pw")
 
 	other := b.client("alice", "pw")
@@ -303,16 +303,16 @@ func TestLockInUse(t *testing.T) {
 	b := newBackend(t, nil)
 	b.addUser("alice", "pw", msgs(2, 100)...)
 	b.addUser("bob", "pw", msgs(2, 100)...)
-	mds := NewMaildrops(testConfig(nil), fastTimeouts, testLogger(t))
-	md, err := mds.Open(context.Background(), b.target(), "alice", "pw")
+	mds := NewMaildrops(testConfig(nil), testLogger(t))
+	md, err := mds.Open(context.Background(), b.target(), fastTimeouts, "alice", "pw")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := mds.Open(context.Background(), b.target(), "alice", "pw"); !errors.Is(err, ErrInUse) {
+	if _, err := mds.Open(context.Background(), b.target(), fastTimeouts, "alice", "pw"); !errors.Is(err, ErrInUse) {
 		t.Fatalf("second Open: err = %v, want ErrInUse", err)
 	}
 	// A wrong password learns nothing about the lock.
-	if _, err := mds.Open(context.Background(), b.target(), "alice", "bad"); !errors.Is(err, ErrAuthFailed) {
+	if _, err := mds.Open(context.Background(), b.target(), fastTimeouts, "alice", "bad"); !errors.Is(err, ErrAuthFailed) {
 		t.Fatalf("Open with a bad password while locked: err = %v, want ErrAuthFailed", err)
 	}
 	// Other users are not affected.
@@ -331,7 +331,7 @@ func TestLockInUse(t *testing.T) {
 func TestCommitExpungeOnlyOurs(t *testing.T) {
 	b := newBackend(t, nil)
 	b.addUser("alice", "pw", msgs(5, 100)...)
-	mds := NewMaildrops(testConfig(nil), fastTimeouts, testLogger(t))
+	mds := NewMaildrops(testConfig(nil), testLogger(t))
 	md := openMaildrop(t, mds, b, "alice", "pw")
 	// Another client marks UID 5 \Deleted after our snapshot: not ours.
 	setFlag(t, b, "alice", "pw", 5, imap.FlagDeleted)
@@ -354,7 +354,7 @@ func TestCommitExpungeOnlyOurs(t *testing.T) {
 func TestCommitExpungeWithoutUIDPlus(t *testing.T) {
 	b := newBackend(t, &backendOptions{rev1Only: true})
 	b.addUser("alice", "pw", msgs(3, 100)...)
-	mds := NewMaildrops(testConfig(nil), fastTimeouts, testLogger(t))
+	mds := NewMaildrops(testConfig(nil), testLogger(t))
 	md := openMaildrop(t, mds, b, "alice", "pw")
 	if err := md.Commit(context.Background(), []int{2}); err != nil {
 		t.Fatal(err)
@@ -374,7 +374,7 @@ func TestCommitExpungeWithoutUIDPlus(t *testing.T) {
 func TestCommitFlag(t *testing.T) {
 	b := newBackend(t, nil)
 	b.addUser("alice", "pw", msgs(3, 100)...)
-	mds := NewMaildrops(testConfig(func(c *MaildropConfig) { c.Delete = DeleteFlag }), fastTimeouts, testLogger(t))
+	mds := NewMaildrops(testConfig(func(c *MaildropConfig) { c.Delete = DeleteFlag }), testLogger(t))
 	md := openMaildrop(t, mds, b, "alice", "pw")
 	if err := md.Commit(context.Background(), []int{1}); err != nil {
 		t.Fatal(err)
@@ -409,7 +409,7 @@ func TestCommitMove(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			mds := NewMaildrops(testConfig(func(c *MaildropConfig) { c.Delete = "move:Trash" }), fastTimeouts, testLogger(t))
+			mds := NewMaildrops(testConfig(func(c *MaildropConfig) { c.Delete = "move:Trash" }), testLogger(t))
 			md := openMaildrop(t, mds, b, "alice", "pw")
 			readAll(t)(md.Retr(context.Background(), 2))
 			if err := md.Commit(context.Background(), []int{2}); err != nil {
@@ -444,7 +444,7 @@ func TestCommitMove(t *testing.T) {
 func TestCommitBadNumber(t *testing.T) {
 	b := newBackend(t, nil)
 	b.addUser("alice", "pw", msgs(2, 100)...)
-	mds := NewMaildrops(testConfig(nil), fastTimeouts, testLogger(t))
+	mds := NewMaildrops(testConfig(nil), testLogger(t))
 	md := openMaildrop(t, mds, b, "alice", "pw")
 	if err := md.Commit(context.Background(), []int{1, 3}); !errors.Is(err, ErrPartialCommit) {
 		t.Fatalf("err = %v, want ErrPartialCommit", err)
@@ -459,7 +459,7 @@ func TestCommitBadNumber(t *testing.T) {
 func TestCloseDeletesNothing(t *testing.T) {
 	b := newBackend(t, nil)
 	b.addUser("alice", "pw", msgs(3, 100)...)
-	mds := NewMaildrops(testConfig(nil), fastTimeouts, testLogger(t))
+	mds := NewMaildrops(testConfig(nil), testLogger(t))
 	md := openMaildrop(t, mds, b, "alice", "pw")
 	for n := 1; n <= 3; n++ {
 		readAll(t)(md.Retr(context.Background(), n))
@@ -479,7 +479,7 @@ func TestCacheTopThenRetrOneFetch(t *testing.T) {
 	b := newBackend(t, nil)
 	b.addUser("alice", "pw", msgs(3, 1000)...)
 	cfg := testConfig(func(c *MaildropConfig) { c.FetchAhead = size(0) })
-	mds := NewMaildrops(cfg, fastTimeouts, testLogger(t))
+	mds := NewMaildrops(cfg, testLogger(t))
 	md := openMaildrop(t, mds, b, "alice", "pw")
 	top := readAll(t)(md.Top(context.Background(), 2))
 	retr := readAll(t)(md.Retr(context.Background(), 2))
@@ -510,7 +510,7 @@ func TestCacheNeverCrossesUsers(t *testing.T) {
 	b := newBackend(t, nil)
 	b.addUser("alice", "pw", "Subject: for alice\r\n\r\nalice's secret\r\n")
 	b.addUser("bob", "pw", "Subject: for bob\r\n\r\nbob's mail\r\n")
-	mds := NewMaildrops(testConfig(nil), fastTimeouts, testLogger(t))
+	mds := NewMaildrops(testConfig(nil), testLogger(t))
 	a := openMaildrop(t, mds, b, "alice", "pw")
 	readAll(t)(a.Retr(context.Background(), 1))
 	a.Close()
@@ -532,7 +532,7 @@ func TestConcurrentReadersOneFetch(t *testing.T) {
 	b := newBackend(t, &backendOptions{latency: 30 * time.Millisecond})
 	b.addUser("alice", "pw", msgs(2, 2000)...)
 	cfg := testConfig(func(c *MaildropConfig) { c.FetchAhead = size(0) })
-	mds := NewMaildrops(cfg, fastTimeouts, testLogger(t))
+	mds := NewMaildrops(cfg, testLogger(t))
 	md := openMaildrop(t, mds, b, "alice", "pw")
 	var wg sync.WaitGroup
 	errs := make(chan error, 8)
@@ -575,7 +575,7 @@ func TestFetchAhead(t *testing.T) {
 	const n = 20
 	b := newBackend(t, &backendOptions{latency: 20 * time.Millisecond})
 	b.addUser("alice", "pw", msgs(n, 3000)...)
-	mds := NewMaildrops(testConfig(nil), fastTimeouts, testLogger(t))
+	mds := NewMaildrops(testConfig(nil), testLogger(t))
 	md := openMaildrop(t, mds, b, "alice", "pw")
 	start := time.Now()
 	for i := 1; i <= n; i++ {
@@ -613,7 +613,7 @@ func TestFetchAheadBudget(t *testing.T) {
 	b.addUser("alice", "pw", msgs(n, 3000)...)
 	budget := int64(len(msg(2, 3000)))*3 + 100 // three messages, not four
 	cfg := testConfig(func(c *MaildropConfig) { c.FetchAhead = size(Size(budget)) })
-	mds := NewMaildrops(cfg, fastTimeouts, testLogger(t))
+	mds := NewMaildrops(cfg, testLogger(t))
 	md := openMaildrop(t, mds, b, "alice", "pw")
 	readAll(t)(md.Retr(context.Background(), 1))
 	deadline := time.Now().Add(2 * time.Second)
@@ -656,7 +656,7 @@ func TestFetchAheadJumpAndClose(t *testing.T) {
 		c.SpoolMemory = 16 << 10
 		c.Cache.MaxMessageBytes = 16 << 10 // nothing cached: every body spooled to a file
 	})
-	mds := NewMaildrops(cfg, fastTimeouts, testLogger(t))
+	mds := NewMaildrops(cfg, testLogger(t))
 	mds.spoolDir = t.TempDir()
 	md := openMaildrop(t, mds, b, "alice", "pw")
 	readAll(t)(md.Retr(context.Background(), 1))
@@ -683,7 +683,7 @@ func TestFetchAheadJumpAndClose(t *testing.T) {
 func TestRetrContextCancelled(t *testing.T) {
 	b := newBackend(t, &backendOptions{latency: 60 * time.Millisecond})
 	b.addUser("alice", "pw", msgs(2, 100)...)
-	mds := NewMaildrops(testConfig(nil), fastTimeouts, testLogger(t))
+	mds := NewMaildrops(testConfig(nil), testLogger(t))
 	md := openMaildrop(t, mds, b, "alice", "pw")
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
 	defer cancel()
@@ -706,7 +706,7 @@ func regexpMust(s string) *regexp.Regexp { return regexp.MustCompile(s) }
 func TestBodyBeforeUIDIsNotGone(t *testing.T) {
 	b := newBackend(t, &backendOptions{bodyFirst: true})
 	b.addUser("alice", "pw", msgs(2, 200)...)
-	mds := NewMaildrops(testConfig(nil), fastTimeouts, testLogger(t))
+	mds := NewMaildrops(testConfig(nil), testLogger(t))
 	md := openMaildrop(t, mds, b, "alice", "pw")
 	_, err := md.Retr(context.Background(), 1)
 	if errors.Is(err, ErrMessageGone) || !errors.Is(err, ErrUnavailable) {
@@ -721,7 +721,7 @@ func TestSingleflightAcrossSessions(t *testing.T) {
 	b := newBackend(t, &backendOptions{latency: 50 * time.Millisecond})
 	b.addUser("alice", "pw", msgs(2, 5000)...)
 	cfg := testConfig(func(c *MaildropConfig) { c.FetchAhead = size(0) })
-	mds := NewMaildrops(cfg, fastTimeouts, testLogger(t))
+	mds := NewMaildrops(cfg, testLogger(t))
 	md1 := openMaildrop(t, mds, b, "alice", "pw")
 	mds.locks.release(md1.lock)
 	md2 := openMaildrop(t, mds, b, "alice", "pw")

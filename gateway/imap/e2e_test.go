@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"strings"
@@ -20,15 +21,18 @@ import (
 )
 
 // handoffBackend is the gateway's wiring in miniature: one target, logged in
-// to with upstream.Handoff.
+// to with upstream.Login.
 type handoffBackend struct{ target upstream.Target }
 
 func (h handoffBackend) Connect(ctx context.Context, l Login) (Upstream, error) {
 	t := h.target
 	t.ClientAddr = l.Remote
-	p, err := upstream.Handoff(ctx, t, upstream.Timeouts{Dial: 2 * time.Second}, l.User, l.Password)
-	if err != nil {
-		return Upstream{}, err
+	p, err := upstream.Login(ctx, t, upstream.Timeouts{Dial: 2 * time.Second}, l.User, l.Password)
+	switch {
+	case errors.Is(err, upstream.ErrAuthFailed):
+		return Upstream{}, fmt.Errorf("%w: %w", ErrAuthFailed, err)
+	case err != nil:
+		return Upstream{}, fmt.Errorf("%w: %w", ErrUnavailable, err)
 	}
 	return Upstream{Conn: p.Conn, Caps: p.Caps, Name: t.Name}, nil
 }

@@ -11,8 +11,6 @@ import (
 	"time"
 
 	"go.uber.org/zap"
-
-	"mailgate/upstream"
 )
 
 var fuzzSeeds = []string{
@@ -75,9 +73,9 @@ func (fuzzBackend) Connect(ctx context.Context, l Login) (Upstream, error) {
 		theirs.Close()
 		return Upstream{Conn: ours, Caps: []string{"IMAP4rev1"}, Name: "fuzz"}, nil
 	case "down":
-		return Upstream{}, fmt.Errorf("%w: down", upstream.ErrUnavailable)
+		return Upstream{}, fmt.Errorf("%w: down", ErrUnavailable)
 	}
-	return Upstream{}, fmt.Errorf("%w: no", upstream.ErrAuthFailed)
+	return Upstream{}, fmt.Errorf("%w: no", ErrAuthFailed)
 }
 
 // FuzzPreauthSession runs whole sessions over net.Pipe with short deadlines

@@ -17,6 +17,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"net"
 	"strings"
 	"sync/atomic"
@@ -26,16 +27,15 @@ import (
 	"go.uber.org/zap"
 
 	"mailgate/gateway/internal/saslserver"
-	"mailgate/upstream"
 )
 
 // Backend logs a user in to the user's IMAP server. The gateway implements it
-// with routing and upstream.Handoff.
+// with routing and the backend login of package upstream.
 type Backend interface {
 	// Connect returns the backend connection in the authenticated state.
-	// Errors should wrap upstream.ErrAuthFailed (answered NO
-	// [AUTHENTICATIONFAILED]) or upstream.ErrInUse (NO [INUSE]); anything
-	// else is answered NO [UNAVAILABLE] and only logged.
+	// Errors should wrap ErrAuthFailed (answered NO [AUTHENTICATIONFAILED],
+	// or the backend's own code, see reply) or ErrInUse (NO [INUSE]);
+	// anything else is answered NO [UNAVAILABLE] and only logged.
 	Connect(ctx context.Context, login Login) (Upstream, error)
 }
 
@@ -53,12 +53,9 @@ type Login struct {
 	User     string
 	Password string
 	Remote   net.Addr // the client (after PROXY protocol)
+	Local    net.Addr // the address the client connected to
 	Attempt  int      // 1 for the connection's first login attempt, then 2, 3...
 }
-
-// publicText is implemented by errors whose text was written for the
-// client, such as an external authentication service's refusal.
-type publicText interface{ PublicText() string }
 
 // Config configures a Server. Zero durations and limits take the defaults
 // named next to them.
@@ -179,24 +176,6 @@ type session struct {
 	spliced  bool      // the relay owns (and closed) the connections
 }
 
-// respError is a tagged reply other than OK.
-type respError struct {
-	status string // NO or BAD
-	code   string // response code, or empty
-	text   string
-}
-
-func (e *respError) Error() string { return e.status + " " + e.text }
-
-var (
-	errNotAuth  = &respError{"BAD", "", "Log in first (LOGIN or AUTHENTICATE)"}
-	errPrivacy  = &respError{"NO", "PRIVACYREQUIRED", "Use STARTTLS (or port 993) before logging in"}
-	errArgs     = &respError{"BAD", "", "Invalid arguments"}
-	errAuthFail = &respError{"NO", "AUTHENTICATIONFAILED", "Authentication failed"}
-	errInUse    = &respError{"NO", "INUSE", "Mailbox in use, try again later"}
-	errUnavail  = &respError{"NO", "UNAVAILABLE", "Service temporarily unavailable, try again later"}
-)
-
 // errLogout and errLoggedIn end the command loop normally.
 var (
 	errLogout = errors.New("logout")
@@ -277,17 +256,15 @@ func (ss *session) step(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	err = ss.dispatch(ctx, cmd)
-	var re *respError
-	switch {
-	case err == nil:
-	case errors.As(err, &re):
-		if re.status == "BAD" || re.code == errAuthFail.code || re == errPrivacy {
+	if err = ss.dispatch(ctx, cmd); err != nil {
+		re := reply(err)
+		if re == nil {
+			return err // the session ends
+		}
+		if re.status == "BAD" || re == errPrivacy || errors.Is(err, ErrAuthFailed) {
 			ss.bad++
 		}
 		ss.w.status(cmd.tag, re.status, re.code, re.text)
-	default:
-		return err
 	}
 	return ss.w.flush()
 }
@@ -535,41 +512,59 @@ func (ss *session) saslExchange(srv sasl.Server, resp []byte) error {
 }
 
 // connect logs the user in at the backend and, on success, relays the
-// connection until it ends (errLoggedIn).
+// connection until it ends (errLoggedIn). A refused login is returned for
+// reply to answer.
 func (ss *session) connect(ctx context.Context, tag, mech, user, pass string) error {
 	log := ss.log.With(zap.String("user", user), zap.String("mech", mech))
-	ss.attempts++
-	up, err := ss.cfg.Backend.Connect(ctx, Login{User: user, Password: pass, Remote: ss.conn.RemoteAddr(), Attempt: ss.attempts})
-	backend, caps := up.Conn, up.Caps
+	up, err := ss.backendLogin(ctx, log, user, pass)
 	if err != nil {
-		switch {
-		case errors.Is(err, upstream.ErrAuthFailed):
-			log.Info("imap login failed", zap.Error(err))
-			if d := ss.cfg.AuthFailureDelay; d > 0 {
-				t := time.NewTimer(d)
-				select {
-				case <-t.C:
-				case <-ctx.Done():
-					t.Stop()
-					return ctx.Err()
-				}
-			}
-			var pt publicText
-			if errors.As(err, &pt) && pt.PublicText() != "" {
-				return &respError{"NO", errAuthFail.code, pt.PublicText()}
-			}
-			return errAuthFail
-		case errors.Is(err, upstream.ErrInUse):
-			log.Info("imap login refused: mailbox in use", zap.Error(err))
-			return errInUse
-		case ctx.Err() != nil:
-			return ctx.Err()
-		default:
-			log.Warn("imap backend unavailable", zap.Error(err))
-			return errUnavail
-		}
+		return err
 	}
-	// From here the relay owns both connections and closes them.
+	return ss.splice(ctx, log, tag, up)
+}
+
+// backendLogin asks the Backend to log the user in. A wrong password is
+// answered only after AuthFailureDelay; an error that is none of the
+// Backend's sentinels is made ErrUnavailable (the client must not see
+// internal errors).
+func (ss *session) backendLogin(ctx context.Context, log *zap.Logger, user, pass string) (Upstream, error) {
+	ss.attempts++
+	up, err := ss.cfg.Backend.Connect(ctx, Login{User: user, Password: pass,
+		Remote: ss.conn.RemoteAddr(), Local: ss.conn.LocalAddr(), Attempt: ss.attempts})
+	switch {
+	case err == nil:
+		return up, nil
+	case ctx.Err() != nil:
+		return Upstream{}, ctx.Err()
+	case errors.Is(err, ErrAuthFailed):
+		log.Info("imap login failed", zap.Error(err))
+		if d := ss.cfg.AuthFailureDelay; d > 0 {
+			t := time.NewTimer(d)
+			select {
+			case <-t.C:
+			case <-ctx.Done():
+				t.Stop()
+				return Upstream{}, ctx.Err()
+			}
+		}
+		return Upstream{}, err
+	case errors.Is(err, ErrInUse):
+		log.Info("imap login refused: mailbox in use", zap.Error(err))
+		return Upstream{}, err
+	case errors.Is(err, ErrUnavailable):
+		log.Warn("imap backend unavailable", zap.Error(err))
+		return Upstream{}, err
+	default:
+		log.Warn("imap backend unavailable", zap.Error(err))
+		return Upstream{}, fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
+}
+
+// splice answers the login's OK with the backend's capabilities, hands over
+// what the client pipelined, and relays both ways until the session ends.
+// From its start the relay owns both connections and closes them.
+func (ss *session) splice(ctx context.Context, log *zap.Logger, tag string, up Upstream) error {
+	backend, caps := up.Conn, up.Caps
 	ss.spliced = true
 	now := time.Now()
 	if err := ss.conn.SetDeadline(now.Add(ss.cfg.IdleTimeout)); err != nil {
@@ -581,7 +576,7 @@ func (ss *session) connect(ctx context.Context, tag, mech, user, pass string) er
 		code = "CAPABILITY " + strings.Join(caps, " ")
 	}
 	ss.w.status(tag, "OK", code, "Logged in")
-	err = ss.w.flush()
+	err := ss.w.flush()
 	if pending := ss.w.takeBuffered(); err == nil && len(pending) > 0 {
 		// Commands the client pipelined after its login belong to the backend.
 		if err = backend.SetWriteDeadline(now.Add(ss.cfg.IdleTimeout)); err == nil {

@@ -11,8 +11,6 @@ import (
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
-
-	"mailgate/upstream"
 )
 
 func b64(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }
@@ -181,10 +179,10 @@ func TestLoginFailures(t *testing.T) {
 		dialog  string
 		want    string
 	}{
-		{"wrong password", fmt.Errorf("%w: login: NO", upstream.ErrAuthFailed), "a LOGIN alice wrong\r\n", "a NO [AUTHENTICATIONFAILED]"},
-		{"backend down", fmt.Errorf("%w: dial 10.9.9.9:143: connection refused", upstream.ErrUnavailable), "a LOGIN alice x\r\n", "a NO [UNAVAILABLE]"},
+		{"wrong password", fmt.Errorf("%w: login: NO", ErrAuthFailed), "a LOGIN alice wrong\r\n", "a NO [AUTHENTICATIONFAILED]"},
+		{"backend down", fmt.Errorf("%w: dial 10.9.9.9:143: connection refused", ErrUnavailable), "a LOGIN alice x\r\n", "a NO [UNAVAILABLE]"},
 		{"unexpected error", errors.New("routing: lookup 10.9.9.9 failed"), "a LOGIN alice x\r\n", "a NO [UNAVAILABLE]"},
-		{"in use", upstream.ErrInUse, "a LOGIN alice x\r\n", "a NO [INUSE]"},
+		{"in use", ErrInUse, "a LOGIN alice x\r\n", "a NO [INUSE]"},
 		{"authzid", nil, "a AUTHENTICATE PLAIN " + b64("bob\x00alice\x00x") + "\r\n", "a NO [AUTHORIZATIONFAILED]"},
 		{"malformed PLAIN", nil, "a AUTHENTICATE PLAIN " + b64("alice-secret") + "\r\n", "a BAD"},
 		{"bad base64 IR", nil, "a AUTHENTICATE PLAIN ***\r\n", "a BAD"},
@@ -229,7 +227,7 @@ func TestAuthenticateCancel(t *testing.T) {
 }
 
 func TestBadCommandLimitDisconnects(t *testing.T) {
-	cfg := testConfig(t, newFakeBackend(fmt.Errorf("%w: no", upstream.ErrAuthFailed)))
+	cfg := testConfig(t, newFakeBackend(fmt.Errorf("%w: no", ErrAuthFailed)))
 	cfg.BadCommandLimit = 4
 	c := startPipe(t, cfg)
 	c.expect("* OK")
@@ -358,7 +356,7 @@ func TestImplicitTLS(t *testing.T) {
 
 // Invariant 5: credentials never reach the logs, whatever happens.
 func TestCredentialsNeverLogged(t *testing.T) {
-	for _, berr := range []error{nil, fmt.Errorf("%w: NO", upstream.ErrAuthFailed), upstream.ErrUnavailable} {
+	for _, berr := range []error{nil, fmt.Errorf("%w: NO", ErrAuthFailed), ErrUnavailable} {
 		core, logs := observer.New(zap.DebugLevel)
 		b := newFakeBackend(berr)
 		cfg := testConfig(t, b)

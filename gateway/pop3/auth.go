@@ -123,7 +123,7 @@ func (s *session) login(mech, user, pass string) (transition, error) {
 	if user == "" || pass == "" || strings.ContainsAny(user, "\x00\r\n") {
 		return s.authFailed(mech, user, errors.New("empty or malformed credentials"))
 	}
-	md, err := s.cfg.Backend.Open(s.ctx, Login{User: user, Password: pass, Remote: s.conn.RemoteAddr(), Attempt: s.authFailures + 1})
+	md, err := s.cfg.Backend.Open(s.ctx, Login{User: user, Password: pass, Remote: s.conn.RemoteAddr(), Local: s.conn.LocalAddr(), Attempt: s.authFailures + 1})
 	if err != nil {
 		code, _, logCause := reply(err)
 		if code == CodeAuth {

@@ -7,11 +7,12 @@ import (
 )
 
 // Backend opens a user's maildrop. The gateway implements it by routing the
-// user and logging in to the user's IMAP server (upstream.Maildrops).
+// user and logging in to the user's IMAP server.
 //
-// Errors should wrap the sentinels of package upstream (ErrAuthFailed,
-// ErrInUse, ErrUnavailable) so the session can answer with the right
-// response code; anything else is answered -ERR [SYS/TEMP].
+// Errors of Open and of the Maildrop's methods should wrap the sentinels of
+// errors.go (ErrAuthFailed, ErrInUse, ErrUnavailable, ErrMessageGone,
+// ErrPartialCommit) so the session can answer with the right response code;
+// anything else is answered -ERR [SYS/TEMP].
 type Backend interface {
 	Open(ctx context.Context, login Login) (Maildrop, error)
 }
@@ -21,6 +22,7 @@ type Login struct {
 	User     string
 	Password string
 	Remote   net.Addr // the client (after PROXY protocol)
+	Local    net.Addr // the address the client connected to
 	Attempt  int      // 1 for the connection's first login attempt, then 2, 3...
 }
 

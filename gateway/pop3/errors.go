@@ -1,9 +1,24 @@
 package pop3
 
-import (
-	"errors"
+import "errors"
 
-	"mailgate/upstream"
+// Errors a Backend and its Maildrop return, so that the session answers with
+// the right response code. Wrapped errors carry the cause for the log; the
+// client never sees it.
+var (
+	// ErrAuthFailed: the credentials were refused. -ERR [AUTH].
+	ErrAuthFailed = errors.New("authentication failed")
+	// ErrInUse: another session holds the maildrop (RFC 1939 §4). -ERR [IN-USE].
+	ErrInUse = errors.New("maildrop in use")
+	// ErrUnavailable: the backend could not be reached or failed; try
+	// later. -ERR [SYS/TEMP].
+	ErrUnavailable = errors.New("backend unavailable")
+	// ErrMessageGone: the message was expunged by another client; the
+	// session goes on. -ERR.
+	ErrMessageGone = errors.New("message no longer exists")
+	// ErrPartialCommit: some deletions of a QUIT were not applied
+	// (RFC 1939 §6). -ERR [SYS/TEMP] some deleted messages not removed.
+	ErrPartialCommit = errors.New("some deleted messages not removed")
 )
 
 // Response codes of RFC 2449 §8 and RFC 3206, written in brackets after
@@ -53,7 +68,7 @@ const (
 )
 
 // reply maps an error to the -ERR line the client sees: our own *Error and
-// syntaxError as they are, the upstream sentinels to their codes, anything
+// syntaxError as they are, the sentinels above to their codes, anything
 // else to a generic [SYS/TEMP]. logCause reports whether the error is
 // unexpected and its cause must be logged.
 func reply(err error) (code, text string, logCause bool) {
@@ -64,15 +79,15 @@ func reply(err error) (code, text string, logCause bool) {
 		return pe.Code, pe.Text, pe.Err != nil && pe.Code == CodeSysTemp
 	case errors.As(err, &se):
 		return "", string(se), false
-	case errors.Is(err, upstream.ErrAuthFailed):
+	case errors.Is(err, ErrAuthFailed):
 		return CodeAuth, textAuthFailed, false
-	case errors.Is(err, upstream.ErrInUse):
+	case errors.Is(err, ErrInUse):
 		return CodeInUse, textInUse, false
-	case errors.Is(err, upstream.ErrMessageGone):
+	case errors.Is(err, ErrMessageGone):
 		return "", textMessageGone, false
-	case errors.Is(err, upstream.ErrPartialCommit):
+	case errors.Is(err, ErrPartialCommit):
 		return CodeSysTemp, textPartialCommit, true
-	default: // upstream.ErrUnavailable and anything unexpected
+	default: // ErrUnavailable and anything unexpected
 		return CodeSysTemp, textTempFailure, true
 	}
 }

@@ -23,8 +23,6 @@ import (
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
-
-	"mailgate/upstream"
 )
 
 // Test credentials. The password is distinctive so log tests can search for it.
@@ -75,7 +73,7 @@ func (b *fakeBackend) Open(ctx context.Context, l Login) (Maildrop, error) {
 	b.logins = append(b.logins, l)
 	b.mu.Unlock()
 	if pw, ok := b.users[l.User]; !ok || pw != l.Password {
-		return nil, fmt.Errorf("backend said NO: %w", upstream.ErrAuthFailed)
+		return nil, fmt.Errorf("backend said NO: %w", ErrAuthFailed)
 	}
 	if b.openErr != nil {
 		return nil, b.openErr
@@ -112,7 +110,7 @@ func (m *fakeMaildrop) open(n int) (io.ReadCloser, error) {
 		return nil, m.b.retrErr
 	}
 	if m.b.gone[n] {
-		return nil, fmt.Errorf("uid fetch: %w", upstream.ErrMessageGone)
+		return nil, fmt.Errorf("uid fetch: %w", ErrMessageGone)
 	}
 	var r io.Reader = strings.NewReader(m.b.msgs[n-1].body)
 	if m.b.failAfter > 0 {

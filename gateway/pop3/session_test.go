@@ -7,8 +7,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"mailgate/upstream"
 )
 
 func TestGreetingBannerUnique(t *testing.T) {
@@ -166,8 +164,8 @@ func TestOpenErrorsMapToCodes(t *testing.T) {
 		err  error
 		want string
 	}{
-		{fmt.Errorf("lock held by session 7: %w", upstream.ErrInUse), "-ERR [IN-USE] maildrop is locked by another session"},
-		{fmt.Errorf("dial 10.1.2.3:143: %w", upstream.ErrUnavailable), "-ERR [SYS/TEMP] temporary server failure, try again later"},
+		{fmt.Errorf("lock held by session 7: %w", ErrInUse), "-ERR [IN-USE] maildrop is locked by another session"},
+		{fmt.Errorf("dial 10.1.2.3:143: %w", ErrUnavailable), "-ERR [SYS/TEMP] temporary server failure, try again later"},
 		{fmt.Errorf("something odd at 10.1.2.3"), "-ERR [SYS/TEMP] temporary server failure, try again later"},
 		{&Error{Code: CodeSysPerm, Text: "account disabled"}, "-ERR [SYS/PERM] account disabled"},
 	}
@@ -306,7 +304,7 @@ func TestShutdownAtCommandBoundary(t *testing.T) {
 
 func TestCommitFailure(t *testing.T) {
 	b := newFakeBackend()
-	b.commitErr = fmt.Errorf("UID EXPUNGE: %w", upstream.ErrPartialCommit)
+	b.commitErr = fmt.Errorf("UID EXPUNGE: %w", ErrPartialCommit)
 	ts := newTestServer(t, b, nil)
 	c := ts.login()
 	c.cmd("DELE 1", "+OK")
@@ -362,7 +360,7 @@ func TestRETRMessageGone(t *testing.T) {
 
 func TestRETRBackendUnavailable(t *testing.T) {
 	b := newFakeBackend()
-	b.retrErr = fmt.Errorf("fetch from 10.9.9.9: %w", upstream.ErrUnavailable)
+	b.retrErr = fmt.Errorf("fetch from 10.9.9.9: %w", ErrUnavailable)
 	ts := newTestServer(t, b, nil)
 	c := ts.login()
 	if l := c.cmd("RETR 1", "-ERR [SYS/TEMP]"); strings.Contains(l, "10.9.9.9") {

@@ -203,7 +203,8 @@ func TestForwardClientIP(t *testing.T) {
 		t.Fatalf("SELECT: %q", st)
 	}
 	sent := tp.String()
-	want := fmt.Sprintf(` ID ("x-originating-ip" "127.0.0.1" "x-originating-port" %q)`+"\r\n", port)
+	_, gwPort, _ := net.SplitHostPort(g.Addr("imap-clear"))
+	want := fmt.Sprintf(` ID ("x-originating-ip" "127.0.0.1" "x-originating-port" %q "x-connected-ip" "127.0.0.1" "x-connected-port" %q)`+"\r\n", port, gwPort)
 	id := strings.Index(sent, want)
 	login := strings.Index(sent, " AUTHENTICATE PLAIN ")
 	if id < 0 || login < 0 || id > login {

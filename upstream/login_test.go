@@ -25,7 +25,7 @@ func handoffLine(t *testing.T, br *bufio.Reader, conn net.Conn) string {
 }
 
 // selectThrough runs SELECT INBOX over a handed-off connection.
-func selectThrough(t *testing.T, p *Passthrough, exists string) {
+func selectThrough(t *testing.T, p *Session, exists string) {
 	t.Helper()
 	p.Conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
 	if _, err := io.WriteString(p.Conn, "s1 SELECT INBOX\r\n"); err != nil {
@@ -47,10 +47,10 @@ func selectThrough(t *testing.T, p *Passthrough, exists string) {
 	}
 }
 
-func TestHandoffLoginThenSelect(t *testing.T) {
+func TestLoginLoginThenSelect(t *testing.T) {
 	b := newBackend(t, nil)
 	b.addUser("alice", "secret", "Subject: 1\r\n\r\none\r\n", "Subject: 2\r\n\r\ntwo\r\n")
-	p, err := Handoff(context.Background(), b.target(), fastTimeouts, "alice", "secret")
+	p, err := Login(context.Background(), b.target(), fastTimeouts, "alice", "secret")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -69,11 +69,11 @@ func TestHandoffLoginThenSelect(t *testing.T) {
 
 // Without AUTH=PLAIN the login is LOGIN, with literals for 8-bit text and
 // quoted strings for specials.
-func TestHandoffLoginCommand(t *testing.T) {
+func TestLoginLoginCommand(t *testing.T) {
 	for _, pw := range []string{`pa"ss\word`, "pässwörd", "has space"} {
 		b := newBackend(t, &backendOptions{noPlain: true})
 		b.addUser("alice", pw, "Subject: 1\r\n\r\none\r\n")
-		p, err := Handoff(context.Background(), b.target(), fastTimeouts, "alice", pw)
+		p, err := Login(context.Background(), b.target(), fastTimeouts, "alice", pw)
 		if err != nil {
 			t.Fatalf("password %q: %v", pw, err)
 		}
@@ -85,10 +85,10 @@ func TestHandoffLoginCommand(t *testing.T) {
 	}
 }
 
-func TestHandoffWrongPassword(t *testing.T) {
+func TestLoginWrongPassword(t *testing.T) {
 	b := newBackend(t, nil)
 	b.addUser("alice", "secret")
-	_, err := Handoff(context.Background(), b.target(), fastTimeouts, "alice", "wrong")
+	_, err := Login(context.Background(), b.target(), fastTimeouts, "alice", "wrong")
 	if !errors.Is(err, ErrAuthFailed) {
 		t.Fatalf("err = %v, want ErrAuthFailed", err)
 	}
@@ -97,7 +97,7 @@ func TestHandoffWrongPassword(t *testing.T) {
 	}
 }
 
-func TestHandoffBackendDown(t *testing.T) {
+func TestLoginBackendDown(t *testing.T) {
 	ln, _ := net.Listen("tcp", "127.0.0.1:0")
 	addr := ln.Addr().String()
 	ln.Close()
@@ -105,7 +105,7 @@ func TestHandoffBackendDown(t *testing.T) {
 	cfg.ApplyDefaults()
 	cfg.Validate()
 	start := time.Now()
-	_, err := Handoff(context.Background(), Target{Address: addr, Config: cfg}, fastTimeouts, "alice", "secret")
+	_, err := Login(context.Background(), Target{Address: addr, Config: cfg}, fastTimeouts, "alice", "secret")
 	if !errors.Is(err, ErrUnavailable) {
 		t.Fatalf("err = %v", err)
 	}
@@ -115,14 +115,14 @@ func TestHandoffBackendDown(t *testing.T) {
 }
 
 // A backend that accepts and never answers costs the dial timeout, no more.
-func TestHandoffSilentBackend(t *testing.T) {
+func TestLoginSilentBackend(t *testing.T) {
 	for _, greet := range []bool{false, true} {
 		addr := silentServer(t, greet)
 		cfg := &BackendConfig{Address: addr, TLS: TLSNone}
 		cfg.ApplyDefaults()
 		cfg.Validate()
 		start := time.Now()
-		_, err := Handoff(context.Background(), Target{Address: addr, Config: cfg}, Timeouts{Dial: 300 * time.Millisecond}, "alice", "secret")
+		_, err := Login(context.Background(), Target{Address: addr, Config: cfg}, Timeouts{Dial: 300 * time.Millisecond}, "alice", "secret")
 		if !errors.Is(err, ErrUnavailable) {
 			t.Fatalf("greet %v: err = %v", greet, err)
 		}
@@ -132,7 +132,7 @@ func TestHandoffSilentBackend(t *testing.T) {
 	}
 }
 
-func TestHandoffContextCancel(t *testing.T) {
+func TestLoginContextCancel(t *testing.T) {
 	addr := silentServer(t, true)
 	cfg := &BackendConfig{Address: addr, TLS: TLSNone}
 	cfg.ApplyDefaults()
@@ -140,13 +140,13 @@ func TestHandoffContextCancel(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	time.AfterFunc(100*time.Millisecond, cancel)
 	start := time.Now()
-	_, err := Handoff(ctx, Target{Address: addr, Config: cfg}, Timeouts{Dial: 10 * time.Second}, "a", "b")
+	_, err := Login(ctx, Target{Address: addr, Config: cfg}, Timeouts{Dial: 10 * time.Second}, "a", "b")
 	if !errors.Is(err, ErrUnavailable) || time.Since(start) > 2*time.Second {
 		t.Fatalf("err = %v after %v", err, time.Since(start))
 	}
 }
 
-func TestHandoffTLS(t *testing.T) {
+func TestLoginTLS(t *testing.T) {
 	for _, implicit := range []bool{false, true} {
 		name := map[bool]string{false: "starttls", true: "implicit"}[implicit]
 		t.Run(name, func(t *testing.T) {
@@ -159,7 +159,7 @@ func TestHandoffTLS(t *testing.T) {
 			if errs := trusted.Config.Validate(); len(errs) > 0 {
 				t.Fatal(errs)
 			}
-			p, err := Handoff(context.Background(), trusted, fastTimeouts, "alice", "secret")
+			p, err := Login(context.Background(), trusted, fastTimeouts, "alice", "secret")
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -167,7 +167,7 @@ func TestHandoffTLS(t *testing.T) {
 			p.Conn.Close()
 
 			// System roots do not know the test CA: refused, nothing sent.
-			_, err = Handoff(context.Background(), b.target(), fastTimeouts, "alice", "secret")
+			_, err = Login(context.Background(), b.target(), fastTimeouts, "alice", "secret")
 			if !errors.Is(err, ErrUnavailable) || !strings.Contains(err.Error(), "certificate") {
 				t.Fatalf("untrusted certificate: err = %v", err)
 			}
@@ -199,7 +199,8 @@ func scripted(t *testing.T, forwardIP bool, script func(br *bufio.Reader, c net.
 	cfg := &BackendConfig{Address: ln.Addr().String(), TLS: TLSNone, ForwardClientIP: forwardIP}
 	cfg.ApplyDefaults()
 	cfg.Validate()
-	return Target{Address: cfg.Address, Config: cfg, ClientAddr: &net.TCPAddr{IP: net.IPv4(192, 0, 2, 7), Port: 50123}}
+	return Target{Address: cfg.Address, Config: cfg, ClientAddr: &net.TCPAddr{IP: net.IPv4(192, 0, 2, 7), Port: 50123},
+		LocalAddr: &net.TCPAddr{IP: net.IPv4(198, 51, 100, 1), Port: 995}}
 }
 
 func expectLine(t *testing.T, br *bufio.Reader, re string) []string {
@@ -218,10 +219,10 @@ func expectLine(t *testing.T, br *bufio.Reader, re string) []string {
 // The ID with the client's address goes before the login (pipelined), the
 // untagged CAPABILITY before a bare tagged OK counts as the post-login list,
 // and bytes sent right after the OK are not lost.
-func TestHandoffForwardIDAndReadAhead(t *testing.T) {
+func TestLoginForwardIDAndReadAhead(t *testing.T) {
 	tgt := scripted(t, true, func(br *bufio.Reader, c net.Conn) {
 		io.WriteString(c, "* OK [CAPABILITY IMAP4rev1 ID LITERAL+] hi\r\n")
-		id := expectLine(t, br, `^(\S+) ID \("x-originating-ip" "192\.0\.2\.7" "x-originating-port" "50123"\)$`)
+		id := expectLine(t, br, `^(\S+) ID \("x-originating-ip" "192\.0\.2\.7" "x-originating-port" "50123" "x-connected-ip" "198\.51\.100\.1" "x-connected-port" "995"\)$`)
 		login := expectLine(t, br, `^(\S+) LOGIN "alice" \{4\+\}$`)
 		if id == nil || login == nil {
 			return
@@ -232,7 +233,7 @@ func TestHandoffForwardIDAndReadAhead(t *testing.T) {
 		expectLine(t, br, `^x NOOP$`)
 		io.WriteString(c, "x OK\r\n")
 	})
-	p, err := Handoff(context.Background(), tgt, fastTimeouts, "alice", "pä\"")
+	p, err := Login(context.Background(), tgt, fastTimeouts, "alice", "pä\"")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -254,7 +255,7 @@ func TestHandoffForwardIDAndReadAhead(t *testing.T) {
 }
 
 // A LOGIN literal without LITERAL+ waits for the continuation request.
-func TestHandoffSynchronizingLiteral(t *testing.T) {
+func TestLoginSynchronizingLiteral(t *testing.T) {
 	tgt := scripted(t, false, func(br *bufio.Reader, c net.Conn) {
 		io.WriteString(c, "* OK [CAPABILITY IMAP4rev1] hi\r\n")
 		m := expectLine(t, br, `^(\S+) LOGIN \{6\}$`)
@@ -265,7 +266,7 @@ func TestHandoffSynchronizingLiteral(t *testing.T) {
 		expectLine(t, br, `^björn "x"$`)
 		io.WriteString(c, m[1]+" OK [CAPABILITY IMAP4rev1 UIDPLUS] welcome\r\n")
 	})
-	p, err := Handoff(context.Background(), tgt, fastTimeouts, "björn", "x")
+	p, err := Login(context.Background(), tgt, fastTimeouts, "björn", "x")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -275,7 +276,7 @@ func TestHandoffSynchronizingLiteral(t *testing.T) {
 	}
 }
 
-func TestHandoffBackendReplies(t *testing.T) {
+func TestLoginBackendReplies(t *testing.T) {
 	tests := []struct {
 		name     string
 		greeting string
@@ -309,7 +310,7 @@ func TestHandoffBackendReplies(t *testing.T) {
 					expectLine(t, br, `^\*$`)
 				}
 			})
-			_, err := Handoff(context.Background(), tgt, fastTimeouts, "alice", "secret")
+			_, err := Login(context.Background(), tgt, fastTimeouts, "alice", "secret")
 			if !errors.Is(err, tt.want) {
 				t.Fatalf("err = %v, want %v", err, tt.want)
 			}
@@ -318,7 +319,7 @@ func TestHandoffBackendReplies(t *testing.T) {
 }
 
 // Data after the backend's STARTTLS OK would be trusted as TLS: refused.
-func TestHandoffStartTLSInjection(t *testing.T) {
+func TestLoginStartTLSInjection(t *testing.T) {
 	tgt := scripted(t, false, func(br *bufio.Reader, c net.Conn) {
 		io.WriteString(c, "* OK [CAPABILITY IMAP4rev1 STARTTLS] hi\r\n")
 		m := expectLine(t, br, `^(\S+) STARTTLS$`)
@@ -328,7 +329,7 @@ func TestHandoffStartTLSInjection(t *testing.T) {
 		io.Copy(io.Discard, br)
 	})
 	tgt.Config.TLS = TLSStartTLS
-	_, err := Handoff(context.Background(), tgt, fastTimeouts, "alice", "secret")
+	_, err := Login(context.Background(), tgt, fastTimeouts, "alice", "secret")
 	if !errors.Is(err, ErrUnavailable) || !strings.Contains(err.Error(), "after the STARTTLS") {
 		t.Fatalf("err = %v", err)
 	}
@@ -354,6 +355,70 @@ func TestLoginCommandEncoding(t *testing.T) {
 		}
 		if strings.Join(got, "|") != strings.Join(tt.want, "|") {
 			t.Errorf("loginCommand(%q, %q, %d) = %q, want %q", tt.user, tt.pass, tt.nonSync, got, tt.want)
+		}
+	}
+}
+
+// Every RFC 5530 code a backend may put on its NO to a login, and what it
+// means for the session. Both fronts get the same answer: the IMAP front
+// through Login, the POP3 maildrop through Maildrops.Open, which logs in
+// with Login too.
+func TestLoginResponseCodes(t *testing.T) {
+	tests := []struct {
+		code string
+		want error
+	}{
+		{"AUTHENTICATIONFAILED", ErrAuthFailed},
+		{"AUTHORIZATIONFAILED", ErrAuthFailed},
+		{"EXPIRED", ErrAuthFailed},
+		{"CONTACTADMIN", ErrAuthFailed},
+		{"NOPERM", ErrAuthFailed},
+		{"PRIVACYREQUIRED", ErrUnavailable},
+		{"INUSE", ErrInUse},
+		{"EXPUNGEISSUED", ErrUnavailable},
+		{"CORRUPTION", ErrUnavailable},
+		{"SERVERBUG", ErrUnavailable},
+		{"CLIENTBUG", ErrUnavailable},
+		{"CANNOT", ErrUnavailable},
+		{"LIMIT", ErrUnavailable},
+		{"OVERQUOTA", ErrUnavailable},
+		{"UNAVAILABLE", ErrUnavailable},
+		{"", ErrAuthFailed},          // servers without RFC 5530 say only NO
+		{"X-UNKNOWN", ErrAuthFailed}, // an unknown code on a NO is still a NO
+	}
+	sentinels := []error{ErrAuthFailed, ErrInUse, ErrUnavailable}
+	for _, tt := range tests {
+		for _, front := range []string{"imap", "pop3"} {
+			t.Run(front+"/"+tt.code, func(t *testing.T) {
+				reply := "NO"
+				if tt.code != "" {
+					reply += " [" + tt.code + "]"
+				}
+				tgt := scripted(t, false, func(br *bufio.Reader, c net.Conn) {
+					io.WriteString(c, "* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN SASL-IR] hi\r\n")
+					if m := expectLine(t, br, `^(\S+) AUTHENTICATE PLAIN \S+$`); m != nil {
+						io.WriteString(c, m[1]+" "+reply+" refused\r\n")
+					}
+				})
+				var err error
+				if front == "imap" {
+					_, err = Login(context.Background(), tgt, fastTimeouts, "alice", "secret")
+				} else {
+					_, err = NewMaildrops(testConfig(nil), testLogger(t)).Open(context.Background(), tgt, fastTimeouts, "alice", "secret")
+				}
+				for _, s := range sentinels {
+					if errors.Is(err, s) != (s == tt.want) {
+						t.Errorf("err = %v: errors.Is(%v) = %v", err, s, errors.Is(err, s))
+					}
+				}
+				var le *LoginError
+				if !errors.As(err, &le) || le.ResponseCode() != strings.ToUpper(tt.code) {
+					t.Errorf("err = %#v, want a *LoginError with code %q", err, tt.code)
+				}
+				if strings.Contains(err.Error(), "secret") {
+					t.Errorf("error mentions the password: %v", err)
+				}
+			})
 		}
 	}
 }

@@ -1,10 +1,13 @@
 package upstream
 
-// The IMAP pass-through needs the backend connection itself after login, which
-// go-imap's client cannot give back (it owns the socket through a private
-// bufio.Reader and goroutine). So this file speaks just enough IMAP by hand:
-// greeting, STARTTLS, CAPABILITY, ID and one login command, then hands the
-// socket over with every byte the backend sent after the login reply.
+// The one way to log in to a backend. Both fronts use it: the IMAP front
+// splices the connection it returns to its client, and the POP3 maildrop
+// drives the same connection with go-imap's client. go-imap's client cannot
+// give its connection back (it owns the socket through a private
+// bufio.Reader and goroutine), and the splice needs it, so this file speaks
+// just enough IMAP by hand: greeting, STARTTLS, CAPABILITY, ID and one login
+// command, then hands the socket over with every byte the backend sent after
+// the login reply.
 //
 // Invariants:
 //   - Every read and write happens under one deadline (Timeouts.Dial from the
@@ -29,9 +32,9 @@ import (
 	"time"
 )
 
-// Passthrough is a backend IMAP connection in the authenticated state
-// (RFC 9051 §3.2), ready to be spliced to the client.
-type Passthrough struct {
+// Session is a backend IMAP connection in the authenticated state
+// (RFC 9051 §3.2).
+type Session struct {
 	// Conn is the backend connection. Its first reads return whatever the
 	// backend sent after the tagged login reply (untagged data some servers
 	// push right after login), then the socket's bytes. It is a
@@ -52,26 +55,26 @@ const (
 	maxNonSyncLitLen = 4096     // RFC 7888 §5: LITERAL- accepts {n+} up to 4096
 )
 
-// Handoff dials t, secures the connection as t.Config.TLS says, logs in as
-// user with password and returns the authenticated connection. connect plus
+// Login dials t, secures the connection as t.Config.TLS says, logs in as
+// user with password and returns the authenticated connection. Connect plus
 // login must finish within to.Dial.
 //
 // With t.Config.ForwardClientIP and a backend that advertises ID (RFC 2971),
-// the client's address goes first as Dovecot's proxy sends it:
-// ID ("x-originating-ip" "192.0.2.7" "x-originating-port" "50123"), so the
-// backend can log and rate-limit the real client (it must trust mailgate's
-// address, e.g. Dovecot's login_trusted_networks).
+// the client's addresses go first, as Dovecot's proxy sends them:
+// ID ("x-originating-ip" "192.0.2.7" "x-originating-port" "50123"
+// "x-connected-ip" "198.51.100.1" "x-connected-port" "995"), so the backend
+// can log and rate-limit the real client (it must trust mailgate's address,
+// e.g. Dovecot's login_trusted_networks).
 //
 // Login is AUTHENTICATE PLAIN (RFC 4616; in one line with SASL-IR, RFC 4959)
 // when the backend offers AUTH=PLAIN, else LOGIN with quoted strings or
-// literals. Errors wrap ErrAuthFailed (the backend said NO to these
-// credentials), ErrInUse (NO [INUSE]) or ErrUnavailable (anything else:
-// unreachable, TLS failure, BAD, BYE, timeout); their text names the backend
-// and is meant for logs only.
-func Handoff(ctx context.Context, t Target, to Timeouts, user, password string) (*Passthrough, error) {
+// literals. A refusal is a *LoginError (see loginOutcomes); every other
+// failure wraps ErrUnavailable (unreachable: ErrUnreachable). Their text
+// names the backend and is meant for logs only.
+func Login(ctx context.Context, t Target, to Timeouts, user, password string) (*Session, error) {
 	if strings.ContainsRune(user, 0) || strings.ContainsRune(password, 0) {
 		// Neither PLAIN (RFC 4616 §2) nor an IMAP string can carry NUL.
-		return nil, fmt.Errorf("%w: credentials contain NUL", ErrAuthFailed)
+		return nil, &LoginError{Kind: ErrAuthFailed, Server: t.Address, Text: "credentials contain NUL"}
 	}
 	timeout := to.withDefaults().Dial // zero means the default, never unbounded
 	deadline := time.Now().Add(timeout)
@@ -91,7 +94,7 @@ func Handoff(ctx context.Context, t Target, to Timeouts, user, password string) 
 		return nil, fmt.Errorf("%w: %s: set deadline: %v", ErrUnavailable, t.Address, err)
 	}
 	b := &backendConn{conn: raw, br: bufio.NewReader(raw), bw: bufio.NewWriter(raw), addr: t.Address}
-	p, err := b.login(ctx, t, user, password)
+	s, err := b.login(ctx, t, user, password)
 	if !stop() && err == nil {
 		// Cancelled or out of time just as the login finished.
 		err = fmt.Errorf("%w: %s: %v", ErrUnavailable, t.Address, ctx.Err())
@@ -105,7 +108,7 @@ func Handoff(ctx context.Context, t Target, to Timeouts, user, password string) 
 		b.conn.Close()
 		return nil, err
 	}
-	return p, nil
+	return s, nil
 }
 
 // backendConn is the hand-written client side of the pre-login exchange.
@@ -132,7 +135,7 @@ func (b *backendConn) unavailable(format string, args ...any) error {
 	return fmt.Errorf("%w: %s: %s", ErrUnavailable, b.addr, fmt.Sprintf(format, args...))
 }
 
-func (b *backendConn) login(ctx context.Context, t Target, user, password string) (*Passthrough, error) {
+func (b *backendConn) login(ctx context.Context, t Target, user, password string) (*Session, error) {
 	greeting, err := b.read()
 	if err != nil {
 		return nil, err
@@ -166,7 +169,7 @@ func (b *backendConn) login(ctx context.Context, t Target, user, password string
 		}
 	}
 	if t.Config.ForwardClientIP && t.ClientAddr != nil && hasCap(caps, "ID") {
-		b.writeID(t.ClientAddr) // pipelined with the login, flushed by it
+		b.writeID(t.ClientAddr, t.LocalAddr) // pipelined with the login, flushed by it
 	}
 
 	tag := b.nextTag()
@@ -195,8 +198,8 @@ func (b *backendConn) login(ctx context.Context, t Target, user, password string
 	if err != nil {
 		return nil, err
 	}
-	if err := loginResult(res); err != nil {
-		return nil, fmt.Errorf("%w: %s", err, b.addr)
+	if err := loginResult(res, b.addr); err != nil {
+		return nil, err
 	}
 
 	post := capsFromCode(res.code)
@@ -208,7 +211,7 @@ func (b *backendConn) login(ctx context.Context, t Target, user, password string
 			return nil, err
 		}
 	}
-	return &Passthrough{Conn: b.handOver(), Caps: post}, nil
+	return &Session{Conn: b.handOver(), Caps: post}, nil
 }
 
 func (b *backendConn) nextTag() string {
@@ -256,21 +259,30 @@ func (b *backendConn) capability() ([]string, error) {
 	return b.untaggedCap, nil
 }
 
-// writeID buffers an ID command carrying the client's address (RFC 2971;
-// field names as Dovecot's proxy sends them). Its reply is ignored: a backend
+// writeID buffers an ID command carrying the client's addresses (RFC 2971;
+// field names as Dovecot's proxy sends them: the client's address and port,
+// and the address and port it connected to). Its reply is ignored: a backend
 // that does not trust us answers OK and ignores the fields.
-func (b *backendConn) writeID(client net.Addr) {
-	host, port, err := net.SplitHostPort(client.String())
-	if err != nil {
-		host, port = client.String(), ""
+func (b *backendConn) writeID(client, local net.Addr) {
+	var fields []string
+	add := func(ipKey, portKey string, a net.Addr) {
+		if a == nil {
+			return
+		}
+		host, port, err := net.SplitHostPort(a.String())
+		if err != nil {
+			host, port = a.String(), ""
+		}
+		fields = append(fields, quote(ipKey), quote(host))
+		if port != "" {
+			fields = append(fields, quote(portKey), quote(port))
+		}
 	}
+	add("x-originating-ip", "x-originating-port", client)
+	add("x-connected-ip", "x-connected-port", local)
 	tag := b.nextTag()
 	b.ignoreTag = tag
-	fields := `"x-originating-ip" ` + quote(host)
-	if port != "" {
-		fields += ` "x-originating-port" ` + quote(port)
-	}
-	b.bw.WriteString(tag + " ID (" + fields + ")\r\n")
+	b.bw.WriteString(tag + " ID (" + strings.Join(fields, " ") + ")\r\n")
 }
 
 // command sends a command made of parts; each part but the last ends where
@@ -482,26 +494,78 @@ func hasCap(caps []string, c string) bool {
 	return false
 }
 
-// loginResult maps the tagged reply to a login command onto this package's
-// errors (RFC 5530 response codes).
-func loginResult(res response) error {
+// LoginError is a backend's refusal of a login: its tagged NO or BAD, with
+// the RFC 5530 response code if it gave one. errors.Is matches Kind
+// (ErrAuthFailed, ErrInUse or ErrUnavailable). Text is the backend's own
+// words, for logs only: never show it to a client.
+type LoginError struct {
+	Kind   error  // ErrAuthFailed, ErrInUse or ErrUnavailable
+	Server string // the backend server's address
+	Status string // NO or BAD
+	Code   string // the response code's name, upper case; "" for none
+	Text   string
+}
+
+func (e *LoginError) Error() string {
+	s := e.Kind.Error() + ": " + e.Server + ": login"
+	if e.Status != "" {
+		s += ": " + e.Status
+	}
+	if e.Code != "" {
+		s += " [" + e.Code + "]"
+	}
+	return s + " " + strconv.Quote(e.Text)
+}
+
+func (e *LoginError) Unwrap() error { return e.Kind }
+
+// ResponseCode is the backend's RFC 5530 code, so a front can pass a code
+// meant for the user (EXPIRED, CONTACTADMIN...) on to its client.
+func (e *LoginError) ResponseCode() string { return e.Code }
+
+// loginOutcomes is the one table of what a refused login means, by the
+// response code of the backend's tagged NO (RFC 5530 §3). A wrong password
+// (ErrAuthFailed) counts against the client's failed-login budget; the
+// others do not: they say nothing about whether the client knows the
+// password.
+var loginOutcomes = map[string]error{
+	// The credentials are not good for this account, now or ever.
+	"AUTHENTICATIONFAILED": ErrAuthFailed, // wrong user name or password
+	"AUTHORIZATIONFAILED":  ErrAuthFailed, // authenticated, but may not be this user
+	"EXPIRED":              ErrAuthFailed, // the password (or account) has expired
+	"CONTACTADMIN":         ErrAuthFailed, // the account needs the administrator
+	"NOPERM":               ErrAuthFailed, // this user may not log in here
+	// Not the user's doing: the backend cannot take the session now.
+	"INUSE":           ErrInUse,       // another session holds what this one needs
+	"UNAVAILABLE":     ErrUnavailable, // a subsystem is down: try later
+	"LIMIT":           ErrUnavailable, // too many sessions or connections
+	"OVERQUOTA":       ErrUnavailable, // the account is over its quota
+	"SERVERBUG":       ErrUnavailable,
+	"CORRUPTION":      ErrUnavailable,
+	"CANNOT":          ErrUnavailable,
+	"EXPUNGEISSUED":   ErrUnavailable, // meaningless at login: the server is confused
+	"CLIENTBUG":       ErrUnavailable, // the backend thinks mailgate erred
+	"PRIVACYREQUIRED": ErrUnavailable, // the backend wants TLS: a configuration problem
+}
+
+// loginResult maps the tagged reply to a login command through
+// loginOutcomes. A NO without a known code is a wrong password: servers
+// without RFC 5530 say only NO. BAD means the backend did not understand us,
+// which is not the user's fault.
+func loginResult(res response, server string) error {
+	if res.status == "OK" {
+		return nil
+	}
 	code, _, _ := strings.Cut(res.code, " ")
 	code = strings.ToUpper(code)
-	switch res.status {
-	case "OK":
-		return nil
-	case "NO":
-		switch code {
-		case "UNAVAILABLE", "SERVERBUG", "LIMIT", "PRIVACYREQUIRED", "OVERQUOTA":
-			return fmt.Errorf("%w: login: NO [%s] %q", ErrUnavailable, code, res.text)
-		case "INUSE":
-			return fmt.Errorf("%w: login: NO [%s] %q", ErrInUse, code, res.text)
+	e := &LoginError{Kind: ErrUnavailable, Server: server, Status: res.status, Code: code, Text: res.text}
+	if res.status == "NO" {
+		e.Kind = ErrAuthFailed
+		if k, ok := loginOutcomes[code]; ok {
+			e.Kind = k
 		}
-		// AUTHENTICATIONFAILED, AUTHORIZATIONFAILED, EXPIRED, CONTACTADMIN,
-		// and the plain NO of servers without RFC 5530.
-		return fmt.Errorf("%w: login: NO [%s] %q", ErrAuthFailed, code, res.text)
 	}
-	return fmt.Errorf("%w: login: %s [%s] %q", ErrUnavailable, res.status, code, res.text)
+	return e
 }
 
 // loginCommand builds "tag LOGIN user password" (RFC 9051 §6.2.3) as parts
