@@ -331,8 +331,3 @@ func (w *wire) status(tag, status, code, text string) {
 }
 
 func (w *wire) flush() error { return w.bw.Flush() }
-
-// quoteString formats s as an IMAP quoted string (s holds no CR or LF).
-func quoteString(s string) string {
-	return `"` + strings.NewReplacer(`\`, `\\`, `"`, `\"`).Replace(s) + `"`
-}
