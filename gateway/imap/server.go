@@ -346,7 +346,9 @@ func (ss *session) capabilities() string {
 	if ss.authAllowed() {
 		caps += " AUTH=PLAIN AUTH=LOGIN"
 	} else {
-		caps += " LOGINDISABLED" // RFC 9051 §6.2.3; no AUTH= either (RFC-NOTES 15)
+		// RFC 9051 §6.2.3: LOGIN refused until TLS; no AUTH= either, as a
+		// SASL PLAIN password would travel in clear just the same.
+		caps += " LOGINDISABLED"
 	}
 	return caps
 }

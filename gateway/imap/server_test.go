@@ -18,8 +18,8 @@ import (
 func b64(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }
 
 // A cleartext listener without allow_plaintext_auth advertises STARTTLS and
-// LOGINDISABLED and refuses every login with PRIVACYREQUIRED (RFC 9051
-// §6.2.3, RFC-NOTES 15).
+// LOGINDISABLED, offers no AUTH= mechanism, and refuses every login with
+// PRIVACYREQUIRED (RFC 9051 §6.2.3 and §7.2.2, RFC 8314).
 func TestCleartextRefusesLoginWithPrivacyRequired(t *testing.T) {
 	_, cert, _ := testCert(t)
 	b := newFakeBackend(nil)
@@ -314,8 +314,9 @@ func TestStartTLS(t *testing.T) {
 	tlsc.expectClosed()
 }
 
-// Bytes pipelined after STARTTLS are refused, never carried into TLS
-// (RFC-NOTES 14): STARTTLS fails and they are answered as cleartext.
+// Bytes pipelined after STARTTLS are refused, never carried into TLS (the
+// STARTTLS command injection; RFC 9051 §6.2.1 lets nothing of the cleartext
+// phase survive): STARTTLS fails and they are answered as cleartext.
 func TestStartTLSRefusesPipelinedCommands(t *testing.T) {
 	_, cert, _ := testCert(t)
 	b := newFakeBackend(nil)
