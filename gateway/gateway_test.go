@@ -279,3 +279,42 @@ func grepLines(s, sub string) string {
 	}
 	return strings.Join(out, "\n")
 }
+
+// Connection ids are unique in the process across listeners and protocols,
+// and both fronts end a session with the same "result" vocabulary.
+func TestConnectionIDsUniqueAcrossProtocols(t *testing.T) {
+	srv, logs := startGateway(t, baseConfig, memBackend(t, testMessage))
+	p := dialPOP3(t, srv.Addr("pop3"), "")
+	if g := p.line(); !strings.HasPrefix(g, "+OK") {
+		t.Fatalf("POP3 greeting %q", g)
+	}
+	if r := p.cmd("QUIT"); !strings.HasPrefix(r, "+OK") {
+		t.Fatalf("QUIT: %q", r)
+	}
+	i := dialPOP3(t, srv.Addr("imap"), "") // a line client is all IMAP needs here
+	if g := i.line(); !strings.HasPrefix(g, "* OK") {
+		t.Fatalf("IMAP greeting %q", g)
+	}
+	i.cmd("a LOGOUT") // * BYE
+	if r := i.line(); !strings.HasPrefix(r, "a OK") {
+		t.Fatalf("LOGOUT: %q", r)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for logs.FilterMessage("session end").Len() < 2 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	ids := map[any]string{}
+	results := map[string]any{}
+	for _, e := range logs.FilterMessage("session end").All() {
+		m := e.ContextMap()
+		proto, _ := m["proto"].(string)
+		if other, ok := ids[m["conn"]]; ok {
+			t.Fatalf("conn %v used by %s and %s", m["conn"], other, proto)
+		}
+		ids[m["conn"]] = proto
+		results[proto] = m["result"]
+	}
+	if results["pop3"] != "quit" || results["imap"] != "logout" {
+		t.Fatalf("results %v, want pop3 quit and imap logout", results)
+	}
+}

@@ -14,7 +14,7 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 
 	"mailgate/gateway/config"
-	"mailgate/test/memimap"
+	"mailgate/upstream/imaptest"
 )
 
 func tcpAddr(ip string) net.Addr { return &net.TCPAddr{IP: net.ParseIP(ip), Port: 40000} }
@@ -27,7 +27,7 @@ func memBackend(t *testing.T, messages ...string) string {
 	for _, m := range messages {
 		msgs = append(msgs, []byte(m))
 	}
-	srv, err := memimap.Start(memimap.User{Name: "alice", Password: "secret", Messages: msgs})
+	srv, err := imaptest.Start(imaptest.User{Name: "alice", Password: "secret", Messages: msgs})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -45,7 +45,7 @@ func stopBackend(t *testing.T, addr string) {
 	if !ok {
 		t.Fatalf("no backend at %s", addr)
 	}
-	srv.(*memimap.Server).Close()
+	srv.(*imaptest.Server).Close()
 }
 
 // startGateway runs a gateway from YAML (BACKEND is replaced by backend)

@@ -26,7 +26,8 @@ const DefaultPoolCooldown = 30 * time.Second
 // Invariant: failover never spreads one user's POP3 session over two
 // servers. A session dials once, before its maildrop is opened, and keeps
 // that connection (and its snapshot) to the end; a server failing later ends
-// the session with [SYS/TEMP] and deletes nothing (DESIGN.md invariant 1).
+// the session with [SYS/TEMP] and deletes nothing (RFC 1939 §6: no UPDATE
+// state without QUIT).
 // Only the next session may land elsewhere, and the POP3 maildrop lock and
 // the UIDLs belong to the mailbox, not to the server.
 type Health struct {

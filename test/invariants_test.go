@@ -1,7 +1,7 @@
 package test
 
-// One test (at least) per invariant of DESIGN.md, each named after it, each
-// against a real Dovecot.
+// One test (at least) per invariant listed in doc.go, each named after it,
+// each against a real Dovecot.
 
 import (
 	"bytes"
@@ -167,7 +167,8 @@ func TestInvariant1_OtherClientsDeletedMessageSurvivesQuit(t *testing.T) {
 	}
 
 	c := g.login(a)
-	// The flagged message is left out of the snapshot (DESIGN.md step 3).
+	// A message already flagged \Deleted at login is left out of the
+	// snapshot: it is not this session's to show, nor to remove.
 	if n, _, err := c.Stat(); err != nil || n != 3 {
 		t.Fatalf("STAT = %d, %v; want 3 (the \\Deleted message left out)", n, err)
 	}

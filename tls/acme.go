@@ -1,6 +1,6 @@
 package tls
 
-// ACME through certmagic, set up deliberately (LIBRARY-NOTES §3):
+// ACME through certmagic, set up deliberately:
 //   - our own certmagic.Cache and Config, never the package defaults
 //     (certmagic.Default, DefaultACME, NewDefault, TLS), so two Managers in
 //     one process (tests) share nothing and Close stops everything;
@@ -112,7 +112,9 @@ func startACME(ctx context.Context, c *ACMEConfig, log *zap.Logger) (_ *acmeSour
 	a.magic = certmagic.New(a.cache, certmagic.Config{
 		Storage: &certmagic.FileStorage{Path: c.Storage},
 		Logger:  cmLog,
-		// Many mail clients send no SNI (LIBRARY-NOTES §3.3 pitfall 2).
+		// Many mail clients send no SNI (RFC 6066 §3 makes it optional);
+		// without a default, certmagic finds no certificate for them and
+		// the handshake fails with an internal error.
 		DefaultServerName: a.domains[0],
 	})
 
@@ -228,7 +230,7 @@ func offersACMETLS(hello *tls.ClientHelloInfo) bool {
 }
 
 // certmagicLogger is log for certmagic, never below Info: certmagic's debug
-// output includes ACME HTTP exchanges (LIBRARY-NOTES §5).
+// output includes the ACME HTTP exchanges, headers and all.
 func certmagicLogger(log *zap.Logger) *zap.Logger {
 	l := log.Named("certmagic")
 	if l.Core().Enabled(zapcore.DebugLevel) {

@@ -9,7 +9,8 @@ import (
 func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m,
 		// Idle keep-alive connections of certmagic's ACME HTTP client; they
-		// belong to a transport we cannot reach to close (LIBRARY-NOTES §6).
+		// belong to a transport certmagic keeps to itself, which we cannot
+		// reach to close.
 		goleak.IgnoreAnyFunction("net/http.(*persistConn).readLoop"),
 		goleak.IgnoreAnyFunction("net/http.(*persistConn).writeLoop"),
 		// certmagic keeps one rate limiter per CA directory and account in a

@@ -11,8 +11,7 @@ import (
 
 // CacheKey identifies one message body on one backend for one user. User is
 // part of the key so that one user's body is never served to another user's
-// session (DESIGN.md invariant 4), even when two users share a mailbox on the
-// backend. UIDVALIDITY is part of it so that bodies of a recreated mailbox
+// session, even when two users share a mailbox on the backend. UIDVALIDITY is part of it so that bodies of a recreated mailbox
 // are never served for the new messages that reuse their UIDs (RFC 3501
 // §2.3.1.1); stale entries simply age out.
 //

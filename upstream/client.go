@@ -14,7 +14,8 @@ import (
 	"github.com/emersion/go-imap/v2/imapclient"
 )
 
-// Defaults for zero Timeouts (DESIGN.md: backend_dial 10s, backend_command 60s).
+// Defaults for zero Timeouts: the documented defaults of timeouts.backend_dial
+// (10s) and timeouts.backend_command (60s).
 const (
 	timeoutDialDefault    = 10 * time.Second
 	timeoutCommandDefault = 60 * time.Second

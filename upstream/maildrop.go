@@ -241,7 +241,9 @@ func (d *Maildrop) snapshot(ctx context.Context) error {
 		}
 		d.uids[i], d.uidls[i], d.sizes[i] = e.uid, uidl, e.size
 		// A cached body is the exact size; the backend's RFC822.SIZE may
-		// not be (RFC-NOTES 4).
+		// not be: a POP3 size counts the CRLF form without dot-stuffing
+		// (RFC 1939 §11), and although RFC 3501 §2.3.4 defines RFC822.SIZE
+		// on that form, servers vary.
 		if data, ok := d.m.cache.peek(d.key(e.uid)); ok {
 			d.sizes[i] = int64(len(data))
 		}

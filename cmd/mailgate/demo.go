@@ -18,8 +18,8 @@ import (
 
 	"mailgate/gateway"
 	"mailgate/gateway/config"
-	"mailgate/test/memimap"
 	mgtls "mailgate/tls"
+	"mailgate/upstream/imaptest"
 )
 
 const (
@@ -157,12 +157,12 @@ func writeSelfSigned(certFile, keyFile, host string) error {
 // startDemoBackend serves an in-memory IMAP server on a free loopback port,
 // with one user and a few messages that show what POP3 clients must get
 // right: a line starting with a dot, 8-bit text, an attachment.
-func startDemoBackend() (*memimap.Server, error) {
+func startDemoBackend() (*imaptest.Server, error) {
 	var msgs [][]byte
 	for _, m := range demoMessages() {
 		msgs = append(msgs, []byte(strings.ReplaceAll(strings.TrimLeft(m, "\n"), "\n", "\r\n")))
 	}
-	return memimap.Start(memimap.User{Name: demoUser, Password: demoPassword, Messages: msgs})
+	return imaptest.Start(imaptest.User{Name: demoUser, Password: demoPassword, Messages: msgs})
 }
 
 func demoMessages() []string {

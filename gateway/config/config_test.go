@@ -51,8 +51,9 @@ func problemsOf(t *testing.T, err error) Problems {
 	return ps
 }
 
-// TestDesignExample parses the configuration of DESIGN.md, auth_http lookup
-// included: every key of the contract is accepted.
+// TestDesignExample parses testdata/design.yaml, the example configuration
+// of the design (auth_http lookup included): every key of the file format's
+// contract is accepted.
 func TestDesignExample(t *testing.T) {
 	dir := designDir(t)
 	data := readTestdata(t, "design.yaml", dir)

@@ -16,8 +16,8 @@ import (
 	"github.com/emersion/go-imap/v2/imapclient"
 	"go.uber.org/zap/zaptest"
 
-	"mailgate/test/memimap"
 	"mailgate/upstream"
+	"mailgate/upstream/imaptest"
 )
 
 // handoffBackend is the gateway's wiring in miniature: one target, logged in
@@ -41,7 +41,7 @@ func (h handoffBackend) Connect(ctx context.Context, l Login) (Upstream, error) 
 // and two messages in INBOX.
 func memBackend(t *testing.T) string {
 	t.Helper()
-	srv, err := memimap.Start(memimap.User{Name: "alice", Password: "secret", Mailboxes: []string{"Archive"},
+	srv, err := imaptest.Start(imaptest.User{Name: "alice", Password: "secret", Mailboxes: []string{"Archive"},
 		Messages: [][]byte{[]byte("Subject: one\r\n\r\nfirst\r\n"), []byte("Subject: two\r\n\r\nsecond\r\n")}})
 	if err != nil {
 		t.Fatal(err)

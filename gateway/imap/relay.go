@@ -25,6 +25,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"mailgate/gateway/internal/connlog"
 )
 
 const (
@@ -66,7 +68,14 @@ func (d *direction) poke() {
 
 type relayStats struct {
 	up, down int64 // client to backend, backend to client
-	reason   string
+	result   connlog.Result
+	err      error // the I/O error that ended the session, if one did
+}
+
+// ending is why the relay stopped.
+type ending struct {
+	result connlog.Result
+	err    error
 }
 
 type relayer struct {
@@ -74,12 +83,12 @@ type relayer struct {
 	closeOnce sync.Once
 	client    net.Conn
 	backend   net.Conn
-	reason    atomic.Pointer[string]
+	end       atomic.Pointer[ending]
 }
 
 // cut closes both connections, recording the first reason.
-func (r *relayer) cut(reason string) {
-	r.reason.CompareAndSwap(nil, &reason)
+func (r *relayer) cut(result connlog.Result, err error) {
+	r.end.CompareAndSwap(nil, &ending{result, err})
 	r.closeOnce.Do(func() {
 		r.client.Close()
 		r.backend.Close()
@@ -95,29 +104,44 @@ func relay(ctx context.Context, client, backend net.Conn, idle time.Duration) re
 	up := &direction{src: client, dst: backend, splice: tcp1 && tcp2}
 	down := &direction{src: backend, dst: client, splice: tcp1 && tcp2}
 
-	stop := context.AfterFunc(ctx, func() { r.cut("shutdown") })
+	stop := context.AfterFunc(ctx, func() { r.cut(connlog.Shutdown, nil) })
 	defer stop()
 
 	finished := make(chan struct{})
 	go func() {
 		defer close(finished)
 		if err := r.pump(up, down); err != nil {
-			r.cut(err.Error())
+			r.failed(err, up)
 			return
 		}
 		// The client is done sending (RFC 9051 allows it to await the
 		// backend's last replies): pass the EOF on, keep the other way open.
 		if cw, ok := backend.(interface{ CloseWrite() error }); !ok || cw.CloseWrite() != nil {
-			r.cut("client closed")
+			r.cut(connlog.ClientClosed, nil)
 		}
 	}()
 	if err := r.pump(down, up); err != nil {
-		r.cut(err.Error())
+		r.failed(err, down)
+	} else if up.state.Load() == stDone {
+		r.cut(connlog.ClientClosed, nil) // the backend's close answered the client's
 	} else {
-		r.cut("backend closed") // the server ended the session: nothing more to say
+		r.cut(connlog.BackendClosed, nil) // the server ended the session: nothing more to say
 	}
 	<-finished
-	return relayStats{up: up.n.Load(), down: down.n.Load(), reason: *r.reason.Load()}
+	end := r.end.Load()
+	return relayStats{up: up.n.Load(), down: down.n.Load(), result: end.result, err: end.err}
+}
+
+// failed cuts the relay after pump(d) returned err.
+func (r *relayer) failed(err error, d *direction) {
+	switch {
+	case errors.Is(err, errIdle):
+		r.cut(connlog.IdleTimeout, nil)
+	case errors.Is(err, errWriteStall) && d.dst == r.backend:
+		r.cut(connlog.BackendError, err)
+	default: // a broken connection, or a client that stopped reading
+		r.cut(connlog.Dropped, err)
+	}
 }
 
 var (

@@ -7,6 +7,8 @@ import (
 	"net"
 	"testing"
 	"time"
+
+	"mailgate/gateway/internal/connlog"
 )
 
 // tcpPair returns two connected loopback TCP conns.
@@ -116,7 +118,7 @@ func TestRelayCopiesBothWaysAndHalfCloses(t *testing.T) {
 			t.Fatalf("client got %q %v", rest, err)
 		}
 		st := f.wait(t, 5*time.Second)
-		if st.up != 10 || st.down != int64(len(big))+7 {
+		if st.up != 10 || st.down != int64(len(big))+7 || st.result != connlog.ClientClosed {
 			t.Fatalf("stats %+v", st)
 		}
 	})
@@ -128,8 +130,8 @@ func TestRelayIdleTimeoutClosesBoth(t *testing.T) {
 		f := startRelay(t, tcp, idle)
 		start := time.Now()
 		st := f.wait(t, 5*time.Second)
-		if d := time.Since(start); d < idle || st.reason != "idle timeout" {
-			t.Fatalf("ended after %v with %q", d, st.reason)
+		if d := time.Since(start); d < idle || st.result != connlog.IdleTimeout {
+			t.Fatalf("ended after %v with %q", d, st.result)
 		}
 		f.client.SetReadDeadline(time.Now().Add(time.Second))
 		if _, err := f.client.Read(make([]byte, 1)); err == nil {
@@ -165,8 +167,8 @@ func TestRelayShutdown(t *testing.T) {
 	modes(t, func(t *testing.T, tcp bool) {
 		f := startRelay(t, tcp, time.Minute)
 		f.cancel()
-		if st := f.wait(t, 5*time.Second); st.reason != "shutdown" {
-			t.Fatalf("reason %q", st.reason)
+		if st := f.wait(t, 5*time.Second); st.result != connlog.Shutdown {
+			t.Fatalf("result %q", st.result)
 		}
 	})
 }
@@ -175,8 +177,46 @@ func TestRelayBackendCloseEndsSession(t *testing.T) {
 	modes(t, func(t *testing.T, tcp bool) {
 		f := startRelay(t, tcp, time.Minute)
 		f.backend.Close()
-		if st := f.wait(t, 5*time.Second); st.reason != "backend closed" {
-			t.Fatalf("reason %q", st.reason)
+		if st := f.wait(t, 5*time.Second); st.result != connlog.BackendClosed {
+			t.Fatalf("result %q", st.result)
 		}
 	})
+}
+
+func TestRelayClientCloseEndsSession(t *testing.T) {
+	modes(t, func(t *testing.T, tcp bool) {
+		f := startRelay(t, tcp, time.Minute)
+		f.client.Close()
+		if tcp {
+			// The EOF is passed on: the backend, like an IMAP server, closes.
+			f.backend.SetReadDeadline(time.Now().Add(5 * time.Second))
+			if _, err := f.backend.Read(make([]byte, 1)); err != io.EOF {
+				t.Fatalf("backend read %v, want EOF", err)
+			}
+			f.backend.Close()
+		}
+		if st := f.wait(t, 5*time.Second); st.result != connlog.ClientClosed {
+			t.Fatalf("result %q", st.result)
+		}
+	})
+}
+
+// A client that stops reading while the backend keeps sending is cut after
+// the idle timeout plus writeGrace, as dropped.
+func TestRelayStalledClientIsDropped(t *testing.T) {
+	if testing.Short() {
+		t.Skip("waits for writeGrace")
+	}
+	t.Parallel()
+	f := startRelay(t, false, 100*time.Millisecond) // net.Pipe: a write blocks until read
+	go func() {
+		for {
+			if _, err := f.backend.Write([]byte("* 1 EXISTS\r\n")); err != nil {
+				return
+			}
+		}
+	}()
+	if st := f.wait(t, writeGrace+5*time.Second); st.result != connlog.Dropped || st.err == nil {
+		t.Fatalf("result %q, err %v", st.result, st.err)
+	}
 }

@@ -20,12 +20,12 @@ import (
 	"fmt"
 	"net"
 	"strings"
-	"sync/atomic"
 	"time"
 
 	"github.com/emersion/go-sasl"
 	"go.uber.org/zap"
 
+	"mailgate/gateway/internal/connlog"
 	"mailgate/gateway/internal/saslserver"
 )
 
@@ -109,7 +109,6 @@ func (nopObserver) TLSHandshake(error) {}
 type Server struct {
 	cfg Config
 	log *zap.Logger
-	ids atomic.Uint64
 }
 
 // NewServer returns a server with cfg's defaults applied.
@@ -143,7 +142,7 @@ func NewServer(cfg Config) *Server {
 // Serve runs one client connection to its end and closes it. Cancelling ctx
 // closes the connection (shutdown).
 func (s *Server) Serve(ctx context.Context, conn net.Conn) {
-	log := s.log.With(zap.Uint64("conn", s.ids.Add(1)), zap.Stringer("remote", conn.RemoteAddr()))
+	log := s.log.With(zap.Uint64("conn", connlog.NextID()), zap.Stringer("remote", conn.RemoteAddr()))
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	defer stop()
 	ss := &session{
@@ -152,14 +151,14 @@ func (s *Server) Serve(ctx context.Context, conn net.Conn) {
 		conn:     conn,
 		preauthT: time.Now().Add(s.cfg.PreauthTimeout),
 	}
-	reason := ss.run(ctx)
+	result := ss.run(ctx)
 	if ctx.Err() != nil {
-		reason = "shutdown"
+		result = connlog.Shutdown
 	}
 	if !ss.spliced {
 		conn.Close()
 		ss.conn.Close()
-		log.Info("session end", zap.String("result", reason), zap.Bool("logged_in", false))
+		log.Info("session end", result.Field(), zap.Bool("logged_in", false))
 	}
 }
 
@@ -183,24 +182,27 @@ var (
 	// not send.
 	errProxyRefused = errors.New("PROXY header from an untrusted peer")
 	errLoggedIn     = errors.New("logged in")
+	// errTLSFailed wraps a failed STARTTLS handshake.
+	errTLSFailed = errors.New("TLS handshake failed")
 )
 
 // run drives the not-authenticated state and, after a login, the relay. It
-// returns why the session ended, for the log.
-func (ss *session) run(ctx context.Context) string {
+// returns how the session ended, for the log; after a login the relay has
+// logged the session's end itself.
+func (ss *session) run(ctx context.Context) connlog.Result {
 	if ss.cfg.ImplicitTLS {
 		if err := ss.handshake(ctx, ss.conn); err != nil {
 			ss.log.Debug("imap TLS handshake failed", zap.Error(err))
-			return "tls handshake failed"
+			return connlog.TLSFailed
 		}
 	}
 	if err := ss.conn.SetDeadline(ss.preauthT); err != nil {
-		return "set deadline failed"
+		return connlog.Dropped // only a closed connection refuses a deadline
 	}
 	ss.w = newWire(ss.conn)
 	ss.w.status("", "OK", "CAPABILITY "+ss.capabilities(), "mailgate ready")
 	if err := ss.w.flush(); err != nil {
-		return "write failed"
+		return connlog.Dropped
 	}
 	for {
 		err := ss.step(ctx)
@@ -208,27 +210,29 @@ func (ss *session) run(ctx context.Context) string {
 			if ss.bad >= ss.cfg.BadCommandLimit {
 				ss.bye("Too many invalid commands")
 				ss.log.Info("imap client disconnected after too many invalid commands")
-				return "too many invalid commands"
+				return connlog.TooManyBadCommands
 			}
 			continue
 		}
 		switch {
 		case errors.Is(err, errLoggedIn):
-			return "logged in"
+			return ""
 		case errors.Is(err, errLogout):
-			return "logout"
+			return connlog.Logout
 		case errors.Is(err, errProxyRefused):
 			ss.log.Warn("PROXY header from an untrusted peer refused")
-			return "proxy header refused"
+			return connlog.ProxyRefused
+		case errors.Is(err, errTLSFailed):
+			return connlog.TLSFailed
 		case errors.Is(err, errLineTooLong), errors.Is(err, errLiteralTooLong):
 			ss.bye("Command too long")
 			ss.log.Info("imap client disconnected", zap.Error(err))
-			return "command too long"
+			return connlog.CommandTooLong
 		case isTimeout(err):
 			ss.bye("Autologout; idle for too long")
-			return "preauth timeout"
+			return connlog.PreauthTimeout
 		default:
-			return "connection closed"
+			return connlog.Dropped
 		}
 	}
 }
@@ -323,7 +327,9 @@ func (ss *session) capabilities() string {
 	if ss.authAllowed() {
 		caps += " AUTH=PLAIN AUTH=LOGIN"
 	} else {
-		caps += " LOGINDISABLED" // RFC 9051 §6.2.3; no AUTH= either (RFC-NOTES 15)
+		// RFC 9051 §6.2.3: LOGIN refused until TLS; no AUTH= either, as a
+		// SASL PLAIN password would travel in clear just the same.
+		caps += " LOGINDISABLED"
 	}
 	return caps
 }
@@ -398,7 +404,7 @@ func (ss *session) startTLS(ctx context.Context, cmd *command) error {
 	tc := tls.Server(ss.conn, ss.cfg.TLSConfig)
 	if err := ss.handshake(ctx, tc); err != nil {
 		ss.log.Debug("imap STARTTLS handshake failed", zap.Error(err))
-		return err
+		return fmt.Errorf("%w: %w", errTLSFailed, err)
 	}
 	if err := tc.SetDeadline(ss.preauthT); err != nil {
 		return err
@@ -569,6 +575,7 @@ func (ss *session) splice(ctx context.Context, log *zap.Logger, tag string, up U
 	now := time.Now()
 	if err := ss.conn.SetDeadline(now.Add(ss.cfg.IdleTimeout)); err != nil {
 		closeQuietly(backend, ss.conn)
+		log.Info("session end", connlog.Dropped.Field(), zap.Error(err))
 		return errLoggedIn
 	}
 	code := ""
@@ -584,8 +591,8 @@ func (ss *session) splice(ctx context.Context, log *zap.Logger, tag string, up U
 		}
 	}
 	if err != nil {
-		log.Debug("imap client gone right after login", zap.Error(err))
 		closeQuietly(backend, ss.conn)
+		log.Info("session end", connlog.Dropped.Field(), zap.Error(err))
 		return errLoggedIn
 	}
 	log = log.With(zap.String("backend", up.Name))
@@ -595,11 +602,16 @@ func (ss *session) splice(ctx context.Context, log *zap.Logger, tag string, up U
 	// rest of what may be a days-long session.
 	ss.w = nil
 	st := relay(ctx, ss.conn, backend, ss.cfg.IdleTimeout)
-	log.Info("session end",
-		zap.String("result", st.reason),
+	fields := []zap.Field{
+		st.result.Field(),
 		zap.Int64("bytes_from_client", st.up),
 		zap.Int64("bytes_to_client", st.down),
-		zap.Duration("duration", time.Since(now)))
+		zap.Duration("duration", time.Since(now)),
+	}
+	if st.err != nil {
+		fields = append(fields, zap.Error(st.err))
+	}
+	log.Info("session end", fields...)
 	return errLoggedIn
 }
 

@@ -11,13 +11,15 @@ import (
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
+
+	"mailgate/gateway/internal/connlog"
 )
 
 func b64(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }
 
 // A cleartext listener without allow_plaintext_auth advertises STARTTLS and
-// LOGINDISABLED and refuses every login with PRIVACYREQUIRED (RFC 9051
-// §6.2.3, RFC-NOTES 15).
+// LOGINDISABLED, offers no AUTH= mechanism, and refuses every login with
+// PRIVACYREQUIRED (RFC 9051 §6.2.3 and §7.2.2, RFC 8314).
 func TestCleartextRefusesLoginWithPrivacyRequired(t *testing.T) {
 	_, cert, _ := testCert(t)
 	b := newFakeBackend(nil)
@@ -312,8 +314,9 @@ func TestStartTLS(t *testing.T) {
 	tlsc.expectClosed()
 }
 
-// Bytes pipelined after STARTTLS are refused, never carried into TLS
-// (RFC-NOTES 14): STARTTLS fails and they are answered as cleartext.
+// Bytes pipelined after STARTTLS are refused, never carried into TLS (the
+// STARTTLS command injection; RFC 9051 §6.2.1 lets nothing of the cleartext
+// phase survive): STARTTLS fails and they are answered as cleartext.
 func TestStartTLSRefusesPipelinedCommands(t *testing.T) {
 	_, cert, _ := testCert(t)
 	b := newFakeBackend(nil)
@@ -398,4 +401,118 @@ func TestProxyHeaderFromUntrustedPeerRefused(t *testing.T) {
 	c.send("PROXY TCP4 203.0.113.9 127.0.0.1 4000 143\r\n")
 	c.expect("* BYE PROXY protocol not accepted")
 	c.expectClosed()
+}
+
+// Every way a session ends logs one "session end" line whose result is one
+// of connlog's values, the same vocabulary as POP3's.
+func TestSessionEndResults(t *testing.T) {
+	_, cert, _ := testCert(t)
+	tests := []struct {
+		name   string
+		mod    func(*Config)
+		run    func(t *testing.T, c *testClient, b *fakeBackend)
+		result connlog.Result
+	}{
+		{"logout", nil, func(t *testing.T, c *testClient, _ *fakeBackend) {
+			c.send("a LOGOUT\r\n")
+			c.expect("* BYE")
+			c.expect("a OK")
+			c.expectClosed()
+		}, connlog.Logout},
+		{"dropped", nil, func(t *testing.T, c *testClient, _ *fakeBackend) { c.conn.Close() }, connlog.Dropped},
+		{"preauth timeout", func(cfg *Config) { cfg.PreauthTimeout = 150 * time.Millisecond },
+			func(t *testing.T, c *testClient, _ *fakeBackend) {
+				c.expect("* BYE Autologout")
+				c.expectClosed()
+			}, connlog.PreauthTimeout},
+		{"too many bad commands", func(cfg *Config) { cfg.BadCommandLimit = 1 },
+			func(t *testing.T, c *testClient, _ *fakeBackend) {
+				c.send("a FETCH 1 BODY[]\r\n")
+				c.expect("a BAD")
+				c.expect("* BYE Too many invalid commands")
+				c.expectClosed()
+			}, connlog.TooManyBadCommands},
+		{"command too long", nil, func(t *testing.T, c *testClient, _ *fakeBackend) {
+			go c.conn.Write([]byte(strings.Repeat("A", 100<<10)))
+			c.expect("* BYE Command too long")
+			c.expectClosed()
+		}, connlog.CommandTooLong},
+		{"proxy refused", nil, func(t *testing.T, c *testClient, _ *fakeBackend) {
+			c.send("PROXY TCP4 203.0.113.9 127.0.0.1 4000 143\r\n")
+			c.expect("* BYE")
+			c.expectClosed()
+		}, connlog.ProxyRefused},
+		{"STARTTLS handshake failed", func(cfg *Config) { cfg.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}} },
+			func(t *testing.T, c *testClient, _ *fakeBackend) {
+				c.send("a STARTTLS\r\n")
+				c.expect("a OK")
+				c.send("not a TLS ClientHello\r\n")
+				c.expectClosed()
+			}, connlog.TLSFailed},
+		{"backend closed", nil, func(t *testing.T, c *testClient, b *fakeBackend) {
+			c.send("a LOGIN alice secret\r\n")
+			<-b.logins
+			peer := <-b.peers
+			c.expect("a OK")
+			peer.Close()
+			c.expectClosed()
+		}, connlog.BackendClosed},
+		{"client closed after login", nil, func(t *testing.T, c *testClient, b *fakeBackend) {
+			c.send("a LOGIN alice secret\r\n")
+			<-b.logins
+			peer := <-b.peers
+			t.Cleanup(func() { peer.Close() }) // after the check: the client must close first
+			c.expect("a OK")
+			c.conn.Close() // net.Pipe cannot pass a half-close on
+		}, connlog.ClientClosed},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			core, logs := observer.New(zap.InfoLevel)
+			b := newFakeBackend(nil)
+			cfg := testConfig(t, b)
+			cfg.Logger = zap.New(core)
+			if tt.mod != nil {
+				tt.mod(&cfg)
+			}
+			c := startPipe(t, cfg)
+			c.expect("* OK")
+			tt.run(t, c, b)
+			deadline := time.Now().Add(5 * time.Second)
+			for logs.FilterMessage("session end").Len() == 0 && time.Now().Before(deadline) {
+				time.Sleep(10 * time.Millisecond)
+			}
+			ends := logs.FilterMessage("session end")
+			if ends.Len() != 1 || ends.FilterField(tt.result.Field()).Len() != 1 {
+				t.Fatalf("session end lines %v, want one with result %s", ends.All(), tt.result)
+			}
+		})
+	}
+}
+
+// Connection ids come from one process-wide counter: two servers (two
+// listeners) never hand out the same one.
+func TestConnectionIDsAreProcessWide(t *testing.T) {
+	core, logs := observer.New(zap.InfoLevel)
+	for range 2 {
+		cfg := testConfig(t, newFakeBackend(nil))
+		cfg.Logger = zap.New(core)
+		c := startPipe(t, cfg) // a new Server each time
+		c.expect("* OK")
+		c.send("a LOGOUT\r\n")
+		c.expect("* BYE")
+		c.expect("a OK")
+		c.expectClosed()
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for logs.FilterMessage("session end").Len() < 2 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	ends := logs.FilterMessage("session end").All()
+	if len(ends) != 2 {
+		t.Fatalf("%d session end lines, want 2", len(ends))
+	}
+	if a, b := ends[0].ContextMap()["conn"], ends[1].ContextMap()["conn"]; a == b {
+		t.Fatalf("both servers logged conn %v", a)
+	}
 }

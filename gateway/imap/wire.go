@@ -23,8 +23,9 @@ import (
 	"strings"
 )
 
-// Size caps before authentication (DESIGN.md invariant 6: a hostile client
-// costs bounded memory). Credentials and ID fields fit well within them.
+// Size caps before authentication, so that a hostile client costs bounded
+// memory whatever it sends. Credentials and ID fields (RFC 2971 §3.3: values
+// of at most 1024 octets) fit well within them.
 const (
 	maxLine    = 8 << 10  // one line, without literals
 	maxLiteral = 8 << 10  // one literal
@@ -331,8 +332,3 @@ func (w *wire) status(tag, status, code, text string) {
 }
 
 func (w *wire) flush() error { return w.bw.Flush() }
-
-// quoteString formats s as an IMAP quoted string (s holds no CR or LF).
-func quoteString(s string) string {
-	return `"` + strings.NewReplacer(`\`, `\\`, `"`, `\"`).Replace(s) + `"`
-}

@@ -121,7 +121,4 @@ func TestStatusFormat(t *testing.T) {
 	if got := rw.out.String(); got != want {
 		t.Fatalf("got %q, want %q", got, want)
 	}
-	if got := quoteString(`a"b\c`); got != `"a\"b\\c"` {
-		t.Fatalf("quoteString = %s", got)
-	}
 }

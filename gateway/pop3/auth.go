@@ -13,6 +13,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"mailgate/gateway/internal/connlog"
 	"mailgate/gateway/internal/saslserver"
 )
 
@@ -29,7 +30,7 @@ func (s *session) refusePlaintext() (transition, error) {
 	}
 	s.badCommands++
 	if s.badCommands >= s.cfg.BadCommandLimit {
-		s.result = "too_many_bad_commands"
+		s.result = connlog.TooManyBadCommands
 		return hangUp, &Error{Code: CodeAuth, Text: hint}
 	}
 	return stay, &Error{Code: CodeAuth, Text: hint}
@@ -168,7 +169,7 @@ func (s *session) authFailed(mech, user string, cause error) (transition, error)
 		text = pt.PublicText()
 	}
 	if s.authFailures >= maxAuthFailures {
-		s.result = "too_many_auth_failures"
+		s.result = connlog.TooManyAuthFailures
 		return hangUp, &Error{Code: CodeAuth, Text: text + "; too many failures, closing connection"}
 	}
 	return stay, &Error{Code: CodeAuth, Text: text}
@@ -193,7 +194,7 @@ func (s *session) cmdSTLS(command) (transition, error) {
 	s.cfg.Observer.TLSHandshake(err)
 	if err != nil {
 		s.log.Info("TLS handshake failed", zap.Error(err))
-		s.result = "tls_failed"
+		s.result = connlog.TLSFailed
 		return abort, nil
 	}
 	s.tls = true

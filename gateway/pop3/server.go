@@ -21,10 +21,11 @@ import (
 	"crypto/tls"
 	"encoding/hex"
 	"net"
-	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
+
+	"mailgate/gateway/internal/connlog"
 )
 
 // Config configures a Server. Zero durations and limits take the defaults
@@ -98,9 +99,6 @@ type Server struct {
 	log *zap.Logger
 }
 
-// connIDs numbers connections within the process, for logs.
-var connIDs atomic.Uint64
-
 // NewServer returns a Server for cfg, with defaults applied. cfg.Backend
 // must not be nil.
 func NewServer(cfg Config) *Server {
@@ -141,7 +139,7 @@ func NewServer(cfg Config) *Server {
 // Commit of a QUIT already received, which completes (bounded by the
 // backend's own command timeouts).
 func (s *Server) Serve(ctx context.Context, conn net.Conn) {
-	id := connIDs.Add(1)
+	id := connlog.NextID()
 	var nonce [8]byte
 	rand.Read(nonce[:])
 	sess := &session{

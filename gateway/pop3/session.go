@@ -25,6 +25,8 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+
+	"mailgate/gateway/internal/connlog"
 )
 
 // state is the RFC 1939 §3 session state. The values are bits so that a
@@ -118,7 +120,7 @@ type session struct {
 
 	commands    int
 	badCommands int
-	result      string // how the session ended, for the "session end" log line
+	result      connlog.Result // how the session ended, for the "session end" log line
 }
 
 // run is the session from greeting to close.
@@ -131,7 +133,7 @@ func (s *session) run() {
 		// A bug in a handler or a backend ends this session, not the process.
 		if r := recover(); r != nil {
 			s.log.Error("panic in session", zap.Any("panic", r), zap.StackSkip("stack", 2))
-			s.result = "panic"
+			s.result = connlog.Panic
 		}
 	}()
 
@@ -140,13 +142,13 @@ func (s *session) run() {
 		s.cfg.Observer.TLSHandshake(err)
 		if err != nil {
 			s.log.Info("TLS handshake failed", zap.Error(err))
-			s.result = "tls_failed"
+			s.result = connlog.TLSFailed
 			return
 		}
 		s.tls = true
 	} else if s.cfg.ImplicitTLS {
 		s.log.Error("implicit TLS listener handed a connection without TLS")
-		s.result = "error"
+		s.result = connlog.Error
 		return
 	}
 
@@ -189,17 +191,17 @@ func (s *session) run() {
 func (s *session) readFailed(err error) {
 	switch {
 	case errors.Is(err, errShutdown):
-		s.result = "shutdown"
+		s.result = connlog.Shutdown
 		s.w.out.timeout = shutdownWriteTimeout
 		s.w.writeErr(CodeSysTemp, "server shutting down, try again later")
 		s.w.flush()
 	case isTimeout(err):
 		// RFC 1939 §3 autologout: no response, no UPDATE.
-		s.result = "idle_timeout"
+		s.result = connlog.IdleTimeout
 	case errors.Is(err, io.EOF), errors.Is(err, net.ErrClosed), errors.Is(err, io.ErrClosedPipe):
-		s.result = "dropped"
+		s.result = connlog.Dropped
 	default:
-		s.result = "dropped"
+		s.result = connlog.Dropped
 		s.log.Debug("read failed", zap.Error(err))
 	}
 }
@@ -212,7 +214,7 @@ func (s *session) bad(text string) bool {
 	if s.badCommands >= s.cfg.BadCommandLimit {
 		s.w.writeErr("", text+"; too many invalid commands, closing connection")
 		s.w.flush()
-		s.result = "too_many_bad_commands"
+		s.result = connlog.TooManyBadCommands
 		s.log.Info("too many invalid commands")
 		return true
 	}
@@ -231,7 +233,7 @@ func (s *session) dispatch(cmd command) (done bool) {
 		s.log.Warn("PROXY header from an untrusted peer refused")
 		s.w.writeErr("", "PROXY protocol not accepted from this address")
 		s.w.flush()
-		s.result = "proxy_refused"
+		s.result = connlog.ProxyRefused
 		return true
 	case !ok:
 		return s.bad("unknown command")
@@ -273,7 +275,7 @@ func (s *session) dispatch(cmd command) (done bool) {
 			s.log.Debug("connection aborted", zap.String("cmd", cmd.name), zap.Error(err))
 		}
 		if s.result == "" {
-			s.result = "error"
+			s.result = connlog.Error
 		}
 		return true
 	}
@@ -298,10 +300,10 @@ func (s *session) update() {
 		// RFC 1939 §6: "-ERR some deleted messages not removed".
 		s.log.Warn("commit failed", zap.Int("deleted", len(del)), zap.Error(err))
 		s.w.writeErr(CodeSysTemp, textPartialCommit)
-		s.result = "commit_failed"
+		s.result = connlog.CommitFailed
 	} else {
 		s.w.writeOK("mailgate signing off (" + strconv.Itoa(len(del)) + " messages deleted)")
-		s.result = "quit"
+		s.result = connlog.Quit
 		if len(del) > 0 {
 			s.log.Info("messages deleted", zap.Int("deleted", len(del)))
 		}
@@ -324,7 +326,7 @@ func (s *session) closeMaildrop() {
 func (s *session) end() {
 	s.closeMaildrop()
 	if s.result == "" {
-		s.result = "error"
+		s.result = connlog.Error
 	}
 	// The user is in s.log once known.
 	s.log.Info("session end",
@@ -332,7 +334,7 @@ func (s *session) end() {
 		zap.Int("commands", s.commands),
 		zap.Int64("bytes_out", s.w.bytesOut()),
 		zap.Bool("tls", s.tls),
-		zap.String("result", s.result),
+		s.result.Field(),
 	)
 }
 
@@ -343,7 +345,7 @@ func (s *session) cmdQUIT(command) (transition, error) {
 		return toUpdate, nil
 	}
 	s.w.writeOK("mailgate signing off")
-	s.result = "quit"
+	s.result = connlog.Quit
 	return hangUp, nil
 }
 
@@ -541,7 +543,7 @@ func (s *session) sendBody(r io.Reader, c io.Closer, status string, n int) (tran
 	s.w.writeOK(status)
 	dw := s.w.dotWriter()
 	if _, err := dw.Write(buf[:first]); err != nil {
-		s.result = "dropped"
+		s.result = connlog.Dropped
 		return abort, err
 	}
 	for rerr == nil {
@@ -549,7 +551,7 @@ func (s *session) sendBody(r io.Reader, c io.Closer, status string, n int) (tran
 		k, rerr = r.Read(buf)
 		if k > 0 {
 			if _, err := dw.Write(buf[:k]); err != nil {
-				s.result = "dropped"
+				s.result = connlog.Dropped
 				return abort, err
 			}
 		}
@@ -557,12 +559,12 @@ func (s *session) sendBody(r io.Reader, c io.Closer, status string, n int) (tran
 	if rerr != io.EOF {
 		// Logged whatever the error: the client sees a cut connection.
 		s.log.Warn("message body failed mid-transfer, closing connection", zap.Int("msg", n), zap.Error(rerr))
-		s.result = "body_failed"
+		s.result = connlog.BackendError
 		s.w.flush() // what was sent so far, without the terminator
 		return abort, nil
 	}
 	if err := dw.Close(); err != nil {
-		s.result = "dropped"
+		s.result = connlog.Dropped
 		return abort, err
 	}
 	return stay, nil

@@ -7,6 +7,11 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
+
+	"mailgate/gateway/internal/connlog"
 )
 
 func TestGreetingBannerUnique(t *testing.T) {
@@ -252,28 +257,33 @@ func TestQuitInAuthorizationCommitsNothing(t *testing.T) {
 
 func TestEndWithoutQuitCommitsNothing(t *testing.T) {
 	tests := []struct {
-		name string
-		end  func(ts *testServer, c *client)
+		name   string
+		end    func(ts *testServer, c *client)
+		result connlog.Result
 	}{
-		{"drop", func(ts *testServer, c *client) { c.conn.Close() }},
-		{"drop mid-command", func(ts *testServer, c *client) { c.sendRaw("QU"); c.conn.Close() }},
-		{"idle timeout", func(ts *testServer, c *client) { c.expectClosed() }},
+		{"drop", func(ts *testServer, c *client) { c.conn.Close() }, connlog.Dropped},
+		{"drop mid-command", func(ts *testServer, c *client) { c.sendRaw("QU"); c.conn.Close() }, connlog.Dropped},
+		{"idle timeout", func(ts *testServer, c *client) { c.expectClosed() }, connlog.IdleTimeout},
 		{"shutdown", func(ts *testServer, c *client) {
 			ts.cancel()
 			c.expect("-ERR [SYS/TEMP] server shutting down")
 			c.expectClosed()
-		}},
+		}, connlog.Shutdown},
 		{"too many bad commands", func(ts *testServer, c *client) {
 			for range 9 {
 				c.cmd("BOGUS", "-ERR unknown command")
 			}
 			c.cmd("BOGUS", "-ERR unknown command; too many invalid commands")
 			c.expectClosed()
-		}},
+		}, connlog.TooManyBadCommands},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			ts := newTestServer(t, nil, func(c *Config) { c.IdleTimeout = 300 * time.Millisecond })
+			core, logs := observer.New(zap.InfoLevel)
+			ts := newTestServer(t, nil, func(c *Config) {
+				c.IdleTimeout = 300 * time.Millisecond
+				c.Logger = zap.New(core)
+			})
 			c := ts.login()
 			c.cmd("DELE 1", "+OK")
 			c.cmd("DELE 3", "+OK")
@@ -281,6 +291,10 @@ func TestEndWithoutQuitCommitsNothing(t *testing.T) {
 			ts.wait()
 			if commits, closes := ts.b.counts(); len(commits) != 0 || closes != 1 {
 				t.Fatalf("commits %v closes %d, want no commit and one close", commits, closes)
+			}
+			ends := logs.FilterMessage("session end")
+			if ends.Len() != 1 || ends.FilterField(tt.result.Field()).Len() != 1 {
+				t.Fatalf("session end lines %v, want one with result %s", ends.All(), tt.result)
 			}
 		})
 	}

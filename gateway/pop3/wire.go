@@ -377,31 +377,6 @@ func (d *dotWriter) Write(p []byte) (int, error) {
 	return done, nil
 }
 
-// ReadFrom stuffs everything r delivers. An error of r is returned wrapped
-// in *readError, so the caller can tell a failing message source from a
-// failing client.
-func (d *dotWriter) ReadFrom(r io.Reader) (int64, error) {
-	bp := copyBuffers.Get().(*[]byte)
-	defer copyBuffers.Put(bp)
-	buf := *bp
-	var total int64
-	for {
-		n, err := r.Read(buf)
-		if n > 0 {
-			total += int64(n)
-			if _, werr := d.Write(buf[:n]); werr != nil {
-				return total, werr
-			}
-		}
-		if err == io.EOF {
-			return total, nil
-		}
-		if err != nil {
-			return total, &readError{err}
-		}
-	}
-}
-
 // Close ends the body: a final CRLF where the data lacks one, then ".\r\n".
 // It must be called only when the whole body was written: a client takes
 // everything before the "." as the complete message.
@@ -413,13 +388,6 @@ func (d *dotWriter) Close() error {
 	_, err := d.w.WriteString(".\r\n")
 	return err
 }
-
-// readError is the failure of a message body's source, as opposed to a
-// failure writing to the client.
-type readError struct{ err error }
-
-func (e *readError) Error() string { return "reading message: " + e.err.Error() }
-func (e *readError) Unwrap() error { return e.err }
 
 var copyBuffers = sync.Pool{New: func() any {
 	b := make([]byte, copyBufferSize)

@@ -148,29 +148,6 @@ func TestDotWriter(t *testing.T) {
 	}
 }
 
-func TestDotWriterReadFromSeparatesReadErrors(t *testing.T) {
-	var out bytes.Buffer
-	bw := bufio.NewWriter(&out)
-	dw := newDotWriter(bw)
-	cause := errors.New("backend reset")
-	_, err := dw.ReadFrom(io.MultiReader(strings.NewReader("a\r\n"), iotest.ErrReader(cause)))
-	var re *readError
-	if !errors.As(err, &re) || !errors.Is(err, cause) {
-		t.Fatalf("ReadFrom error %v, want a readError wrapping the cause", err)
-	}
-
-	failing := bufio.NewWriterSize(errWriter{}, 16)
-	dw = newDotWriter(failing)
-	_, err = dw.ReadFrom(strings.NewReader(strings.Repeat("line\r\n", 100)))
-	if err == nil || errors.As(err, &re) {
-		t.Fatalf("ReadFrom error %v, want the write error", err)
-	}
-}
-
-type errWriter struct{}
-
-func (errWriter) Write([]byte) (int, error) { return 0, errors.New("client gone") }
-
 func TestTopReaderStopsReading(t *testing.T) {
 	src := &countingReader{r: strings.NewReader("H: 1\r\n\r\nb1\r\nb2\r\n" + strings.Repeat("more\r\n", 100000))}
 	got, err := io.ReadAll(newTopReader(iotest.OneByteReader(src), 2))
@@ -222,7 +199,7 @@ func BenchmarkRetrWrite(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		dw := newDotWriter(bw)
-		if _, err := dw.ReadFrom(bytes.NewReader(data)); err != nil {
+		if _, err := dw.Write(data); err != nil {
 			b.Fatal(err)
 		}
 		dw.Close()

@@ -40,7 +40,9 @@ func down(pattern string, a Action) Trigger {
 }
 
 // TestFaultPoints cuts or stalls the backend connection at every point of a
-// POP3 session (DESIGN.md invariants 1 and 7) and checks, for each:
+// POP3 session (a failing backend costs that session alone, within the
+// timeout, and removes nothing not deleted and committed: RFC 1939 §6) and
+// checks, for each:
 //   - the client gets -ERR [SYS/TEMP] or a closed connection, at the command
 //     the fault belongs to, within the configured backend timeout (+ slack);
 //   - a message body is never delivered truncated or altered;

@@ -9,8 +9,9 @@ package faults
 // changes, EXPUNGE of messages it appended earlier). The sessions record what
 // they saw; after the round everything is checked against the model of each
 // mailbox:
-//   - the POP3 listing holds every message that must remain (DESIGN.md
-//     invariant 1) and nothing that never existed;
+//   - the POP3 listing holds every message that must remain (only messages
+//     a session DELEted and then QUIT are removed: invariant 1, RFC 1939 §6)
+//     and nothing that never existed;
 //   - RETR and TOP return the appended bytes (invariant 2), LIST sizes equal
 //     them, a RETR fails only for a message the IMAP client expunged;
 //   - a message's UIDL never changes across sessions, UIDLs are unique and

@@ -1,6 +1,7 @@
-// Package faults proves mailgate's invariants (DESIGN.md) when the backend
-// misbehaves: a fault-injecting TCP proxy sits between the gateway and a real
-// Dovecot, and the tests cut, stall or slow the backend connection at chosen
+// Package faults proves mailgate's invariants (listed in package test's
+// doc.go) when the backend misbehaves: a fault-injecting TCP proxy sits
+// between the gateway and a real Dovecot, and the tests cut, stall or slow
+// the backend connection at chosen
 // points of the POP3-over-IMAP conversation (login, SELECT, the snapshot
 // FETCH, a body literal, the UID STORE and UID EXPUNGE of a QUIT), then check
 // what the client saw and what Dovecot kept. model_test.go runs randomized

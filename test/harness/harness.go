@@ -1,7 +1,7 @@
 // Package harness runs mailgate in-process for end-to-end tests: from a
 // generated YAML file (through config.Parse, as users' files go), with every
 // log entry kept as JSON so a test can read it and check that no credential
-// ever appears (DESIGN.md invariant 5).
+// ever appears: credentials never appear in logs, metrics or error messages.
 //
 //	g := harness.Start(t, yaml)             // stopped and checked in t.Cleanup
 //	conn, _ := net.Dial("tcp", g.Addr("pop3"))
@@ -133,7 +133,7 @@ func Secret(s string) {
 }
 
 // CheckNoSecrets fails the test when a registered credential appears in the
-// gateway's logs (DESIGN.md invariant 5).
+// gateway's logs, which must never hold one.
 func (g *Gateway) CheckNoSecrets() {
 	logs := g.Logs()
 	secrets.mu.Lock()

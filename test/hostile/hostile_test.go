@@ -1,6 +1,7 @@
 // Package hostile attacks mailgate's POP3 and IMAP listeners the way bad
-// clients do (DESIGN.md invariant 6): slowloris, megabyte lines, binary
-// junk, a thousand half-open connections, TLS handshakes that never finish.
+// clients do (a bad client costs bounded memory, gets a clear error and
+// never disturbs other sessions): slowloris, megabyte lines, binary junk, a
+// thousand half-open connections, TLS handshakes that never finish.
 // Each attack must cost bounded memory and time, and a normal client must be
 // served while it runs (log in, STAT or NOOP, QUIT or LOGOUT within a few
 // seconds).

@@ -224,7 +224,8 @@ func redact(s string, a account) string {
 
 // TestGarbagePreauthDoesNotDisturbOthers: clients sending 100 KB of garbage
 // before login are disconnected, while a logged-in session and new logins
-// carry on (DESIGN.md invariant 6).
+// carry on (a hostile client costs bounded memory and disturbs no other
+// session).
 func TestGarbagePreauthDoesNotDisturbOthers(t *testing.T) {
 	t.Parallel()
 	g := startGateway(t, gwOptions{})

@@ -137,8 +137,9 @@ func TestStartTLSPipelinedNotExecuted(t *testing.T) {
 // mailgate (LOGIN quoted and as a literal, AUTHENTICATE PLAIN and LOGIN,
 // wrong passwords, refusals before TLS, backends down or untrusted) with
 // debug logging, then searches the logs for each password and its base64
-// forms (DESIGN.md invariant 5). Every other test's gateway is searched too,
-// at its cleanup, for the passwords registered with harness.Secret.
+// forms, which must never appear there. Every other test's gateway is
+// searched too, at its cleanup, for the passwords registered with
+// harness.Secret.
 func TestNoCredentialsInLogs(t *testing.T) {
 	t.Parallel()
 	g := startGateway(t, gwOptions{BackendDial: 2 * time.Second})

@@ -1,16 +1,19 @@
-// Package memimap serves go-imap's in-memory IMAP server (imapmemserver) on a
-// free loopback port, seeded with users and messages: the backend of
-// `mailgate demo` and of tests that need a backend to misbehave in ways
-// Dovecot won't (LIBRARY-NOTES §1.8).
+// Package imaptest serves an in-memory backend IMAP server on a free
+// loopback port, seeded with users and messages: what upstream talks to in
+// `mailgate demo` and in tests that need a backend without Dovecot, or one
+// that can be stopped at will. It is go-imap's imapserver over its
+// imapmemserver store, offering IMAP4rev1 and IMAP4rev2 and accepting LOGIN
+// without TLS; the store has no fault hooks, so fault tests wrap the
+// listener or the connection.
 //
-//	srv, err := memimap.Start(memimap.User{Name: "alice", Password: "secret",
+//	srv, err := imaptest.Start(imaptest.User{Name: "alice", Password: "secret",
 //		Messages: [][]byte{msg}})
 //	defer srv.Close()
 //	addr := srv.Addr() // 127.0.0.1:port, cleartext IMAP, LOGIN allowed
 //
-// It does not import package testing, so the mailgate binary can link it for
-// its demo.
-package memimap
+// Like net/http/httptest it sits beside the code it serves and does not
+// import package testing, so the mailgate binary can link it for its demo.
+package imaptest
 
 import (
 	"bytes"
