@@ -20,7 +20,6 @@
 package pebbletest
 
 import (
-	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -39,9 +38,10 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
-	"sync"
 	"testing"
 	"time"
+
+	"mailgate/test/syncbuf"
 )
 
 // Paths of the Debian package's binaries.
@@ -240,7 +240,7 @@ func startChallTestSrv(t testing.TB) string {
 // killed and reaped in t.Cleanup. Its output is logged if the test fails.
 func startProcess(t testing.TB, name, bin string, args, env []string) {
 	t.Helper()
-	out := &syncBuffer{}
+	out := &syncbuf.Buffer{}
 	cmd := exec.Command(bin, args...)
 	cmd.Env = env
 	cmd.Stdout, cmd.Stderr = out, out
@@ -352,23 +352,4 @@ func writeAPICert(certPath, keyPath string) error {
 		return err
 	}
 	return os.WriteFile(keyPath, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600)
-}
-
-// syncBuffer collects a process's output; exec copies into it from its own
-// goroutines.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
