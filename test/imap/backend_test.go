@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/emersion/go-imap/v2"
+
+	"mailgate/test/syncbuf"
 )
 
 // TestBackendUnavailable: a backend that refuses connections or never
@@ -120,23 +122,8 @@ func TestBackendTLS(t *testing.T) {
 	})
 }
 
-// tap is a TCP relay in front of Dovecot that records what mailgate sends.
-type tap struct {
-	mu   sync.Mutex
-	sent bytes.Buffer
-}
-
-func (tp *tap) Write(p []byte) (int, error) {
-	tp.mu.Lock()
-	defer tp.mu.Unlock()
-	return tp.sent.Write(p)
-}
-
-func (tp *tap) String() string {
-	tp.mu.Lock()
-	defer tp.mu.Unlock()
-	return tp.sent.String()
-}
+// tap records what mailgate sends through a TCP relay in front of Dovecot.
+type tap = syncbuf.Buffer
 
 // startTap listens on loopback and relays every connection to target.
 func startTap(t *testing.T, target string) (*tap, string) {
