@@ -2,19 +2,17 @@ package gateway
 
 import (
 	"crypto/tls"
-	"crypto/x509"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
-	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
-	mgtls "mailgate/tls"
+	"mailgate/test/testca"
 )
 
 const testMessage = "From: a@example.org\r\nSubject: hi\r\n\r\nhello\r\n.dot line\r\n"
@@ -56,22 +54,22 @@ func metricValue(t *testing.T, body, sample string) float64 {
 func TestMetricsAfterScriptedPOP3Session(t *testing.T) {
 	srv, _ := startGateway(t, baseConfig, memBackend(t, testMessage, testMessage))
 	c := dialPOP3(t, srv.Addr("pop3"), "")
-	if g := c.line(); !strings.HasPrefix(g, "+OK") {
+	if g := c.Line(); !strings.HasPrefix(g, "+OK") {
 		t.Fatalf("greeting %q", g)
 	}
-	c.cmd("USER alice")
-	if r := c.cmd("PASS secret"); !strings.HasPrefix(r, "+OK") {
+	c.Command("USER alice", "")
+	if r := c.Command("PASS secret", ""); !strings.HasPrefix(r, "+OK") {
 		t.Fatalf("PASS: %q", r)
 	}
-	if r := c.cmd("RETR 1"); !strings.HasPrefix(r, "+OK") {
+	if r := c.Command("RETR 1", ""); !strings.HasPrefix(r, "+OK") {
 		t.Fatalf("RETR: %q", r)
 	}
-	body := strings.Join(c.multi(), "\r\n") + "\r\n"
+	body := strings.Join(c.Lines(), "\r\n") + "\r\n"
 	if body != testMessage {
 		t.Fatalf("RETR body %q, want %q", body, testMessage)
 	}
-	c.cmd("DELE 2")
-	if r := c.cmd("QUIT"); !strings.HasPrefix(r, "+OK") {
+	c.Command("DELE 2", "")
+	if r := c.Command("QUIT", ""); !strings.HasPrefix(r, "+OK") {
 		t.Fatalf("QUIT: %q", r)
 	}
 
@@ -130,17 +128,17 @@ func TestFailedLoginFloodFromOneIPIsRefusedWhileAnotherLogsIn(t *testing.T) {
 	// 127.0.0.2 guesses passwords: three failures (the limit is 3/min)...
 	for i := 0; i < 3; i++ {
 		c := dialPOP3(t, addr, "127.0.0.2")
-		c.line()
-		c.cmd("USER alice")
-		if r := c.cmd(fmt.Sprintf("PASS wrong%d", i)); !strings.HasPrefix(r, "-ERR [AUTH]") {
+		c.Line()
+		c.Command("USER alice", "")
+		if r := c.Command(fmt.Sprintf("PASS wrong%d", i), ""); !strings.HasPrefix(r, "-ERR [AUTH]") {
 			t.Fatalf("wrong password %d: %q", i, r)
 		}
 	}
 	// ...then even the right password is refused, temporarily.
 	c := dialPOP3(t, addr, "127.0.0.2")
-	c.line()
-	c.cmd("USER alice")
-	if r := c.cmd("PASS secret"); !strings.HasPrefix(r, "-ERR [SYS/TEMP]") {
+	c.Line()
+	c.Command("USER alice", "")
+	if r := c.Command("PASS secret", ""); !strings.HasPrefix(r, "-ERR [SYS/TEMP]") {
 		t.Fatalf("login from a flooding address: %q, want -ERR [SYS/TEMP]", r)
 	}
 	// Meanwhile 127.0.0.1 logs in normally... but alice herself is over the
@@ -166,17 +164,17 @@ func TestLoginFromAnotherIPWhileOneIsFlooding(t *testing.T) {
 	addr := srv.Addr("pop3")
 	for i := 0; i < 3; i++ {
 		c := dialPOP3(t, addr, "127.0.0.2")
-		c.line()
-		c.cmd("USER mallory")
-		c.cmd("PASS guess")
+		c.Line()
+		c.Command("USER mallory", "")
+		c.Command("PASS guess", "")
 	}
 	c := dialPOP3(t, addr, "127.0.0.3")
-	c.line()
-	c.cmd("USER alice")
-	if r := c.cmd("PASS secret"); !strings.HasPrefix(r, "+OK") {
+	c.Line()
+	c.Command("USER alice", "")
+	if r := c.Command("PASS secret", ""); !strings.HasPrefix(r, "+OK") {
 		t.Fatalf("login from a well-behaved address: %q", r)
 	}
-	c.cmd("QUIT")
+	c.Command("QUIT", "")
 }
 
 func TestProxyProtocolFromTrustedPeer(t *testing.T) {
@@ -188,30 +186,31 @@ func TestProxyProtocolFromTrustedPeer(t *testing.T) {
 
 	// A trusted peer sends a header: the client address is the header's.
 	c := dialPOP3(t, addr, "127.0.0.1")
-	io.WriteString(c.c, "PROXY TCP4 203.0.113.7 127.0.0.1 5555 110\r\n")
-	if g := c.line(); !strings.HasPrefix(g, "+OK") {
+	c.Send("PROXY TCP4 203.0.113.7 127.0.0.1 5555 110")
+	if g := c.Line(); !strings.HasPrefix(g, "+OK") {
 		t.Fatalf("greeting after PROXY header: %q", g)
 	}
-	c.cmd("USER alice")
-	c.cmd("PASS nope")
+	c.Command("USER alice", "")
+	c.Command("PASS nope", "")
 	if logs.FilterMessage("login failed").FilterField(zapString("client_ip", "203.0.113.7")).Len() != 1 {
 		t.Errorf("the failed login was not logged with the PROXY client address: %v", logs.FilterMessage("login failed").All())
 	}
 
 	// A trusted peer without a header is refused.
 	c2 := dialPOP3(t, addr, "127.0.0.1")
-	io.WriteString(c2.c, "USER alice\r\n")
-	if l, err := c2.r.ReadString('\n'); err == nil {
+	c2.Send("USER alice")
+	c2.SetReadDeadline()
+	if l, err := c2.Reader().ReadString('\n'); err == nil {
 		t.Errorf("a trusted peer without PROXY header was served: %q", l)
 	}
 
 	// An untrusted peer is greeted at once and its header is just garbage.
 	c3 := dialPOP3(t, addr, "127.0.0.4")
 	start := time.Now()
-	if g := c3.line(); !strings.HasPrefix(g, "+OK") || time.Since(start) > time.Second {
+	if g := c3.Line(); !strings.HasPrefix(g, "+OK") || time.Since(start) > time.Second {
 		t.Fatalf("untrusted peer: greeting %q after %v", g, time.Since(start))
 	}
-	if r := c3.cmd("PROXY TCP4 198.51.100.1 127.0.0.1 5555 110"); !strings.HasPrefix(r, "-ERR") {
+	if r := c3.Command("PROXY TCP4 198.51.100.1 127.0.0.1 5555 110", ""); !strings.HasPrefix(r, "-ERR") {
 		t.Errorf("PROXY header from an untrusted peer: %q", r)
 	}
 }
@@ -227,21 +226,19 @@ func TestInsecureSkipVerifyIsLoud(t *testing.T) {
 
 func TestMetricsCountTLSHandshakes(t *testing.T) {
 	dir := t.TempDir()
-	cert, err := mgtls.SelfSigned("127.0.0.1")
+	ca, err := testca.New()
 	if err != nil {
 		t.Fatal(err)
 	}
-	certFile, keyFile := filepath.Join(dir, "c.pem"), filepath.Join(dir, "k.pem")
-	if err := mgtls.WritePEM(cert, certFile, keyFile); err != nil {
+	certFile, keyFile, err := ca.WriteLeaf(dir, "gateway", "127.0.0.1")
+	if err != nil {
 		t.Fatal(err)
 	}
 	yaml := fmt.Sprintf("tls: {certificates: [{cert: %q, key: %q}]}\n", certFile, keyFile) +
 		strings.Replace(baseConfig, `{name: imap, protocol: imap, address: "127.0.0.1:0", tls: none, allow_plaintext_auth: true}`,
 			`{name: imaps, protocol: imap, address: "127.0.0.1:0", tls: implicit}`, 1)
 	srv, _ := startGateway(t, yaml, memBackend(t))
-	pool := x509.NewCertPool()
-	pool.AddCert(cert.Leaf)
-	c, err := tls.Dial("tcp", srv.Addr("imaps").String(), &tls.Config{RootCAs: pool, ServerName: "127.0.0.1"})
+	c, err := tls.Dial("tcp", srv.Addr("imaps").String(), &tls.Config{RootCAs: ca.Pool(), ServerName: "127.0.0.1"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -285,20 +282,12 @@ func grepLines(s, sub string) string {
 func TestConnectionIDsUniqueAcrossProtocols(t *testing.T) {
 	srv, logs := startGateway(t, baseConfig, memBackend(t, testMessage))
 	p := dialPOP3(t, srv.Addr("pop3"), "")
-	if g := p.line(); !strings.HasPrefix(g, "+OK") {
-		t.Fatalf("POP3 greeting %q", g)
-	}
-	if r := p.cmd("QUIT"); !strings.HasPrefix(r, "+OK") {
-		t.Fatalf("QUIT: %q", r)
-	}
+	p.Expect("+OK")
+	p.Command("QUIT", "+OK")
 	i := dialPOP3(t, srv.Addr("imap"), "") // a line client is all IMAP needs here
-	if g := i.line(); !strings.HasPrefix(g, "* OK") {
-		t.Fatalf("IMAP greeting %q", g)
-	}
-	i.cmd("a LOGOUT") // * BYE
-	if r := i.line(); !strings.HasPrefix(r, "a OK") {
-		t.Fatalf("LOGOUT: %q", r)
-	}
+	i.Expect("* OK")
+	i.Command("a LOGOUT", "* BYE")
+	i.Expect("a OK")
 	deadline := time.Now().Add(5 * time.Second)
 	for logs.FilterMessage("session end").Len() < 2 && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)

@@ -1,9 +1,7 @@
 package gateway
 
 import (
-	"bufio"
 	"context"
-	"io"
 	"net"
 	"strings"
 	"sync"
@@ -14,6 +12,7 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 
 	"mailgate/gateway/config"
+	"mailgate/test/transcript"
 	"mailgate/upstream/imaptest"
 )
 
@@ -72,57 +71,21 @@ func startGateway(t *testing.T, yaml, backend string) (*Server, *observer.Observ
 	return srv, logs
 }
 
-// pop3Conn is a line-level POP3 test client.
-type pop3Conn struct {
-	t *testing.T
-	c net.Conn
-	r *bufio.Reader
-}
-
-func dialPOP3(t *testing.T, addr net.Addr, from string) *pop3Conn {
+// dialPOP3 connects to addr, from the local address from when it is not
+// empty, for a POP3 transcript.
+func dialPOP3(t *testing.T, addr net.Addr, from string) *transcript.Conn {
 	t.Helper()
 	d := net.Dialer{Timeout: 5 * time.Second}
 	if from != "" {
 		d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(from)}
 	}
-	c, err := d.Dial("tcp", addr.String())
+	conn, err := d.Dial("tcp", addr.String())
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { c.Close() })
-	c.SetDeadline(time.Now().Add(20 * time.Second))
-	return &pop3Conn{t: t, c: c, r: bufio.NewReader(c)}
-}
-
-func (p *pop3Conn) line() string {
-	p.t.Helper()
-	l, err := p.r.ReadString('\n')
-	if err != nil {
-		p.t.Fatalf("read: %v (got %q)", err, l)
-	}
-	return strings.TrimRight(l, "\r\n")
-}
-
-// cmd sends a command and returns the first response line.
-func (p *pop3Conn) cmd(s string) string {
-	p.t.Helper()
-	if _, err := io.WriteString(p.c, s+"\r\n"); err != nil {
-		p.t.Fatal(err)
-	}
-	return p.line()
-}
-
-// multi reads a multi-line body up to the terminating dot.
-func (p *pop3Conn) multi() []string {
-	p.t.Helper()
-	var lines []string
-	for {
-		l := p.line()
-		if l == "." {
-			return lines
-		}
-		lines = append(lines, strings.TrimPrefix(l, "."))
-	}
+	c := transcript.New(t, conn)
+	c.Timeout = 20 * time.Second
+	return c
 }
 
 func zapString(k, v string) zap.Field { return zap.String(k, v) }

@@ -36,11 +36,11 @@ func TestShutdownWithDeletionsPendingDeletesNothing(t *testing.T) {
 	backend := memBackend(t, testMessage, testMessage, testMessage)
 	srv, _ := startGateway(t, baseConfig, backend)
 	c := dialPOP3(t, srv.Addr("pop3"), "")
-	c.line()
-	c.cmd("USER alice")
-	c.cmd("PASS secret")
+	c.Line()
+	c.Command("USER alice", "")
+	c.Command("PASS secret", "")
 	for _, n := range []string{"1", "2", "3"} {
-		if r := c.cmd("DELE " + n); !strings.HasPrefix(r, "+OK") {
+		if r := c.Command("DELE "+n, ""); !strings.HasPrefix(r, "+OK") {
 			t.Fatalf("DELE %s: %q", n, r)
 		}
 	}
@@ -48,7 +48,8 @@ func TestShutdownWithDeletionsPendingDeletesNothing(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	srv.Shutdown(ctx)
-	io.ReadAll(c.r) // the connection ends
+	c.SetReadDeadline()
+	io.ReadAll(c.Reader()) // the connection ends
 	if n := messageCount(t, backend); n != 3 {
 		t.Fatalf("after shutdown with 3 DELE pending the mailbox has %d messages, want 3", n)
 	}
@@ -58,9 +59,9 @@ func TestShutdownGraceLetsASessionFinish(t *testing.T) {
 	backend := memBackend(t, testMessage, testMessage)
 	srv, _ := startGateway(t, baseConfig, backend)
 	c := dialPOP3(t, srv.Addr("pop3"), "")
-	c.line()
-	c.cmd("USER alice")
-	c.cmd("PASS secret")
+	c.Line()
+	c.Command("USER alice", "")
+	c.Command("PASS secret", "")
 	done := make(chan struct{})
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -82,8 +83,8 @@ func TestShutdownGraceLetsASessionFinish(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	// ...while the session in progress completes, deletion included.
-	c.cmd("DELE 1")
-	if r := c.cmd("QUIT"); !strings.HasPrefix(r, "+OK") {
+	c.Command("DELE 1", "")
+	if r := c.Command("QUIT", ""); !strings.HasPrefix(r, "+OK") {
 		t.Fatalf("QUIT during the grace period: %q", r)
 	}
 	<-done
@@ -97,11 +98,11 @@ func TestShutdownDuringRetrNeverSendsATruncatedBody(t *testing.T) {
 	backend := memBackend(t, big)
 	srv, _ := startGateway(t, baseConfig, backend)
 	c := dialPOP3(t, srv.Addr("pop3"), "")
-	c.line()
-	c.cmd("USER alice")
-	c.cmd("PASS secret")
-	io.WriteString(c.c, "RETR 1\r\n")
-	first := c.line()
+	c.Line()
+	c.Command("USER alice", "")
+	c.Command("PASS secret", "")
+	c.Send("RETR 1")
+	first := c.Line()
 	if !strings.HasPrefix(first, "+OK") {
 		t.Fatalf("RETR: %q", first)
 	}
@@ -119,7 +120,8 @@ func TestShutdownDuringRetrNeverSendsATruncatedBody(t *testing.T) {
 
 	// Read what arrives: either the whole body and its ".", or the
 	// connection ends without the ".".
-	r := c.r
+	c.SetReadDeadline()
+	r := c.Reader()
 	var body strings.Builder
 	terminated := false
 	for {
@@ -144,9 +146,9 @@ func TestReloadRoutesNewSessionsAndKeepsSessionsInFlight(t *testing.T) {
 	srv, _ := startGateway(t, baseConfig, a)
 
 	inFlight := dialPOP3(t, srv.Addr("pop3"), "")
-	inFlight.line()
-	inFlight.cmd("USER alice")
-	inFlight.cmd("PASS secret")
+	inFlight.Line()
+	inFlight.Command("USER alice", "")
+	inFlight.Command("PASS secret", "")
 
 	cfg, err := config.Parse([]byte(strings.ReplaceAll(baseConfig, "BACKEND", b)))
 	if err != nil {
@@ -155,25 +157,25 @@ func TestReloadRoutesNewSessionsAndKeepsSessionsInFlight(t *testing.T) {
 	if err := srv.Reload(cfg); err != nil {
 		t.Fatal(err)
 	}
-	if r := inFlight.cmd("STAT"); r != "+OK 1 "+strconv.Itoa(len(testMessage)) {
+	if r := inFlight.Command("STAT", ""); r != "+OK 1 "+strconv.Itoa(len(testMessage)) {
 		t.Errorf("session in flight after reload: STAT %q, want backend A's single message", r)
 	}
-	inFlight.cmd("QUIT")
+	inFlight.Command("QUIT", "")
 
 	c := dialPOP3(t, srv.Addr("pop3"), "")
-	c.line()
-	c.cmd("USER alice")
-	c.cmd("PASS secret")
-	if r := c.cmd("STAT"); !strings.HasPrefix(r, "+OK 2 ") {
+	c.Line()
+	c.Command("USER alice", "")
+	c.Command("PASS secret", "")
+	if r := c.Command("STAT", ""); !strings.HasPrefix(r, "+OK 2 ") {
 		t.Errorf("new session after reload: STAT %q, want backend B's two messages", r)
 	}
-	c.cmd("QUIT")
+	c.Command("QUIT", "")
 }
 
 func TestReloadAppliesLimits(t *testing.T) {
 	srv, _ := startGateway(t, baseConfig, memBackend(t, testMessage))
 	first := dialPOP3(t, srv.Addr("pop3"), "127.0.0.9")
-	if g := first.line(); !strings.HasPrefix(g, "+OK") {
+	if g := first.Line(); !strings.HasPrefix(g, "+OK") {
 		t.Fatalf("greeting %q", g)
 	}
 	cfg, err := config.Parse([]byte(strings.ReplaceAll(strings.Replace(baseConfig,
@@ -185,10 +187,10 @@ func TestReloadAppliesLimits(t *testing.T) {
 		t.Fatal(err)
 	}
 	second := dialPOP3(t, srv.Addr("pop3"), "127.0.0.9")
-	if g := second.line(); !strings.HasPrefix(g, "-ERR [SYS/TEMP]") {
+	if g := second.Line(); !strings.HasPrefix(g, "-ERR [SYS/TEMP]") {
 		t.Fatalf("a second connection from one address after reloading per_ip: 1: %q", g)
 	}
-	if g := dialPOP3(t, srv.Addr("pop3"), "127.0.0.10").line(); !strings.HasPrefix(g, "+OK") {
+	if g := dialPOP3(t, srv.Addr("pop3"), "127.0.0.10").Line(); !strings.HasPrefix(g, "+OK") {
 		t.Fatalf("another address after the reload: %q", g)
 	}
 }

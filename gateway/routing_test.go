@@ -13,11 +13,11 @@ import (
 func loginPOP3(t *testing.T, srv *Server, user, pass string) string {
 	t.Helper()
 	c := dialPOP3(t, srv.Addr("pop3"), "")
-	c.line()
-	c.cmd("USER " + user)
-	r := c.cmd("PASS " + pass)
+	c.Line()
+	c.Command("USER "+user, "")
+	r := c.Command("PASS "+pass, "")
 	if strings.HasPrefix(r, "+OK") {
-		c.cmd("QUIT")
+		c.Command("QUIT", "")
 	}
 	return r
 }

@@ -16,6 +16,8 @@ import (
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest"
 	"go.uber.org/zap/zaptest/observer"
+
+	"mailgate/test/testca"
 )
 
 // testLogger logs to the test and to an observer the test can query. Once
@@ -48,14 +50,39 @@ func (c gatedCore) Check(e zapcore.Entry, ce *zapcore.CheckedEntry) *zapcore.Che
 	return c.Core.Check(e, ce)
 }
 
-// writePair writes a new self-signed pair for names into dir and returns the
-// file names and the certificate.
-func writePair(t *testing.T, dir, base string, names ...string) (CertificateFile, tls.Certificate) {
+// testCA issues the package's test certificates (test/testca); testRoots
+// trusts it. TestSelfSigned alone makes its own, with the SelfSigned under
+// test.
+var testCA = sync.OnceValues(testca.New)
+
+func testRoots(t *testing.T) *x509.CertPool {
 	t.Helper()
-	cert, err := SelfSigned(names...)
+	ca, err := testCA()
 	if err != nil {
 		t.Fatal(err)
 	}
+	return ca.Pool()
+}
+
+// testCert issues a new certificate for names from testCA.
+func testCert(t *testing.T, names ...string) tls.Certificate {
+	t.Helper()
+	ca, err := testCA()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := ca.TLSCertificate(names...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cert
+}
+
+// writePair writes a new pair for names from testCA into dir and returns the
+// file names and the certificate.
+func writePair(t *testing.T, dir, base string, names ...string) (CertificateFile, tls.Certificate) {
+	t.Helper()
+	cert := testCert(t, names...)
 	f := CertificateFile{Cert: filepath.Join(dir, base+".crt"), Key: filepath.Join(dir, base+".key")}
 	if err := WritePEM(cert, f.Cert, f.Key); err != nil {
 		t.Fatal(err)

@@ -22,7 +22,7 @@ func staticManager(t *testing.T) (*Manager, map[string]tls.Certificate, *x509.Ce
 	log, _ := testLogger(t)
 	certs := map[string]tls.Certificate{}
 	var files []CertificateFile
-	roots := x509.NewCertPool()
+	roots := testRoots(t)
 	for _, p := range []struct {
 		base  string
 		names []string
@@ -34,7 +34,6 @@ func staticManager(t *testing.T) (*Manager, map[string]tls.Certificate, *x509.Ce
 		f, c := writePair(t, dir, p.base, p.names...)
 		files = append(files, f)
 		certs[p.base] = c
-		roots.AddCert(c.Leaf)
 	}
 	m, err := New(context.Background(), Config{Certificates: files}, log)
 	if err != nil {
@@ -92,10 +91,7 @@ func TestStaticReload(t *testing.T) {
 	defer before.Close()
 	echo(t, before)
 
-	fresh, err := SelfSigned("mail.example.com")
-	if err != nil {
-		t.Fatal(err)
-	}
+	fresh := testCert(t, "mail.example.com")
 	if err := WritePEM(fresh, files[0].Cert, files[0].Key); err != nil {
 		t.Fatal(err)
 	}
@@ -141,10 +137,7 @@ func TestStaticReloadBrokenKeepsOld(t *testing.T) {
 			}
 		}, "wildcard.key"},
 		{"key of another certificate", func(t *testing.T, f CertificateFile, dir string) {
-			other, err := SelfSigned("x.example.org")
-			if err != nil {
-				t.Fatal(err)
-			}
+			other := testCert(t, "x.example.org")
 			if err := WritePEM(other, filepath.Join(dir, "unused.crt"), f.Key); err != nil {
 				t.Fatal(err)
 			}
@@ -188,9 +181,8 @@ func TestStaticReloadBrokenKeepsOld(t *testing.T) {
 
 func TestMinVersion(t *testing.T) {
 	dir := t.TempDir()
-	f, cert := writePair(t, dir, "c", "mail.example.com")
-	roots := x509.NewCertPool()
-	roots.AddCert(cert.Leaf)
+	f, _ := writePair(t, dir, "c", "mail.example.com")
+	roots := testRoots(t)
 	for _, tc := range []struct {
 		config     string
 		client     uint16 // client's MaxVersion

@@ -7,43 +7,21 @@ import (
 	"io"
 	"net"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
-)
 
-// handoffLine reads one line from a handed-off connection.
-func handoffLine(t *testing.T, br *bufio.Reader, conn net.Conn) string {
-	t.Helper()
-	conn.SetReadDeadline(time.Now().Add(5 * time.Second))
-	l, err := br.ReadString('\n')
-	if err != nil {
-		t.Fatalf("read: %v (%q)", err, l)
-	}
-	return strings.TrimSuffix(l, "\r\n")
-}
+	"mailgate/test/transcript"
+)
 
 // selectThrough runs SELECT INBOX over a handed-off connection.
 func selectThrough(t *testing.T, p *Session, exists string) {
 	t.Helper()
-	p.Conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
-	if _, err := io.WriteString(p.Conn, "s1 SELECT INBOX\r\n"); err != nil {
-		t.Fatal(err)
-	}
-	br := bufio.NewReader(p.Conn)
-	sawExists := false
-	for {
-		l := handoffLine(t, br, p.Conn)
-		if l == "* "+exists+" EXISTS" {
-			sawExists = true
-		}
-		if strings.HasPrefix(l, "s1 ") {
-			if !strings.HasPrefix(l, "s1 OK") || !sawExists {
-				t.Fatalf("SELECT: %q (exists seen: %v)", l, sawExists)
-			}
-			return
-		}
+	untagged, st := transcript.New(t, p.Conn).Tagged("s1", "SELECT INBOX")
+	if !strings.HasPrefix(st, "s1 OK") || !slices.Contains(untagged, "* "+exists+" EXISTS") {
+		t.Fatalf("SELECT: %q (untagged %q, want * %s EXISTS)", st, untagged, exists)
 	}
 }
 
@@ -241,15 +219,14 @@ func TestLoginForwardIDAndReadAhead(t *testing.T) {
 	if strings.Join(p.Caps, " ") != "IMAP4rev1 IDLE MOVE" {
 		t.Fatalf("caps %q", p.Caps)
 	}
-	br := bufio.NewReader(p.Conn)
-	if l := handoffLine(t, br, p.Conn); l != "* 7 EXISTS" {
+	c := transcript.New(t, p.Conn)
+	if l := c.Line(); l != "* 7 EXISTS" {
 		t.Fatalf("first handed-over line %q", l)
 	}
-	if l := handoffLine(t, br, p.Conn); l != "* OK [UIDNEXT 9] pushed at once" {
+	if l := c.Line(); l != "* OK [UIDNEXT 9] pushed at once" {
 		t.Fatalf("second handed-over line %q", l)
 	}
-	io.WriteString(p.Conn, "x NOOP\r\n")
-	if l := handoffLine(t, br, p.Conn); l != "x OK" {
+	if l := c.Command("x NOOP", ""); l != "x OK" {
 		t.Fatalf("%q", l)
 	}
 }

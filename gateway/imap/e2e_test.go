@@ -86,7 +86,7 @@ func targetFor(t *testing.T, addr string) upstream.Target {
 }
 
 func TestEndToEndThroughHandoff(t *testing.T) {
-	pool, cert, _ := testCert(t)
+	pool, cert := testCert(t)
 	cfg := Config{
 		Listener:         "e2e",
 		Backend:          handoffBackend{targetFor(t, memBackend(t))},

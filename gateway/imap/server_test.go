@@ -13,6 +13,7 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 
 	"mailgate/gateway/internal/connlog"
+	"mailgate/test/transcript"
 )
 
 func b64(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }
@@ -21,13 +22,13 @@ func b64(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) 
 // LOGINDISABLED, offers no AUTH= mechanism, and refuses every login with
 // PRIVACYREQUIRED (RFC 9051 §6.2.3 and §7.2.2, RFC 8314).
 func TestCleartextRefusesLoginWithPrivacyRequired(t *testing.T) {
-	_, cert, _ := testCert(t)
+	_, cert := testCert(t)
 	b := newFakeBackend(nil)
 	cfg := testConfig(t, b)
 	cfg.AllowPlaintextAuth = false
 	cfg.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}}
 	c := startPipe(t, cfg)
-	g := c.expect("* OK [CAPABILITY ")
+	g := c.Expect("* OK [CAPABILITY ")
 	for _, want := range []string{"STARTTLS", "LOGINDISABLED"} {
 		if !strings.Contains(g, want) {
 			t.Errorf("greeting %q lacks %s", g, want)
@@ -36,22 +37,22 @@ func TestCleartextRefusesLoginWithPrivacyRequired(t *testing.T) {
 	if strings.Contains(g, "AUTH=") {
 		t.Errorf("greeting %q offers AUTH= before TLS", g)
 	}
-	c.send("a LOGIN alice secret\r\n")
-	c.expect("a NO [PRIVACYREQUIRED]")
-	c.send("b AUTHENTICATE PLAIN " + b64("\x00alice\x00secret") + "\r\n")
-	c.expect("b NO [PRIVACYREQUIRED]")
-	c.send("c AUTHENTICATE LOGIN\r\n")
-	c.expect("c NO [PRIVACYREQUIRED]")
-	c.send("d CAPABILITY\r\n")
-	capLine := c.expect("* CAPABILITY IMAP4rev1 ")
+	c.Send("a LOGIN alice secret")
+	c.Expect("a NO [PRIVACYREQUIRED]")
+	c.SendRaw("b AUTHENTICATE PLAIN " + b64("\x00alice\x00secret") + "\r\n")
+	c.Expect("b NO [PRIVACYREQUIRED]")
+	c.Send("c AUTHENTICATE LOGIN")
+	c.Expect("c NO [PRIVACYREQUIRED]")
+	c.Send("d CAPABILITY")
+	capLine := c.Expect("* CAPABILITY IMAP4rev1 ")
 	if !strings.Contains(capLine, "LOGINDISABLED") || strings.Contains(capLine, "AUTH=") {
 		t.Errorf("capability %q", capLine)
 	}
-	c.expect("d OK")
-	c.send("e LOGOUT\r\n")
-	c.expect("* BYE")
-	c.expect("e OK")
-	c.expectClosed()
+	c.Expect("d OK")
+	c.Send("e LOGOUT")
+	c.Expect("* BYE")
+	c.Expect("e OK")
+	c.ExpectClosed()
 	if len(b.logins) != 0 {
 		t.Fatal("credentials reached the backend over cleartext")
 	}
@@ -59,25 +60,25 @@ func TestCleartextRefusesLoginWithPrivacyRequired(t *testing.T) {
 
 func TestNotAuthenticatedCommands(t *testing.T) {
 	c := startPipe(t, testConfig(t, newFakeBackend(nil)))
-	c.expect("* OK [CAPABILITY IMAP4rev1 SASL-IR LITERAL+ ID AUTH=PLAIN AUTH=LOGIN] mailgate ready")
-	c.send("a NOOP\r\n")
-	c.expect("a OK")
-	c.send("b SELECT INBOX\r\n")
-	c.expect("b BAD Log in first")
-	c.send("c ID (\"name\" \"Thunderbird\" \"version\" NIL)\r\n")
-	c.expect(`* ID ("name" "mailgate")`)
-	c.expect("c OK")
-	c.send("d ID NIL\r\n")
-	c.expect("* ID")
-	c.expect("d OK")
-	c.send("e STARTTLS\r\n")
-	c.expect("e BAD STARTTLS not available")
-	c.send("f NOOP extra\r\n")
-	c.expect("f BAD")
-	c.send("g LOGOUT\r\n")
-	c.expect("* BYE")
-	c.expect("g OK")
-	c.expectClosed()
+	c.Expect("* OK [CAPABILITY IMAP4rev1 SASL-IR LITERAL+ ID AUTH=PLAIN AUTH=LOGIN] mailgate ready")
+	c.Send("a NOOP")
+	c.Expect("a OK")
+	c.Send("b SELECT INBOX")
+	c.Expect("b BAD Log in first")
+	c.Send("c ID (\"name\" \"Thunderbird\" \"version\" NIL)")
+	c.Expect(`* ID ("name" "mailgate")`)
+	c.Expect("c OK")
+	c.Send("d ID NIL")
+	c.Expect("* ID")
+	c.Expect("d OK")
+	c.Send("e STARTTLS")
+	c.Expect("e BAD STARTTLS not available")
+	c.Send("f NOOP extra")
+	c.Expect("f BAD")
+	c.Send("g LOGOUT")
+	c.Expect("* BYE")
+	c.Expect("g OK")
+	c.ExpectClosed()
 }
 
 func TestIDBounds(t *testing.T) {
@@ -97,9 +98,9 @@ func TestIDBounds(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			c := startPipe(t, testConfig(t, newFakeBackend(nil)))
-			c.expect("* OK")
-			c.send("a ID " + tt.args + "\r\n")
-			c.expect("a BAD")
+			c.Expect("* OK")
+			c.SendRaw("a ID " + tt.args + "\r\n")
+			c.Expect("a BAD")
 		})
 	}
 }
@@ -109,48 +110,50 @@ func TestIDBounds(t *testing.T) {
 func TestLoginVariantsReachBackend(t *testing.T) {
 	tests := []struct {
 		name   string
-		dialog func(c *testClient)
+		dialog func(c *transcript.Conn)
 		user   string
 		pass   string
 	}{
-		{"LOGIN atoms", func(c *testClient) { c.send("a LOGIN alice secret\r\n") }, "alice", "secret"},
-		{"LOGIN quoted", func(c *testClient) { c.send(`a LOGIN "alice@example.org" "p a\"s\\s"` + "\r\n") }, "alice@example.org", `p a"s\s`},
-		{"LOGIN sync literals", func(c *testClient) {
-			c.send("a LOGIN {5}\r\n")
-			c.expect("+ ")
-			c.send("alice {6}\r\n")
-			c.expect("+ ")
-			c.send("pässw\r\n")
+		{"LOGIN atoms", func(c *transcript.Conn) { c.Send("a LOGIN alice secret") }, "alice", "secret"},
+		{"LOGIN quoted", func(c *transcript.Conn) { c.SendRaw(`a LOGIN "alice@example.org" "p a\"s\\s"` + "\r\n") }, "alice@example.org", `p a"s\s`},
+		{"LOGIN sync literals", func(c *transcript.Conn) {
+			c.Send("a LOGIN {5}")
+			c.Expect("+ ")
+			c.Send("alice {6}")
+			c.Expect("+ ")
+			c.Send("pässw")
 		}, "alice", "pässw"},
-		{"LOGIN LITERAL+", func(c *testClient) { c.send("a LOGIN {5+}\r\nalice {2+}\r\n\"\\\r\n") }, "alice", `"\`},
-		{"PLAIN SASL-IR", func(c *testClient) { c.send("a AUTHENTICATE PLAIN " + b64("\x00alice\x00secret") + "\r\n") }, "alice", "secret"},
-		{"PLAIN authzid equal", func(c *testClient) { c.send("a AUTHENTICATE PLAIN " + b64("alice\x00alice\x00secret") + "\r\n") }, "alice", "secret"},
-		{"PLAIN continuation", func(c *testClient) {
-			c.send("a authenticate plain\r\n")
-			if l := c.line(); l != "+ " {
+		{"LOGIN LITERAL+", func(c *transcript.Conn) { c.SendRaw("a LOGIN {5+}\r\nalice {2+}\r\n\"\\\r\n") }, "alice", `"\`},
+		{"PLAIN SASL-IR", func(c *transcript.Conn) { c.SendRaw("a AUTHENTICATE PLAIN " + b64("\x00alice\x00secret") + "\r\n") }, "alice", "secret"},
+		{"PLAIN authzid equal", func(c *transcript.Conn) {
+			c.SendRaw("a AUTHENTICATE PLAIN " + b64("alice\x00alice\x00secret") + "\r\n")
+		}, "alice", "secret"},
+		{"PLAIN continuation", func(c *transcript.Conn) {
+			c.Send("a authenticate plain")
+			if l := c.Line(); l != "+ " {
 				t.Fatalf("challenge %q, want empty", l)
 			}
-			c.send(b64("\x00alice\x00secret") + "\r\n")
+			c.SendRaw(b64("\x00alice\x00secret") + "\r\n")
 		}, "alice", "secret"},
-		{"LOGIN mechanism", func(c *testClient) {
-			c.send("a AUTHENTICATE LOGIN\r\n")
-			c.expect("+ " + b64("Username:"))
-			c.send(b64("alice") + "\r\n")
-			c.expect("+ " + b64("Password:"))
-			c.send(b64("secret") + "\r\n")
+		{"LOGIN mechanism", func(c *transcript.Conn) {
+			c.Send("a AUTHENTICATE LOGIN")
+			c.Expect("+ " + b64("Username:"))
+			c.SendRaw(b64("alice") + "\r\n")
+			c.Expect("+ " + b64("Password:"))
+			c.SendRaw(b64("secret") + "\r\n")
 		}, "alice", "secret"},
-		{"LOGIN mechanism with initial response", func(c *testClient) {
-			c.send("a AUTHENTICATE LOGIN " + b64("alice") + "\r\n")
-			c.expect("+ " + b64("Password:"))
-			c.send(b64("secret") + "\r\n")
+		{"LOGIN mechanism with initial response", func(c *transcript.Conn) {
+			c.SendRaw("a AUTHENTICATE LOGIN " + b64("alice") + "\r\n")
+			c.Expect("+ " + b64("Password:"))
+			c.SendRaw(b64("secret") + "\r\n")
 		}, "alice", "secret"},
-		{"PLAIN empty password", func(c *testClient) { c.send("a AUTHENTICATE PLAIN " + b64("\x00alice\x00") + "\r\n") }, "alice", ""},
+		{"PLAIN empty password", func(c *transcript.Conn) { c.SendRaw("a AUTHENTICATE PLAIN " + b64("\x00alice\x00") + "\r\n") }, "alice", ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			b := newFakeBackend(nil)
 			c := startPipe(t, testConfig(t, b))
-			c.expect("* OK")
+			c.Expect("* OK")
 			tt.dialog(c)
 			login := <-b.logins
 			if login.User != tt.user || login.Password != tt.pass {
@@ -161,15 +164,15 @@ func TestLoginVariantsReachBackend(t *testing.T) {
 			}
 			peer := <-b.peers
 			defer peer.Close()
-			c.expect("a OK [CAPABILITY IMAP4rev1 IDLE MOVE] Logged in")
+			c.Expect("a OK [CAPABILITY IMAP4rev1 IDLE MOVE] Logged in")
 
 			// Bytes pass both ways untouched.
-			c.send("b SELECT INBOX\r\n")
-			pc := newTestClient(t, peer)
-			pc.expect("b SELECT INBOX")
-			pc.send("* 3 EXISTS\r\nb OK [READ-WRITE] SELECT completed\r\n")
-			c.expect("* 3 EXISTS")
-			c.expect("b OK [READ-WRITE]")
+			c.Send("b SELECT INBOX")
+			pc := transcript.New(t, peer)
+			pc.Expect("b SELECT INBOX")
+			pc.SendRaw("* 3 EXISTS\r\nb OK [READ-WRITE] SELECT completed\r\n")
+			c.Expect("* 3 EXISTS")
+			c.Expect("b OK [READ-WRITE]")
 		})
 	}
 }
@@ -196,15 +199,15 @@ func TestLoginFailures(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			b := newFakeBackend(tt.backend)
 			c := startPipe(t, testConfig(t, b))
-			c.expect("* OK")
-			c.send(tt.dialog)
-			l := c.expect(tt.want)
+			c.Expect("* OK")
+			c.SendRaw(tt.dialog)
+			l := c.Expect(tt.want)
 			if strings.Contains(l, "10.9.9.9") || strings.Contains(l, "routing") {
 				t.Errorf("reply %q names the backend", l)
 			}
 			// The session goes on.
-			c.send("z NOOP\r\n")
-			c.expect("z OK")
+			c.Send("z NOOP")
+			c.Expect("z OK")
 		})
 	}
 }
@@ -212,17 +215,17 @@ func TestLoginFailures(t *testing.T) {
 func TestAuthenticateCancel(t *testing.T) {
 	b := newFakeBackend(nil)
 	c := startPipe(t, testConfig(t, b))
-	c.expect("* OK")
-	c.send("a AUTHENTICATE PLAIN\r\n")
-	c.expect("+ ")
-	c.send("*\r\n")
-	c.expect("a BAD AUTHENTICATE cancelled")
-	c.send("b AUTHENTICATE LOGIN\r\n")
-	c.expect("+ ")
-	c.send("not base64!\r\n")
-	c.expect("b BAD")
-	c.send("c NOOP\r\n")
-	c.expect("c OK")
+	c.Expect("* OK")
+	c.Send("a AUTHENTICATE PLAIN")
+	c.Expect("+ ")
+	c.Send("*")
+	c.Expect("a BAD AUTHENTICATE cancelled")
+	c.Send("b AUTHENTICATE LOGIN")
+	c.Expect("+ ")
+	c.Send("not base64!")
+	c.Expect("b BAD")
+	c.Send("c NOOP")
+	c.Expect("c OK")
 	if len(b.logins) != 0 {
 		t.Fatal("cancelled exchange reached the backend")
 	}
@@ -232,35 +235,35 @@ func TestBadCommandLimitDisconnects(t *testing.T) {
 	cfg := testConfig(t, newFakeBackend(fmt.Errorf("%w: no", ErrAuthFailed)))
 	cfg.BadCommandLimit = 4
 	c := startPipe(t, cfg)
-	c.expect("* OK")
-	c.send("a FETCH 1 BODY[]\r\n")
-	c.expect("a BAD")
-	c.send("\x01\x02\r\n")
-	c.expect("* BAD")
-	c.send("b LOGIN alice wrong\r\n")
-	c.expect("b NO [AUTHENTICATIONFAILED]")
-	c.send("c LIST \"\" *\r\n")
-	c.expect("c BAD")
-	c.expect("* BYE Too many invalid commands")
-	c.expectClosed()
+	c.Expect("* OK")
+	c.Send("a FETCH 1 BODY[]")
+	c.Expect("a BAD")
+	c.Send("\x01\x02")
+	c.Expect("* BAD")
+	c.Send("b LOGIN alice wrong")
+	c.Expect("b NO [AUTHENTICATIONFAILED]")
+	c.Send("c LIST \"\" *")
+	c.Expect("c BAD")
+	c.Expect("* BYE Too many invalid commands")
+	c.ExpectClosed()
 }
 
 func TestLongLineDisconnects(t *testing.T) {
 	c := startPipe(t, testConfig(t, newFakeBackend(nil)))
-	c.expect("* OK")
-	go c.conn.Write([]byte(strings.Repeat("A", 100<<10))) // 100 KB of garbage, no LF
-	c.expect("* BYE Command too long")
-	c.expectClosed()
+	c.Expect("* OK")
+	go c.NetConn().Write([]byte(strings.Repeat("A", 100<<10))) // 100 KB of garbage, no LF
+	c.Expect("* BYE Command too long")
+	c.ExpectClosed()
 }
 
 func TestPreauthTimeout(t *testing.T) {
 	cfg := testConfig(t, newFakeBackend(nil))
 	cfg.PreauthTimeout = 150 * time.Millisecond
 	c := startPipe(t, cfg)
-	c.expect("* OK")
+	c.Expect("* OK")
 	start := time.Now()
-	c.expect("* BYE Autologout")
-	c.expectClosed()
+	c.Expect("* BYE Autologout")
+	c.ExpectClosed()
 	if d := time.Since(start); d > 2*time.Second {
 		t.Fatalf("closed after %v", d)
 	}
@@ -271,90 +274,86 @@ func TestPreauthTimeout(t *testing.T) {
 func TestPipelinedAfterLoginGoesToBackend(t *testing.T) {
 	b := newFakeBackend(nil)
 	c := startPipe(t, testConfig(t, b))
-	c.expect("* OK")
-	c.send("a LOGIN alice secret\r\nb SELECT INBOX\r\n")
+	c.Expect("* OK")
+	c.SendRaw("a LOGIN alice secret\r\nb SELECT INBOX\r\n")
 	<-b.logins
 	peer := <-b.peers
 	defer peer.Close()
-	c.expect("a OK")
-	newTestClient(t, peer).expect("b SELECT INBOX")
+	c.Expect("a OK")
+	transcript.New(t, peer).Expect("b SELECT INBOX")
 }
 
 // STARTTLS: fresh capabilities over TLS; nothing of the cleartext phase
 // survives; LOGIN works afterwards.
 func TestStartTLS(t *testing.T) {
-	pool, cert, _ := testCert(t)
+	pool, cert := testCert(t)
 	b := newFakeBackend(nil)
 	cfg := testConfig(t, b)
 	cfg.AllowPlaintextAuth = false
 	cfg.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}}
 	c := startPipe(t, cfg)
-	c.expect("* OK")
-	c.send("a STARTTLS\r\n")
-	c.expect("a OK Begin TLS")
-	tc := tls.Client(c.conn, &tls.Config{RootCAs: pool, ServerName: "localhost"})
-	tc.SetDeadline(time.Now().Add(5 * time.Second))
-	if err := tc.Handshake(); err != nil {
-		t.Fatal(err)
-	}
-	tlsc := newTestClient(t, tc)
-	tlsc.send("b CAPABILITY\r\n")
-	caps := tlsc.expect("* CAPABILITY ")
+	c.Expect("* OK")
+	c.Send("a STARTTLS")
+	c.Expect("a OK Begin TLS")
+	c.StartTLS(&tls.Config{RootCAs: pool, ServerName: "localhost"})
+	tlsc := c
+	tlsc.Send("b CAPABILITY")
+	caps := tlsc.Expect("* CAPABILITY ")
 	if strings.Contains(caps, "STARTTLS") || strings.Contains(caps, "LOGINDISABLED") || !strings.Contains(caps, "AUTH=PLAIN") {
 		t.Fatalf("capabilities after TLS: %q", caps)
 	}
-	tlsc.expect("b OK")
-	tlsc.send("c STARTTLS\r\n")
-	tlsc.expect("c BAD")
-	tlsc.send("d LOGIN alice secret\r\n")
+	tlsc.Expect("b OK")
+	tlsc.Send("c STARTTLS")
+	tlsc.Expect("c BAD")
+	tlsc.Send("d LOGIN alice secret")
 	<-b.logins
 	peer := <-b.peers
-	tlsc.expect("d OK [CAPABILITY")
+	tlsc.Expect("d OK [CAPABILITY")
 	peer.Close()
-	tlsc.expectClosed()
+	tlsc.ExpectClosed()
 }
 
 // Bytes pipelined after STARTTLS are refused, never carried into TLS (the
 // STARTTLS command injection; RFC 9051 §6.2.1 lets nothing of the cleartext
 // phase survive): STARTTLS fails and they are answered as cleartext.
 func TestStartTLSRefusesPipelinedCommands(t *testing.T) {
-	_, cert, _ := testCert(t)
+	_, cert := testCert(t)
 	b := newFakeBackend(nil)
 	cfg := testConfig(t, b)
 	cfg.AllowPlaintextAuth = false
 	cfg.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}}
 	c := startPipe(t, cfg)
-	c.expect("* OK")
-	c.send("a STARTTLS\r\nb LOGIN alice secret\r\n")
-	c.expect("a BAD STARTTLS must be the last command")
-	c.expect("b NO [PRIVACYREQUIRED]")
-	c.send("c CAPABILITY\r\n")
-	if l := c.expect("* CAPABILITY"); !strings.Contains(l, "STARTTLS") {
+	c.Expect("* OK")
+	c.SendRaw("a STARTTLS\r\nb LOGIN alice secret\r\n")
+	c.Expect("a BAD STARTTLS must be the last command")
+	c.Expect("b NO [PRIVACYREQUIRED]")
+	c.Send("c CAPABILITY")
+	if l := c.Expect("* CAPABILITY"); !strings.Contains(l, "STARTTLS") {
 		t.Fatalf("STARTTLS still expected to be available: %q", l)
 	}
-	c.expect("c OK")
+	c.Expect("c OK")
 	if len(b.logins) != 0 {
 		t.Fatal("injected LOGIN reached the backend")
 	}
 }
 
 func TestImplicitTLS(t *testing.T) {
-	pool, cert, _ := testCert(t)
+	pool, cert := testCert(t)
 	b := newFakeBackend(nil)
 	cfg := testConfig(t, b)
 	cfg.AllowPlaintextAuth = false
 	cfg.ImplicitTLS = true
 	cfg.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}}
 	c := startPipe(t, cfg) // a plain conn: Serve wraps it with TLSConfig
-	tc := tls.Client(c.conn, &tls.Config{RootCAs: pool, ServerName: "localhost"})
-	tlsc := newTestClient(t, tc)
-	g := tlsc.expect("* OK [CAPABILITY")
+	c.StartTLS(&tls.Config{RootCAs: pool, ServerName: "localhost"})
+	tlsc := c
+	g := tlsc.Expect("* OK [CAPABILITY")
 	if strings.Contains(g, "STARTTLS") || !strings.Contains(g, "AUTH=PLAIN") {
 		t.Fatalf("greeting %q", g)
 	}
-	tlsc.send("a LOGOUT\r\n")
-	tlsc.expect("* BYE")
-	tlsc.expect("a OK")
+	tlsc.Send("a LOGOUT")
+	tlsc.Expect("* BYE")
+	tlsc.Expect("a OK")
 }
 
 // Invariant 5: credentials never reach the logs, whatever happens.
@@ -365,21 +364,21 @@ func TestCredentialsNeverLogged(t *testing.T) {
 		cfg := testConfig(t, b)
 		cfg.Logger = zap.New(core)
 		c := startPipe(t, cfg)
-		c.expect("* OK")
-		c.send("x1 LOGIN alice Sup3rSecr3t\r\n")
+		c.Expect("* OK")
+		c.Send("x1 LOGIN alice Sup3rSecr3t")
 		if berr == nil {
 			<-b.peers
-			c.expect("x1 OK")
-			c.conn.Close()
+			c.Expect("x1 OK")
+			c.NetConn().Close()
 		} else {
-			c.expect("x1 NO")
-			c.send("x2 AUTHENTICATE PLAIN " + b64("\x00alice\x00Sup3rSecr3t") + "\r\n")
-			c.expect("x2 NO")
-			c.send("x3 LOGOUT\r\n")
-			c.expect("* BYE")
-			c.expect("x3 OK")
+			c.Expect("x1 NO")
+			c.SendRaw("x2 AUTHENTICATE PLAIN " + b64("\x00alice\x00Sup3rSecr3t") + "\r\n")
+			c.Expect("x2 NO")
+			c.Send("x3 LOGOUT")
+			c.Expect("* BYE")
+			c.Expect("x3 OK")
 		}
-		c.expectClosed()
+		c.ExpectClosed()
 		time.Sleep(20 * time.Millisecond)
 		for _, e := range logs.All() {
 			line := fmt.Sprint(e.Message, e.ContextMap())
@@ -397,73 +396,73 @@ func TestCredentialsNeverLogged(t *testing.T) {
 // listener does not trust: it is refused and the connection closed.
 func TestProxyHeaderFromUntrustedPeerRefused(t *testing.T) {
 	c := startPipe(t, testConfig(t, newFakeBackend(nil)))
-	c.expect("* OK")
-	c.send("PROXY TCP4 203.0.113.9 127.0.0.1 4000 143\r\n")
-	c.expect("* BYE PROXY protocol not accepted")
-	c.expectClosed()
+	c.Expect("* OK")
+	c.Send("PROXY TCP4 203.0.113.9 127.0.0.1 4000 143")
+	c.Expect("* BYE PROXY protocol not accepted")
+	c.ExpectClosed()
 }
 
 // Every way a session ends logs one "session end" line whose result is one
 // of connlog's values, the same vocabulary as POP3's.
 func TestSessionEndResults(t *testing.T) {
-	_, cert, _ := testCert(t)
+	_, cert := testCert(t)
 	tests := []struct {
 		name   string
 		mod    func(*Config)
-		run    func(t *testing.T, c *testClient, b *fakeBackend)
+		run    func(t *testing.T, c *transcript.Conn, b *fakeBackend)
 		result connlog.Result
 	}{
-		{"logout", nil, func(t *testing.T, c *testClient, _ *fakeBackend) {
-			c.send("a LOGOUT\r\n")
-			c.expect("* BYE")
-			c.expect("a OK")
-			c.expectClosed()
+		{"logout", nil, func(t *testing.T, c *transcript.Conn, _ *fakeBackend) {
+			c.Send("a LOGOUT")
+			c.Expect("* BYE")
+			c.Expect("a OK")
+			c.ExpectClosed()
 		}, connlog.Logout},
-		{"dropped", nil, func(t *testing.T, c *testClient, _ *fakeBackend) { c.conn.Close() }, connlog.Dropped},
+		{"dropped", nil, func(t *testing.T, c *transcript.Conn, _ *fakeBackend) { c.NetConn().Close() }, connlog.Dropped},
 		{"preauth timeout", func(cfg *Config) { cfg.PreauthTimeout = 150 * time.Millisecond },
-			func(t *testing.T, c *testClient, _ *fakeBackend) {
-				c.expect("* BYE Autologout")
-				c.expectClosed()
+			func(t *testing.T, c *transcript.Conn, _ *fakeBackend) {
+				c.Expect("* BYE Autologout")
+				c.ExpectClosed()
 			}, connlog.PreauthTimeout},
 		{"too many bad commands", func(cfg *Config) { cfg.BadCommandLimit = 1 },
-			func(t *testing.T, c *testClient, _ *fakeBackend) {
-				c.send("a FETCH 1 BODY[]\r\n")
-				c.expect("a BAD")
-				c.expect("* BYE Too many invalid commands")
-				c.expectClosed()
+			func(t *testing.T, c *transcript.Conn, _ *fakeBackend) {
+				c.Send("a FETCH 1 BODY[]")
+				c.Expect("a BAD")
+				c.Expect("* BYE Too many invalid commands")
+				c.ExpectClosed()
 			}, connlog.TooManyBadCommands},
-		{"command too long", nil, func(t *testing.T, c *testClient, _ *fakeBackend) {
-			go c.conn.Write([]byte(strings.Repeat("A", 100<<10)))
-			c.expect("* BYE Command too long")
-			c.expectClosed()
+		{"command too long", nil, func(t *testing.T, c *transcript.Conn, _ *fakeBackend) {
+			go c.NetConn().Write([]byte(strings.Repeat("A", 100<<10)))
+			c.Expect("* BYE Command too long")
+			c.ExpectClosed()
 		}, connlog.CommandTooLong},
-		{"proxy refused", nil, func(t *testing.T, c *testClient, _ *fakeBackend) {
-			c.send("PROXY TCP4 203.0.113.9 127.0.0.1 4000 143\r\n")
-			c.expect("* BYE")
-			c.expectClosed()
+		{"proxy refused", nil, func(t *testing.T, c *transcript.Conn, _ *fakeBackend) {
+			c.Send("PROXY TCP4 203.0.113.9 127.0.0.1 4000 143")
+			c.Expect("* BYE")
+			c.ExpectClosed()
 		}, connlog.ProxyRefused},
 		{"STARTTLS handshake failed", func(cfg *Config) { cfg.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}} },
-			func(t *testing.T, c *testClient, _ *fakeBackend) {
-				c.send("a STARTTLS\r\n")
-				c.expect("a OK")
-				c.send("not a TLS ClientHello\r\n")
-				c.expectClosed()
+			func(t *testing.T, c *transcript.Conn, _ *fakeBackend) {
+				c.Send("a STARTTLS")
+				c.Expect("a OK")
+				c.Send("not a TLS ClientHello")
+				c.ExpectClosed()
 			}, connlog.TLSFailed},
-		{"backend closed", nil, func(t *testing.T, c *testClient, b *fakeBackend) {
-			c.send("a LOGIN alice secret\r\n")
+		{"backend closed", nil, func(t *testing.T, c *transcript.Conn, b *fakeBackend) {
+			c.Send("a LOGIN alice secret")
 			<-b.logins
 			peer := <-b.peers
-			c.expect("a OK")
+			c.Expect("a OK")
 			peer.Close()
-			c.expectClosed()
+			c.ExpectClosed()
 		}, connlog.BackendClosed},
-		{"client closed after login", nil, func(t *testing.T, c *testClient, b *fakeBackend) {
-			c.send("a LOGIN alice secret\r\n")
+		{"client closed after login", nil, func(t *testing.T, c *transcript.Conn, b *fakeBackend) {
+			c.Send("a LOGIN alice secret")
 			<-b.logins
 			peer := <-b.peers
 			t.Cleanup(func() { peer.Close() }) // after the check: the client must close first
-			c.expect("a OK")
-			c.conn.Close() // net.Pipe cannot pass a half-close on
+			c.Expect("a OK")
+			c.NetConn().Close() // net.Pipe cannot pass a half-close on
 		}, connlog.ClientClosed},
 	}
 	for _, tt := range tests {
@@ -476,7 +475,7 @@ func TestSessionEndResults(t *testing.T) {
 				tt.mod(&cfg)
 			}
 			c := startPipe(t, cfg)
-			c.expect("* OK")
+			c.Expect("* OK")
 			tt.run(t, c, b)
 			deadline := time.Now().Add(5 * time.Second)
 			for logs.FilterMessage("session end").Len() == 0 && time.Now().Before(deadline) {
@@ -498,11 +497,11 @@ func TestConnectionIDsAreProcessWide(t *testing.T) {
 		cfg := testConfig(t, newFakeBackend(nil))
 		cfg.Logger = zap.New(core)
 		c := startPipe(t, cfg) // a new Server each time
-		c.expect("* OK")
-		c.send("a LOGOUT\r\n")
-		c.expect("* BYE")
-		c.expect("a OK")
-		c.expectClosed()
+		c.Expect("* OK")
+		c.Send("a LOGOUT")
+		c.Expect("* BYE")
+		c.Expect("a OK")
+		c.ExpectClosed()
 	}
 	deadline := time.Now().Add(5 * time.Second)
 	for logs.FilterMessage("session end").Len() < 2 && time.Now().Before(deadline) {

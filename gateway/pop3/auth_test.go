@@ -12,6 +12,8 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
+
+	"mailgate/test/transcript"
 )
 
 func b64(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }
@@ -28,12 +30,12 @@ func TestPlaintextRefusedWithoutTLS(t *testing.T) {
 			c := ts.dial()
 			hint := map[bool]string{true: "use STLS first", false: "use a TLS connection"}[withSTLS]
 			for _, cmd := range []string{"USER " + testUser, "PASS " + testPass, "AUTH PLAIN " + b64("\x00"+testUser+"\x00"+testPass), "AUTH LOGIN"} {
-				if l := c.cmd(cmd, "-ERR [AUTH] "); !strings.HasSuffix(l, hint) {
+				if l := c.Command(cmd, "-ERR [AUTH] "); !strings.HasSuffix(l, hint) {
 					t.Fatalf("%s: got %q, want hint %q", cmd, l, hint)
 				}
 			}
-			c.cmd("AUTH", "+OK")
-			if got := c.lines(); len(got) != 0 {
+			c.Command("AUTH", "+OK")
+			if got := c.Lines(); len(got) != 0 {
 				t.Fatalf("AUTH lists %q on cleartext, want nothing", got)
 			}
 			if logins, _, _ := ts.b.calls(); len(logins) != 0 {
@@ -67,20 +69,20 @@ func TestAUTHPLAIN(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			ts := newTestServer(t, nil, nil)
 			c := ts.dial()
-			runScript(c, tt.script)
+			runScript(t, c, tt.script)
 			// Still usable afterwards, in the state the script left.
-			c.cmd("CAPA", "+OK")
-			c.lines()
+			c.Command("CAPA", "+OK")
+			c.Lines()
 		})
 	}
 }
 
-func runScript(c *client, script []string) {
-	c.t.Helper()
+func runScript(t *testing.T, c *transcript.Conn, script []string) {
+	t.Helper()
 	for i := 0; i < len(script); i += 2 {
-		c.send(script[i])
-		if got := c.line(); !strings.HasPrefix(got, script[i+1]) || (script[i+1] == "+ " && got != "+ ") {
-			c.t.Fatalf("after %q: got %q, want %q", script[i], got, script[i+1])
+		c.Send(script[i])
+		if got := c.Line(); !strings.HasPrefix(got, script[i+1]) || (script[i+1] == "+ " && got != "+ ") {
+			t.Fatalf("after %q: got %q, want %q", script[i], got, script[i+1])
 		}
 	}
 }
@@ -106,9 +108,9 @@ func TestAUTHLOGIN(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			ts := newTestServer(t, nil, nil)
 			c := ts.dial()
-			runScript(c, tt.script)
-			c.cmd("CAPA", "+OK")
-			c.lines()
+			runScript(t, c, tt.script)
+			c.Command("CAPA", "+OK")
+			c.Lines()
 		})
 	}
 }
@@ -116,8 +118,8 @@ func TestAUTHLOGIN(t *testing.T) {
 func TestAUTHList(t *testing.T) {
 	ts := newTestServer(t, nil, nil)
 	c := ts.dial()
-	c.cmd("AUTH", "+OK")
-	if got, want := c.lines(), []string{"PLAIN", "LOGIN"}; !reflect.DeepEqual(got, want) {
+	c.Command("AUTH", "+OK")
+	if got, want := c.Lines(), []string{"PLAIN", "LOGIN"}; !reflect.DeepEqual(got, want) {
 		t.Fatalf("AUTH = %q, want %q", got, want)
 	}
 }
@@ -125,12 +127,12 @@ func TestAUTHList(t *testing.T) {
 func TestAUTHFailuresCountTowardsLimit(t *testing.T) {
 	ts := newTestServer(t, nil, nil)
 	c := ts.dial()
-	c.cmd("AUTH PLAIN "+b64("\x00"+testUser+"\x00x"), "-ERR [AUTH]")
-	c.cmd("USER "+testUser, "+OK")
-	c.cmd("PASS y", "-ERR [AUTH]")
-	c.cmd("AUTH LOGIN "+b64(testUser), "+ ")
-	c.cmd(b64("z"), "-ERR [AUTH] authentication failed; too many failures")
-	c.expectClosed()
+	c.Command("AUTH PLAIN "+b64("\x00"+testUser+"\x00x"), "-ERR [AUTH]")
+	c.Command("USER "+testUser, "+OK")
+	c.Command("PASS y", "-ERR [AUTH]")
+	c.Command("AUTH LOGIN "+b64(testUser), "+ ")
+	c.Command(b64("z"), "-ERR [AUTH] authentication failed; too many failures")
+	c.ExpectClosed()
 }
 
 func TestSTLS(t *testing.T) {
@@ -139,28 +141,28 @@ func TestSTLS(t *testing.T) {
 		c.TLSConfig = testTLSConfig(t)
 	})
 	c := ts.dial()
-	c.cmd("USER "+testUser, "-ERR [AUTH]")
-	c.cmd("STLS", "+OK")
-	c.startTLS()
+	c.Command("USER "+testUser, "-ERR [AUTH]")
+	c.Command("STLS", "+OK")
+	c.StartTLS(clientTLS(t))
 	// RFC 2595 §4: the client asks again; STLS is gone, USER and SASL appear.
-	c.cmd("CAPA", "+OK")
-	got := c.lines()
+	c.Command("CAPA", "+OK")
+	got := c.Lines()
 	if strings.Contains(strings.Join(got, "\n"), "STLS") || !contains(got, "USER") || !contains(got, "SASL PLAIN LOGIN") {
 		t.Fatalf("CAPA after STLS = %q", got)
 	}
-	c.cmd("STLS", "-ERR TLS already active")
-	c.cmd("USER "+testUser, "+OK")
-	c.cmd("PASS "+testPass, "+OK")
-	c.cmd("QUIT", "+OK")
+	c.Command("STLS", "-ERR TLS already active")
+	c.Command("USER "+testUser, "+OK")
+	c.Command("PASS "+testPass, "+OK")
+	c.Command("QUIT", "+OK")
 }
 
 func TestSTLSForgetsUSER(t *testing.T) {
 	ts := newTestServer(t, nil, func(c *Config) { c.TLSConfig = testTLSConfig(t) })
 	c := ts.dial()
-	c.cmd("USER "+testUser, "+OK")
-	c.cmd("STLS", "+OK")
-	c.startTLS()
-	c.cmd("PASS "+testPass, "-ERR USER first")
+	c.Command("USER "+testUser, "+OK")
+	c.Command("STLS", "+OK")
+	c.StartTLS(clientTLS(t))
+	c.Command("PASS "+testPass, "-ERR USER first")
 }
 
 func TestSTLSRefusedWhenPipelined(t *testing.T) {
@@ -171,24 +173,24 @@ func TestSTLSRefusedWhenPipelined(t *testing.T) {
 	c := ts.dial()
 	// The injection: a command sent in cleartext right behind STLS must not be
 	// executed as if it came over TLS.
-	c.sendRaw("STLS\r\nUSER " + testUser + "\r\n")
-	c.expect("-ERR STLS must be the last command")
-	c.expect("-ERR [AUTH] plaintext authentication disallowed") // still cleartext
-	c.cmd("CAPA", "+OK")
-	if got := c.lines(); !contains(got, "STLS") {
+	c.SendRaw("STLS\r\nUSER " + testUser + "\r\n")
+	c.Expect("-ERR STLS must be the last command")
+	c.Expect("-ERR [AUTH] plaintext authentication disallowed") // still cleartext
+	c.Command("CAPA", "+OK")
+	if got := c.Lines(); !contains(got, "STLS") {
 		t.Fatalf("CAPA after refused STLS = %q, want STLS still offered", got)
 	}
 	// A plain STLS afterwards works.
-	c.cmd("STLS", "+OK")
-	c.startTLS()
-	c.cmd("NOOP", "-ERR command not valid")
+	c.Command("STLS", "+OK")
+	c.StartTLS(clientTLS(t))
+	c.Command("NOOP", "-ERR command not valid")
 }
 
 func TestSTLSNotOffered(t *testing.T) {
 	ts := newTestServer(t, nil, nil)
 	c := ts.dial()
-	c.cmd("STLS", "-ERR STLS not available")
-	c.cmd("USER "+testUser, "+OK")
+	c.Command("STLS", "-ERR STLS not available")
+	c.Command("USER "+testUser, "+OK")
 }
 
 func TestSTLSHandshakeFailureCloses(t *testing.T) {
@@ -197,9 +199,9 @@ func TestSTLSHandshakeFailureCloses(t *testing.T) {
 		c.TLSHandshakeTimeout = 200 * time.Millisecond
 	})
 	c := ts.dial()
-	c.cmd("STLS", "+OK")
-	c.sendRaw("this is not a TLS client hello\r\n")
-	c.conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	c.Command("STLS", "+OK")
+	c.SendRaw("this is not a TLS client hello\r\n")
+	c.NetConn().SetReadDeadline(time.Now().Add(5 * time.Second))
 	readAll(c) // a TLS alert, then the close
 	ts.wait()
 }
@@ -212,24 +214,23 @@ func TestImplicitTLS(t *testing.T) {
 		c.AllowPlaintextAuth = false
 		c.TLSHandshakeTimeout = 300 * time.Millisecond
 	})
-	conn, err := tls.Dial("tcp", ts.ln.Addr().String(), &tls.Config{InsecureSkipVerify: true})
+	conn, err := tls.Dial("tcp", ts.ln.Addr().String(), clientTLS(t))
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { conn.Close() })
-	c := &client{t: t, conn: conn, r: newBufReader(conn)}
-	c.expect("+OK mailgate ready")
-	c.cmd("CAPA", "+OK")
-	if got := c.lines(); contains(got, "STLS") || !contains(got, "USER") {
+	c := transcript.New(t, conn)
+	c.Expect("+OK mailgate ready")
+	c.Command("CAPA", "+OK")
+	if got := c.Lines(); contains(got, "STLS") || !contains(got, "USER") {
 		t.Fatalf("CAPA over implicit TLS = %q", got)
 	}
-	c.cmd("STLS", "-ERR TLS already active")
-	c.cmd("USER "+testUser, "+OK")
-	c.cmd("PASS "+testPass, "+OK")
+	c.Command("STLS", "-ERR TLS already active")
+	c.Command("USER "+testUser, "+OK")
+	c.Command("PASS "+testPass, "+OK")
 
 	// A client that never starts the handshake is cut after the timeout.
 	silent := ts.dialRaw()
-	silent.expectClosed()
+	silent.ExpectClosed()
 }
 
 func contains(list []string, s string) bool {
@@ -255,23 +256,23 @@ func TestLogsNeverContainCredentials(t *testing.T) {
 	}
 
 	c := ts.dial()
-	c.cmd("USER "+testUser, "+OK")
-	c.cmd("PASS "+wrong, "-ERR [AUTH]")
-	c.cmd("AUTH PLAIN "+b64("\x00"+testUser+"\x00"+wrong), "-ERR [AUTH]")
-	c.cmd("QUIT", "+OK")
+	c.Command("USER "+testUser, "+OK")
+	c.Command("PASS "+wrong, "-ERR [AUTH]")
+	c.Command("AUTH PLAIN "+b64("\x00"+testUser+"\x00"+wrong), "-ERR [AUTH]")
+	c.Command("QUIT", "+OK")
 
 	c = ts.dial()
-	c.cmd("AUTH LOGIN", "+ ")
-	c.cmd(b64(testUser), "+ ")
-	c.cmd(b64(wrong), "-ERR [AUTH]")
-	c.cmd("AUTH PLAIN", "+ ")
-	c.cmd(b64("\x00"+testUser+"\x00"+testPass), "+OK")
-	c.cmd("QUIT", "+OK")
+	c.Command("AUTH LOGIN", "+ ")
+	c.Command(b64(testUser), "+ ")
+	c.Command(b64(wrong), "-ERR [AUTH]")
+	c.Command("AUTH PLAIN", "+ ")
+	c.Command(b64("\x00"+testUser+"\x00"+testPass), "+OK")
+	c.Command("QUIT", "+OK")
 
 	c = ts.dial()
-	c.cmd("USER "+testUser, "+OK")
-	c.cmd("PASS "+testPass, "+OK")
-	c.cmd("QUIT", "+OK")
+	c.Command("USER "+testUser, "+OK")
+	c.Command("PASS "+testPass, "+OK")
+	c.Command("QUIT", "+OK")
 	ts.wait()
 
 	if logs.Len() == 0 {

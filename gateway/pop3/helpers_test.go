@@ -1,19 +1,12 @@
 package pop3
 
 import (
-	"bufio"
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"errors"
 	"fmt"
 	"io"
-	"math/big"
 	"net"
 	"strings"
 	"sync"
@@ -23,6 +16,9 @@ import (
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
+
+	"mailgate/test/testca"
+	"mailgate/test/transcript"
 )
 
 // Test credentials. The password is distinctive so log tests can search for it.
@@ -285,170 +281,56 @@ func (c *countingConn) Write(p []byte) (int, error) {
 	return c.Conn.Write(p)
 }
 
-// client is a raw POP3 transcript client.
-type client struct {
-	t        *testing.T
-	conn     net.Conn
-	r        *bufio.Reader
-	greeting string
+// dial connects and reads the greeting.
+func (ts *testServer) dial() *transcript.Conn {
+	ts.t.Helper()
+	c := ts.dialRaw()
+	c.Expect("+OK mailgate ready <")
+	return c
 }
 
-// dial connects and reads the greeting.
-func (ts *testServer) dial() *client {
+// dialRaw connects without reading the greeting.
+func (ts *testServer) dialRaw() *transcript.Conn {
 	ts.t.Helper()
-	conn, err := net.Dial("tcp", ts.ln.Addr().String())
-	if err != nil {
-		ts.t.Fatal(err)
-	}
-	ts.t.Cleanup(func() { conn.Close() })
-	c := &client{t: ts.t, conn: conn, r: bufio.NewReader(conn)}
-	c.greeting = c.expect("+OK mailgate ready <")
-	return c
+	return transcript.Dial(ts.t, ts.ln.Addr().String())
 }
 
 // login dials and logs in with USER/PASS.
-func (ts *testServer) login() *client {
+func (ts *testServer) login() *transcript.Conn {
 	ts.t.Helper()
 	c := ts.dial()
-	c.cmd("USER "+testUser, "+OK")
-	c.cmd("PASS "+testPass, "+OK")
+	c.Command("USER "+testUser, "+OK")
+	c.Command("PASS "+testPass, "+OK")
 	return c
 }
 
-func (c *client) send(line string) {
-	c.t.Helper()
-	c.sendRaw(line + "\r\n")
-}
+// testServerName is the name on the test certificate.
+const testServerName = "mail.example.org"
 
-func (c *client) sendRaw(s string) {
-	c.t.Helper()
-	c.conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
-	if _, err := io.WriteString(c.conn, s); err != nil {
-		c.t.Fatalf("write: %v", err)
-	}
-}
+// testCA issues the package's test certificates.
+var testCA = sync.OnceValues(testca.New)
 
-// line reads one line and returns it without CRLF.
-func (c *client) line() string {
-	c.t.Helper()
-	c.conn.SetReadDeadline(time.Now().Add(5 * time.Second))
-	s, err := c.r.ReadString('\n')
-	if err != nil {
-		c.t.Fatalf("read: %v (got %q)", err, s)
-	}
-	if !strings.HasSuffix(s, "\r\n") {
-		c.t.Fatalf("line %q does not end in CRLF", s)
-	}
-	return strings.TrimSuffix(s, "\r\n")
-}
-
-// expect reads a line and checks its prefix.
-func (c *client) expect(prefix string) string {
-	c.t.Helper()
-	l := c.line()
-	if !strings.HasPrefix(l, prefix) {
-		c.t.Fatalf("got %q, want prefix %q", l, prefix)
-	}
-	return l
-}
-
-func (c *client) cmd(line, prefix string) string {
-	c.t.Helper()
-	c.send(line)
-	return c.expect(prefix)
-}
-
-// lines reads the lines of a multi-line response up to the terminator,
-// unstuffed.
-func (c *client) lines() []string {
-	c.t.Helper()
-	var out []string
-	for {
-		l := c.line()
-		if l == "." {
-			return out
-		}
-		if strings.HasPrefix(l, ".") {
-			l = l[1:]
-		}
-		out = append(out, l)
-	}
-}
-
-// body reads a multi-line response body raw, terminator included.
-func (c *client) body() []byte {
-	c.t.Helper()
-	var raw bytes.Buffer
-	for {
-		l := c.line()
-		raw.WriteString(l + "\r\n")
-		if l == "." {
-			return raw.Bytes()
-		}
-	}
-}
-
-// expectClosed checks that the server closes the connection without sending
-// anything more.
-func (c *client) expectClosed() {
-	c.t.Helper()
-	c.conn.SetReadDeadline(time.Now().Add(5 * time.Second))
-	rest, err := io.ReadAll(c.r)
-	if err != nil && !errors.Is(err, net.ErrClosed) && !isConnReset(err) {
-		c.t.Fatalf("waiting for close: %v", err)
-	}
-	if len(rest) > 0 {
-		c.t.Fatalf("got %q before close, want nothing", rest)
-	}
-}
-
-func isConnReset(err error) bool {
-	return strings.Contains(err.Error(), "connection reset")
-}
-
-// testTLSConfig is a server config with a fresh self-signed certificate.
+// testTLSConfig is a server config with a fresh certificate for
+// testServerName from testCA.
 func testTLSConfig(t testing.TB) *tls.Config {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	ca, err := testCA()
 	if err != nil {
 		t.Fatal(err)
 	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1),
-		Subject:      pkix.Name{CommonName: "mail.example.org"},
-		DNSNames:     []string{"mail.example.org"},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	cert, err := ca.TLSCertificate(testServerName)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}}
+	return &tls.Config{Certificates: []tls.Certificate{cert}}
 }
 
-// startTLS turns the client's connection into a TLS client connection.
-func (c *client) startTLS() {
-	c.t.Helper()
-	tc := tls.Client(c.conn, &tls.Config{InsecureSkipVerify: true, ServerName: "mail.example.org"})
-	tc.SetDeadline(time.Now().Add(5 * time.Second))
-	if err := tc.Handshake(); err != nil {
-		c.t.Fatalf("TLS handshake: %v", err)
-	}
-	tc.SetDeadline(time.Time{})
-	c.conn = tc
-	c.r = bufio.NewReader(tc)
-}
-
-func newBufReader(conn net.Conn) *bufio.Reader { return bufio.NewReader(conn) }
-
-// dialRaw connects without reading the greeting.
-func (ts *testServer) dialRaw() *client {
-	ts.t.Helper()
-	conn, err := net.Dial("tcp", ts.ln.Addr().String())
+// clientTLS is a client config that trusts testCA.
+func clientTLS(t testing.TB) *tls.Config {
+	t.Helper()
+	ca, err := testCA()
 	if err != nil {
-		ts.t.Fatal(err)
+		t.Fatal(err)
 	}
-	ts.t.Cleanup(func() { conn.Close() })
-	return &client{t: ts.t, conn: conn, r: bufio.NewReader(conn)}
+	return &tls.Config{RootCAs: ca.Pool(), ServerName: testServerName}
 }

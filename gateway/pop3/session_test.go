@@ -12,13 +12,14 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 
 	"mailgate/gateway/internal/connlog"
+	"mailgate/test/transcript"
 )
 
 func TestGreetingBannerUnique(t *testing.T) {
 	ts := newTestServer(t, nil, nil)
 	seen := map[string]bool{}
 	for range 3 {
-		g := ts.dial().greeting
+		g := ts.dialRaw().Expect("+OK mailgate ready <")
 		if seen[g] {
 			t.Fatalf("greeting %q repeated", g)
 		}
@@ -55,8 +56,8 @@ func TestCAPA(t *testing.T) {
 				}
 			})
 			c := ts.dial()
-			c.cmd("capa", "+OK")
-			if got := c.lines(); !reflect.DeepEqual(got, tt.want) {
+			c.Command("capa", "+OK")
+			if got := c.Lines(); !reflect.DeepEqual(got, tt.want) {
 				t.Fatalf("CAPA = %q, want %q", got, tt.want)
 			}
 		})
@@ -65,9 +66,9 @@ func TestCAPA(t *testing.T) {
 	t.Run("transaction state", func(t *testing.T) {
 		ts := newTestServer(t, nil, func(c *Config) { c.TLSConfig = testTLSConfig(t) })
 		c := ts.login()
-		c.cmd("CAPA", "+OK")
+		c.Command("CAPA", "+OK")
 		want := append(base[:len(base):len(base)], "IMPLEMENTATION mailgate")
-		if got := c.lines(); !reflect.DeepEqual(got, want) {
+		if got := c.Lines(); !reflect.DeepEqual(got, want) {
 			t.Fatalf("CAPA = %q, want %q", got, want)
 		}
 	})
@@ -77,28 +78,28 @@ func TestCommandsRejectedInWrongState(t *testing.T) {
 	ts := newTestServer(t, nil, func(c *Config) { c.BadCommandLimit = 100 })
 	c := ts.dial()
 	for _, cmd := range []string{"STAT", "LIST", "LIST 1", "UIDL", "RETR 1", "TOP 1 1", "DELE 1", "RSET", "NOOP"} {
-		c.cmd(cmd, "-ERR command not valid in AUTHORIZATION state")
+		c.Command(cmd, "-ERR command not valid in AUTHORIZATION state")
 	}
-	c.cmd("USER "+testUser, "+OK")
-	c.cmd("PASS "+testPass, "+OK")
+	c.Command("USER "+testUser, "+OK")
+	c.Command("PASS "+testPass, "+OK")
 	for _, cmd := range []string{"USER x", "PASS y", "AUTH PLAIN", "AUTH", "STLS"} {
-		c.cmd(cmd, "-ERR command not valid in TRANSACTION state")
+		c.Command(cmd, "-ERR command not valid in TRANSACTION state")
 	}
-	c.cmd("NOOP", "+OK")
+	c.Command("NOOP", "+OK")
 	for _, cmd := range []string{"LAST", "APOP a b", "XTND", "RETR", "RETR 1 2", "TOP 1", "DELE", "STAT 1", "NOOP x"} {
-		c.cmd(cmd, "-ERR")
+		c.Command(cmd, "-ERR")
 	}
-	c.cmd("STAT", "+OK 3 ")
+	c.Command("STAT", "+OK 3 ")
 }
 
 func TestUSERPASSAndQuit(t *testing.T) {
 	ts := newTestServer(t, nil, nil)
 	c := ts.dial()
-	c.cmd("PASS "+testPass, "-ERR USER first")
-	c.cmd("user "+testUser, "+OK")
-	c.cmd("pass "+testPass, "+OK maildrop has 3 messages (")
-	c.cmd("QUIT", "+OK mailgate signing off (0 messages deleted)")
-	c.expectClosed()
+	c.Command("PASS "+testPass, "-ERR USER first")
+	c.Command("user "+testUser, "+OK")
+	c.Command("pass "+testPass, "+OK maildrop has 3 messages (")
+	c.Command("QUIT", "+OK mailgate signing off (0 messages deleted)")
+	c.ExpectClosed()
 	ts.wait()
 	commits, closes := ts.b.counts()
 	if !reflect.DeepEqual(commits, [][]int{{}}) || closes != 1 {
@@ -119,9 +120,9 @@ func TestQuitReleasesMaildropBeforeAnswering(t *testing.T) {
 	b.closeDelay = 200 * time.Millisecond
 	ts := newTestServer(t, b, nil)
 	c := ts.dial()
-	c.cmd("USER "+testUser, "+OK")
-	c.cmd("PASS "+testPass, "+OK")
-	c.cmd("QUIT", "+OK mailgate signing off")
+	c.Command("USER "+testUser, "+OK")
+	c.Command("PASS "+testPass, "+OK")
+	c.Command("QUIT", "+OK mailgate signing off")
 	if _, closes := ts.b.counts(); closes != 1 {
 		t.Fatalf("QUIT was answered before the maildrop was closed (%d closes)", closes)
 	}
@@ -130,35 +131,35 @@ func TestQuitReleasesMaildropBeforeAnswering(t *testing.T) {
 func TestPASSKeepsSpaces(t *testing.T) {
 	ts := newTestServer(t, nil, nil)
 	c := ts.dial()
-	c.cmd("USER bob", "+OK")
-	c.cmd("PASS pass word with spaces", "+OK")
+	c.Command("USER bob", "+OK")
+	c.Command("PASS pass word with spaces", "+OK")
 }
 
 func TestWrongPasswordThreeStrikes(t *testing.T) {
 	ts := newTestServer(t, nil, nil)
 	c := ts.dial()
-	c.cmd("USER "+testUser, "+OK")
-	c.cmd("PASS wrong", "-ERR [AUTH] authentication failed")
-	c.cmd("PASS "+testPass, "-ERR USER first") // a failed PASS forgets the USER
-	c.cmd("USER "+testUser, "+OK")
-	c.cmd("PASS wrong", "-ERR [AUTH] authentication failed")
-	c.cmd("USER nobody", "+OK")
-	c.cmd("PASS wrong", "-ERR [AUTH] authentication failed; too many failures")
-	c.expectClosed()
+	c.Command("USER "+testUser, "+OK")
+	c.Command("PASS wrong", "-ERR [AUTH] authentication failed")
+	c.Command("PASS "+testPass, "-ERR USER first") // a failed PASS forgets the USER
+	c.Command("USER "+testUser, "+OK")
+	c.Command("PASS wrong", "-ERR [AUTH] authentication failed")
+	c.Command("USER nobody", "+OK")
+	c.Command("PASS wrong", "-ERR [AUTH] authentication failed; too many failures")
+	c.ExpectClosed()
 }
 
 func TestAuthFailureDelay(t *testing.T) {
 	ts := newTestServer(t, nil, func(c *Config) { c.AuthFailureDelay = 300 * time.Millisecond })
 	c := ts.dial()
-	c.cmd("USER "+testUser, "+OK")
+	c.Command("USER "+testUser, "+OK")
 	start := time.Now()
-	c.cmd("PASS wrong", "-ERR [AUTH]")
+	c.Command("PASS wrong", "-ERR [AUTH]")
 	if d := time.Since(start); d < 300*time.Millisecond {
 		t.Fatalf("failure answered after %v, want the delay", d)
 	}
-	c.cmd("USER "+testUser, "+OK")
+	c.Command("USER "+testUser, "+OK")
 	start = time.Now()
-	c.cmd("PASS "+testPass, "+OK")
+	c.Command("PASS "+testPass, "+OK")
 	if d := time.Since(start); d >= 300*time.Millisecond {
 		t.Fatalf("success answered after %v, want no delay", d)
 	}
@@ -181,14 +182,14 @@ func TestOpenErrorsMapToCodes(t *testing.T) {
 			ts := newTestServer(t, b, nil)
 			c := ts.dial()
 			for range 4 { // not counted as authentication failures
-				c.cmd("USER "+testUser, "+OK")
-				if got := c.cmd("PASS "+testPass, "-ERR"); got != tt.want {
+				c.Command("USER "+testUser, "+OK")
+				if got := c.Command("PASS "+testPass, "-ERR"); got != tt.want {
 					t.Fatalf("got %q, want %q", got, tt.want)
 				}
 			}
-			c.cmd("CAPA", "+OK")
-			c.lines()
-			c.cmd("QUIT", "+OK")
+			c.Command("CAPA", "+OK")
+			c.Lines()
+			c.Command("QUIT", "+OK")
 		})
 	}
 }
@@ -198,44 +199,44 @@ func TestStatListUidlDeleRset(t *testing.T) {
 	c := ts.login()
 	md := &fakeMaildrop{b: ts.b}
 	s1, s2, s3 := md.Size(1), md.Size(2), md.Size(3)
-	c.cmd("STAT", fmt.Sprintf("+OK 3 %d", s1+s2+s3))
-	c.cmd("LIST", fmt.Sprintf("+OK 3 messages (%d octets)", s1+s2+s3))
-	if got, want := c.lines(), []string{fmt.Sprint("1 ", s1), fmt.Sprint("2 ", s2), fmt.Sprint("3 ", s3)}; !reflect.DeepEqual(got, want) {
+	c.Command("STAT", fmt.Sprintf("+OK 3 %d", s1+s2+s3))
+	c.Command("LIST", fmt.Sprintf("+OK 3 messages (%d octets)", s1+s2+s3))
+	if got, want := c.Lines(), []string{fmt.Sprint("1 ", s1), fmt.Sprint("2 ", s2), fmt.Sprint("3 ", s3)}; !reflect.DeepEqual(got, want) {
 		t.Fatalf("LIST = %q, want %q", got, want)
 	}
-	c.cmd("LIST 2", fmt.Sprintf("+OK 2 %d", s2))
-	c.cmd("UIDL", "+OK")
-	if got, want := c.lines(), []string{"1 UID-one", "2 UID-two", "3 UID-three"}; !reflect.DeepEqual(got, want) {
+	c.Command("LIST 2", fmt.Sprintf("+OK 2 %d", s2))
+	c.Command("UIDL", "+OK")
+	if got, want := c.Lines(), []string{"1 UID-one", "2 UID-two", "3 UID-three"}; !reflect.DeepEqual(got, want) {
 		t.Fatalf("UIDL = %q, want %q", got, want)
 	}
-	c.cmd("UIDL 3", "+OK 3 UID-three")
-	c.cmd("LIST 0", "-ERR no such message")
-	c.cmd("LIST 4", "-ERR no such message")
-	c.cmd("LIST 99999999999999999999999", "-ERR no such message")
-	c.cmd("LIST -1", "-ERR invalid message number")
-	c.cmd("LIST +1", "-ERR invalid message number")
-	c.cmd("LIST x", "-ERR invalid message number")
+	c.Command("UIDL 3", "+OK 3 UID-three")
+	c.Command("LIST 0", "-ERR no such message")
+	c.Command("LIST 4", "-ERR no such message")
+	c.Command("LIST 99999999999999999999999", "-ERR no such message")
+	c.Command("LIST -1", "-ERR invalid message number")
+	c.Command("LIST +1", "-ERR invalid message number")
+	c.Command("LIST x", "-ERR invalid message number")
 
-	c.cmd("DELE 2", "+OK message 2 deleted")
-	c.cmd("STAT", fmt.Sprintf("+OK 2 %d", s1+s3))
-	c.cmd("LIST", "+OK 2 messages")
-	if got, want := c.lines(), []string{fmt.Sprint("1 ", s1), fmt.Sprint("3 ", s3)}; !reflect.DeepEqual(got, want) {
+	c.Command("DELE 2", "+OK message 2 deleted")
+	c.Command("STAT", fmt.Sprintf("+OK 2 %d", s1+s3))
+	c.Command("LIST", "+OK 2 messages")
+	if got, want := c.Lines(), []string{fmt.Sprint("1 ", s1), fmt.Sprint("3 ", s3)}; !reflect.DeepEqual(got, want) {
 		t.Fatalf("LIST after DELE = %q, want %q", got, want)
 	}
-	c.cmd("UIDL", "+OK")
-	if got, want := c.lines(), []string{"1 UID-one", "3 UID-three"}; !reflect.DeepEqual(got, want) {
+	c.Command("UIDL", "+OK")
+	if got, want := c.Lines(), []string{"1 UID-one", "3 UID-three"}; !reflect.DeepEqual(got, want) {
 		t.Fatalf("UIDL after DELE = %q, want %q", got, want)
 	}
 	for _, cmd := range []string{"LIST 2", "UIDL 2", "RETR 2", "TOP 2 0", "DELE 2"} {
-		c.cmd(cmd, "-ERR message 2 already deleted")
+		c.Command(cmd, "-ERR message 2 already deleted")
 	}
-	c.cmd("RSET", fmt.Sprintf("+OK maildrop has 3 messages (%d octets)", s1+s2+s3))
-	c.cmd("LIST 2", "+OK 2 ")
-	c.cmd("DELE 3", "+OK")
-	c.cmd("DELE 1", "+OK")
-	c.cmd("STAT", fmt.Sprintf("+OK 1 %d", s2))
-	c.cmd("QUIT", "+OK mailgate signing off (2 messages deleted)")
-	c.expectClosed()
+	c.Command("RSET", fmt.Sprintf("+OK maildrop has 3 messages (%d octets)", s1+s2+s3))
+	c.Command("LIST 2", "+OK 2 ")
+	c.Command("DELE 3", "+OK")
+	c.Command("DELE 1", "+OK")
+	c.Command("STAT", fmt.Sprintf("+OK 1 %d", s2))
+	c.Command("QUIT", "+OK mailgate signing off (2 messages deleted)")
+	c.ExpectClosed()
 	ts.wait()
 	if commits, closes := ts.b.counts(); !reflect.DeepEqual(commits, [][]int{{1, 3}}) || closes != 1 {
 		t.Fatalf("commits %v closes %d, want [[1 3]] and one close", commits, closes)
@@ -245,9 +246,9 @@ func TestStatListUidlDeleRset(t *testing.T) {
 func TestQuitInAuthorizationCommitsNothing(t *testing.T) {
 	ts := newTestServer(t, nil, nil)
 	c := ts.dial()
-	c.cmd("USER "+testUser, "+OK")
-	c.cmd("QUIT", "+OK")
-	c.expectClosed()
+	c.Command("USER "+testUser, "+OK")
+	c.Command("QUIT", "+OK")
+	c.ExpectClosed()
 	ts.wait()
 	logins, _, _ := ts.b.calls()
 	if commits, closes := ts.b.counts(); len(commits) != 0 || closes != 0 || len(logins) != 0 {
@@ -258,23 +259,23 @@ func TestQuitInAuthorizationCommitsNothing(t *testing.T) {
 func TestEndWithoutQuitCommitsNothing(t *testing.T) {
 	tests := []struct {
 		name   string
-		end    func(ts *testServer, c *client)
+		end    func(ts *testServer, c *transcript.Conn)
 		result connlog.Result
 	}{
-		{"drop", func(ts *testServer, c *client) { c.conn.Close() }, connlog.Dropped},
-		{"drop mid-command", func(ts *testServer, c *client) { c.sendRaw("QU"); c.conn.Close() }, connlog.Dropped},
-		{"idle timeout", func(ts *testServer, c *client) { c.expectClosed() }, connlog.IdleTimeout},
-		{"shutdown", func(ts *testServer, c *client) {
+		{"drop", func(ts *testServer, c *transcript.Conn) { c.NetConn().Close() }, connlog.Dropped},
+		{"drop mid-command", func(ts *testServer, c *transcript.Conn) { c.SendRaw("QU"); c.NetConn().Close() }, connlog.Dropped},
+		{"idle timeout", func(ts *testServer, c *transcript.Conn) { c.ExpectClosed() }, connlog.IdleTimeout},
+		{"shutdown", func(ts *testServer, c *transcript.Conn) {
 			ts.cancel()
-			c.expect("-ERR [SYS/TEMP] server shutting down")
-			c.expectClosed()
+			c.Expect("-ERR [SYS/TEMP] server shutting down")
+			c.ExpectClosed()
 		}, connlog.Shutdown},
-		{"too many bad commands", func(ts *testServer, c *client) {
+		{"too many bad commands", func(ts *testServer, c *transcript.Conn) {
 			for range 9 {
-				c.cmd("BOGUS", "-ERR unknown command")
+				c.Command("BOGUS", "-ERR unknown command")
 			}
-			c.cmd("BOGUS", "-ERR unknown command; too many invalid commands")
-			c.expectClosed()
+			c.Command("BOGUS", "-ERR unknown command; too many invalid commands")
+			c.ExpectClosed()
 		}, connlog.TooManyBadCommands},
 	}
 	for _, tt := range tests {
@@ -285,8 +286,8 @@ func TestEndWithoutQuitCommitsNothing(t *testing.T) {
 				c.Logger = zap.New(core)
 			})
 			c := ts.login()
-			c.cmd("DELE 1", "+OK")
-			c.cmd("DELE 3", "+OK")
+			c.Command("DELE 1", "+OK")
+			c.Command("DELE 3", "+OK")
 			tt.end(ts, c)
 			ts.wait()
 			if commits, closes := ts.b.counts(); len(commits) != 0 || closes != 1 {
@@ -305,8 +306,8 @@ func TestShutdownAtCommandBoundary(t *testing.T) {
 	c := ts.login()
 	ts.cancel()
 	// Pipelined: the session must not go on to the QUIT.
-	c.sendRaw("DELE 1\r\nQUIT\r\n")
-	l := c.line()
+	c.SendRaw("DELE 1\r\nQUIT\r\n")
+	l := c.Line()
 	if l != "-ERR [SYS/TEMP] server shutting down, try again later" && l != "+OK message 1 deleted" {
 		t.Fatalf("got %q", l)
 	}
@@ -321,9 +322,9 @@ func TestCommitFailure(t *testing.T) {
 	b.commitErr = fmt.Errorf("UID EXPUNGE: %w", ErrPartialCommit)
 	ts := newTestServer(t, b, nil)
 	c := ts.login()
-	c.cmd("DELE 1", "+OK")
-	c.cmd("QUIT", "-ERR [SYS/TEMP] some deleted messages not removed")
-	c.expectClosed()
+	c.Command("DELE 1", "+OK")
+	c.Command("QUIT", "-ERR [SYS/TEMP] some deleted messages not removed")
+	c.ExpectClosed()
 	ts.wait()
 	if commits, closes := ts.b.counts(); !reflect.DeepEqual(commits, [][]int{{1}}) || closes != 1 {
 		t.Fatalf("commits %v closes %d", commits, closes)
@@ -335,8 +336,8 @@ func TestRETRExactBytes(t *testing.T) {
 	c := ts.login()
 	for n, m := range ts.b.msgs {
 		want := wireForm(m.body)
-		c.cmd("RETR "+strconv.Itoa(n+1), "+OK "+strconv.Itoa(len(want))+" octets")
-		got, err := unstuff(c.body())
+		c.Command("RETR "+strconv.Itoa(n+1), "+OK "+strconv.Itoa(len(want))+" octets")
+		got, err := unstuff(c.Body())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -344,8 +345,8 @@ func TestRETRExactBytes(t *testing.T) {
 			t.Fatalf("RETR %d = %q, want %q", n+1, got, want)
 		}
 	}
-	c.cmd("RETR 2", "+OK")
-	if raw := string(c.body()); !strings.Contains(raw, "\r\n..leading dot\r\n...two dots\r\n") {
+	c.Command("RETR 2", "+OK")
+	if raw := string(c.Body()); !strings.Contains(raw, "\r\n..leading dot\r\n...two dots\r\n") {
 		t.Fatalf("RETR 2 not dot-stuffed: %q", raw)
 	}
 }
@@ -355,9 +356,9 @@ func TestRETREmptyMessage(t *testing.T) {
 	b.msgs = []fakeMsg{{"U1", ""}}
 	ts := newTestServer(t, b, nil)
 	c := ts.login()
-	c.cmd("RETR 1", "+OK 0 octets")
-	c.expect(".")
-	c.cmd("NOOP", "+OK")
+	c.Command("RETR 1", "+OK 0 octets")
+	c.Expect(".")
+	c.Command("NOOP", "+OK")
 }
 
 func TestRETRMessageGone(t *testing.T) {
@@ -365,11 +366,11 @@ func TestRETRMessageGone(t *testing.T) {
 	b.gone = map[int]bool{2: true}
 	ts := newTestServer(t, b, nil)
 	c := ts.login()
-	c.cmd("RETR 2", "-ERR message was deleted by another client")
-	c.cmd("TOP 2 1", "-ERR message was deleted by another client")
-	c.cmd("RETR 1", "+OK")
-	c.body()
-	c.cmd("NOOP", "+OK")
+	c.Command("RETR 2", "-ERR message was deleted by another client")
+	c.Command("TOP 2 1", "-ERR message was deleted by another client")
+	c.Command("RETR 1", "+OK")
+	c.Body()
+	c.Command("NOOP", "+OK")
 }
 
 func TestRETRBackendUnavailable(t *testing.T) {
@@ -377,10 +378,10 @@ func TestRETRBackendUnavailable(t *testing.T) {
 	b.retrErr = fmt.Errorf("fetch from 10.9.9.9: %w", ErrUnavailable)
 	ts := newTestServer(t, b, nil)
 	c := ts.login()
-	if l := c.cmd("RETR 1", "-ERR [SYS/TEMP]"); strings.Contains(l, "10.9.9.9") {
+	if l := c.Command("RETR 1", "-ERR [SYS/TEMP]"); strings.Contains(l, "10.9.9.9") {
 		t.Fatalf("reply leaks the backend: %q", l)
 	}
-	c.cmd("NOOP", "+OK")
+	c.Command("NOOP", "+OK")
 }
 
 func TestBodyFailureMidTransferClosesWithoutTerminator(t *testing.T) {
@@ -390,9 +391,9 @@ func TestBodyFailureMidTransferClosesWithoutTerminator(t *testing.T) {
 			b.failAfter = 20 // inside message 2
 			ts := newTestServer(t, b, nil)
 			c := ts.login()
-			c.cmd("DELE 1", "+OK")
-			c.cmd(cmd, "+OK")
-			c.conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+			c.Command("DELE 1", "+OK")
+			c.Command(cmd, "+OK")
+			c.NetConn().SetReadDeadline(time.Now().Add(5 * time.Second))
 			rest, _ := readAll(c)
 			if strings.Contains("\r\n"+rest, "\r\n.\r\n") {
 				t.Fatalf("truncated body was terminated: %q", rest)
@@ -431,8 +432,8 @@ func TestTOP(t *testing.T) {
 			b.msgs = []fakeMsg{{"U1", tt.body}}
 			ts := newTestServer(t, b, nil)
 			c := ts.login()
-			c.cmd("TOP 1 "+tt.n, "+OK")
-			got, err := unstuff(c.body())
+			c.Command("TOP 1 "+tt.n, "+OK")
+			got, err := unstuff(c.Body())
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -447,26 +448,26 @@ func TestTOP(t *testing.T) {
 	t.Run("bad line count", func(t *testing.T) {
 		ts := newTestServer(t, nil, nil)
 		c := ts.login()
-		c.cmd("TOP 1 -1", "-ERR invalid number of lines")
-		c.cmd("TOP 1 x", "-ERR invalid number of lines")
-		c.cmd("TOP 9 1", "-ERR no such message")
+		c.Command("TOP 1 -1", "-ERR invalid number of lines")
+		c.Command("TOP 1 x", "-ERR invalid number of lines")
+		c.Command("TOP 9 1", "-ERR no such message")
 	})
 }
 
 func TestPipelinedCommandsAnsweredInOrderWithOneFlush(t *testing.T) {
 	ts := newTestServer(t, nil, nil)
 	c := ts.login()
-	c.cmd("NOOP", "+OK") // settle
+	c.Command("NOOP", "+OK") // settle
 	before := ts.writes.Load()
-	c.sendRaw("STAT\r\nLIST 1\r\nUIDL 2\r\nDELE 3\r\nSTAT\r\nRETR 1\r\nNOOP\r\n")
-	c.expect("+OK 3 ")
-	c.expect("+OK 1 ")
-	c.expect("+OK 2 UID-two")
-	c.expect("+OK message 3 deleted")
-	c.expect("+OK 2 ")
-	c.expect("+OK")
-	c.body()
-	c.expect("+OK")
+	c.SendRaw("STAT\r\nLIST 1\r\nUIDL 2\r\nDELE 3\r\nSTAT\r\nRETR 1\r\nNOOP\r\n")
+	c.Expect("+OK 3 ")
+	c.Expect("+OK 1 ")
+	c.Expect("+OK 2 UID-two")
+	c.Expect("+OK message 3 deleted")
+	c.Expect("+OK 2 ")
+	c.Expect("+OK")
+	c.Body()
+	c.Expect("+OK")
 	if n := ts.writes.Load() - before; n != 1 {
 		t.Fatalf("pipelined batch took %d writes, want 1", n)
 	}
@@ -477,40 +478,40 @@ func TestCommandLineLimit(t *testing.T) {
 	c := ts.dial()
 	// 255 octets including CRLF is allowed (RFC 2449 §4).
 	user := strings.Repeat("u", 255-len("USER \r\n"))
-	c.cmd("USER "+user, "+OK")
-	c.cmd("USER "+user+"u", "-ERR line too long")
-	c.cmd("USER "+strings.Repeat("x", 1<<20), "-ERR line too long") // a megabyte, skipped whole
-	c.cmd("NOOP", "-ERR command not valid")                         // still in sync
-	c.cmd("USER "+testUser, "+OK")
-	c.cmd("PASS "+testPass, "+OK")
+	c.Command("USER "+user, "+OK")
+	c.Command("USER "+user+"u", "-ERR line too long")
+	c.Command("USER "+strings.Repeat("x", 1<<20), "-ERR line too long") // a megabyte, skipped whole
+	c.Command("NOOP", "-ERR command not valid")                         // still in sync
+	c.Command("USER "+testUser, "+OK")
+	c.Command("PASS "+testPass, "+OK")
 }
 
 func TestGarbageDisconnects(t *testing.T) {
 	ts := newTestServer(t, nil, func(c *Config) { c.BadCommandLimit = 5 })
 	c := ts.dial()
-	c.sendRaw("\x00\xff\xfe garbage\r\n\r\n" + strings.Repeat("z", 300) + "\nHELO x\r\n")
+	c.SendRaw("\x00\xff\xfe garbage\r\n\r\n" + strings.Repeat("z", 300) + "\nHELO x\r\n")
 	for range 3 {
-		c.expect("-ERR ")
+		c.Expect("-ERR ")
 	}
-	c.expect("-ERR unknown command")
-	c.cmd("EHLO", "-ERR unknown command; too many invalid commands")
-	c.expectClosed()
+	c.Expect("-ERR unknown command")
+	c.Command("EHLO", "-ERR unknown command; too many invalid commands")
+	c.ExpectClosed()
 }
 
 func TestBareLFCommands(t *testing.T) {
 	ts := newTestServer(t, nil, nil)
 	c := ts.dial()
-	c.sendRaw("USER " + testUser + "\nPASS " + testPass + "\nSTAT\n")
-	c.expect("+OK")
-	c.expect("+OK")
-	c.expect("+OK 3 ")
+	c.SendRaw("USER " + testUser + "\nPASS " + testPass + "\nSTAT\n")
+	c.Expect("+OK")
+	c.Expect("+OK")
+	c.Expect("+OK 3 ")
 }
 
-func readAll(c *client) (string, error) {
+func readAll(c *transcript.Conn) (string, error) {
 	var b strings.Builder
 	buf := make([]byte, 4096)
 	for {
-		n, err := c.r.Read(buf)
+		n, err := c.Reader().Read(buf)
 		b.Write(buf[:n])
 		if err != nil {
 			return b.String(), err
@@ -524,11 +525,11 @@ func TestPanicEndsOnlyTheSession(t *testing.T) {
 	ts := newTestServer(t, b, nil)
 	other := ts.login()
 	c := ts.login()
-	c.cmd("DELE 1", "+OK")
-	c.send("RETR 2")
-	c.expectClosed()
-	other.cmd("STAT", "+OK 3 ")
-	other.cmd("QUIT", "+OK")
+	c.Command("DELE 1", "+OK")
+	c.Send("RETR 2")
+	c.ExpectClosed()
+	other.Command("STAT", "+OK 3 ")
+	other.Command("QUIT", "+OK")
 	ts.wait()
 	if commits, closes := ts.b.counts(); len(commits) != 1 || len(commits[0]) != 0 || closes != 2 {
 		t.Fatalf("commits %v closes %d, want only the other session's empty commit and two closes", commits, closes)
@@ -540,6 +541,6 @@ func TestPanicEndsOnlyTheSession(t *testing.T) {
 func TestProxyHeaderFromUntrustedPeerRefused(t *testing.T) {
 	ts := newTestServer(t, nil, nil)
 	c := ts.dial()
-	c.cmd("PROXY TCP4 203.0.113.9 127.0.0.1 4000 110", "-ERR PROXY protocol not accepted")
-	c.expectClosed()
+	c.Command("PROXY TCP4 203.0.113.9 127.0.0.1 4000 110", "-ERR PROXY protocol not accepted")
+	c.ExpectClosed()
 }

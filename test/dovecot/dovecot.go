@@ -35,6 +35,7 @@ import (
 	"text/template"
 	"time"
 
+	"mailgate/test/syncbuf"
 	"mailgate/test/testca"
 )
 
@@ -87,7 +88,7 @@ type Server struct {
 	cmd      *exec.Cmd
 	exited   chan struct{} // closed when the master has exited
 	exitErr  error         // set before exited is closed
-	stderr   *syncBuffer
+	stderr   *syncbuf.Buffer
 	mu       sync.Mutex // serializes AddUser
 	stopOnce sync.Once
 	stopErr  error
@@ -420,7 +421,7 @@ func (s *Server) start(bin string, opts Options, mu mailUser, timeout time.Durat
 	// A previous attempt's log would be mistaken for this one's.
 	os.Remove(filepath.Join(s.Dir, "dovecot.log"))
 
-	s.stderr = &syncBuffer{}
+	s.stderr = &syncbuf.Buffer{}
 	cmd := exec.Command(bin, "-F", "-c", s.conf)
 	cmd.Stdout = s.stderr
 	cmd.Stderr = s.stderr
@@ -568,23 +569,6 @@ func tail(s string, lines int) string {
 		parts = parts[len(parts)-lines:]
 	}
 	return strings.Join(parts, "\n")
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
 }
 
 // Home returns user's home directory (where its Maildir is).

@@ -12,7 +12,6 @@
 package harness
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"os"
@@ -27,6 +26,7 @@ import (
 
 	"mailgate/gateway"
 	"mailgate/gateway/config"
+	"mailgate/test/syncbuf"
 	"mailgate/test/testca"
 )
 
@@ -35,14 +35,14 @@ type Gateway struct {
 	t    testing.TB
 	Srv  *gateway.Server
 	YAML []byte
-	logs *syncBuffer
+	logs *syncbuf.Buffer
 }
 
 // Start parses yaml, starts mailgate and registers its shutdown (15s grace)
 // and the credential check of its logs with t.Cleanup.
 func Start(t testing.TB, yaml string) *Gateway {
 	t.Helper()
-	g := &Gateway{t: t, YAML: []byte(yaml), logs: &syncBuffer{}}
+	g := &Gateway{t: t, YAML: []byte(yaml), logs: &syncbuf.Buffer{}}
 	g.start()
 	t.Cleanup(func() {
 		g.Stop(15 * time.Second)
@@ -213,25 +213,6 @@ func LeafFiles(t testing.TB, dir string) (cert, key string) {
 		t.Fatal(err)
 	}
 	return cert, key
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) Sync() error { return nil }
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
 }
 
 // TailLines returns the last n lines of s.

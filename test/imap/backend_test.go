@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/emersion/go-imap/v2"
+
+	"mailgate/test/syncbuf"
 )
 
 // TestBackendUnavailable: a backend that refuses connections or never
@@ -30,7 +32,7 @@ func TestBackendUnavailable(t *testing.T) {
 			for i := range 2 {
 				tag := fmt.Sprintf("u%d", i)
 				start := time.Now()
-				_, st := c.cmd(tag, fmt.Sprintf("LOGIN %q %q", a.User, a.Pass))
+				_, st := c.Tagged(tag, fmt.Sprintf("LOGIN %q %q", a.User, a.Pass))
 				took := time.Since(start)
 				if !strings.HasPrefix(st, tag+" NO [UNAVAILABLE]") {
 					t.Fatalf("LOGIN with the backend %s: %q, want NO [UNAVAILABLE]", dom, st)
@@ -108,7 +110,7 @@ func TestBackendTLS(t *testing.T) {
 	t.Run("untrusted certificate", func(t *testing.T) {
 		a := newAccount(t, domUntrusted)
 		c := dialRaw(t, g.Addr("imap-clear"))
-		if _, st := c.cmd("u", fmt.Sprintf("LOGIN %q %q", a.User, a.Pass)); !strings.HasPrefix(st, "u NO [UNAVAILABLE]") {
+		if _, st := c.Tagged("u", fmt.Sprintf("LOGIN %q %q", a.User, a.Pass)); !strings.HasPrefix(st, "u NO [UNAVAILABLE]") {
 			t.Fatalf("LOGIN with a backend certificate from an unknown CA: %q, want NO [UNAVAILABLE]", st)
 		}
 		if !logHas(g, `"msg":"imap backend unavailable"`, a.User, "certificate signed by unknown authority") {
@@ -120,23 +122,8 @@ func TestBackendTLS(t *testing.T) {
 	})
 }
 
-// tap is a TCP relay in front of Dovecot that records what mailgate sends.
-type tap struct {
-	mu   sync.Mutex
-	sent bytes.Buffer
-}
-
-func (tp *tap) Write(p []byte) (int, error) {
-	tp.mu.Lock()
-	defer tp.mu.Unlock()
-	return tp.sent.Write(p)
-}
-
-func (tp *tap) String() string {
-	tp.mu.Lock()
-	defer tp.mu.Unlock()
-	return tp.sent.String()
-}
+// tap records what mailgate sends through a TCP relay in front of Dovecot.
+type tap = syncbuf.Buffer
 
 // startTap listens on loopback and relays every connection to target.
 func startTap(t *testing.T, target string) (*tap, string) {
@@ -195,11 +182,11 @@ func TestForwardClientIP(t *testing.T) {
 	seed(t, a, "INBOX", message("forward", "hello\r\n"))
 
 	c := dialRaw(t, g.Addr("imap-clear"))
-	_, port, _ := net.SplitHostPort(c.conn.LocalAddr().String())
-	if _, st := c.cmd("l", fmt.Sprintf("LOGIN %q %q", a.User, a.Pass)); !strings.HasPrefix(st, "l OK") {
+	_, port, _ := net.SplitHostPort(c.NetConn().LocalAddr().String())
+	if _, st := c.Tagged("l", fmt.Sprintf("LOGIN %q %q", a.User, a.Pass)); !strings.HasPrefix(st, "l OK") {
 		t.Fatalf("LOGIN with forward_client_ip: %q", st)
 	}
-	if _, st := c.cmd("s", "SELECT INBOX"); !strings.HasPrefix(st, "s OK") {
+	if _, st := c.Tagged("s", "SELECT INBOX"); !strings.HasPrefix(st, "s OK") {
 		t.Fatalf("SELECT: %q", st)
 	}
 	sent := tp.String()

@@ -1,16 +1,12 @@
 package imape2e
 
 import (
-	"bufio"
 	"crypto/rand"
 	"crypto/tls"
 	"encoding/hex"
 	"fmt"
-	"io"
 	"net"
 	"os"
-	"regexp"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -22,6 +18,7 @@ import (
 
 	"mailgate/test/dovecot"
 	"mailgate/test/harness"
+	"mailgate/test/transcript"
 )
 
 // The package's Dovecot, started once by TestMain: starting one per test
@@ -246,12 +243,10 @@ func silentAddr(t testing.TB) string {
 // ioTimeout bounds every read and write of the test clients.
 const ioTimeout = 20 * time.Second
 
-// rawClient is an IMAP transcript client: it sends exactly the bytes a test
-// writes and returns responses as lines, literals inlined.
+// rawClient is an IMAP transcript (test/transcript) that remembers the
+// server's greeting.
 type rawClient struct {
-	t    testing.TB
-	conn net.Conn
-	br   *bufio.Reader
+	*transcript.Conn
 	// Greeting is the server's first line.
 	Greeting string
 }
@@ -279,126 +274,19 @@ func dialRawTLS(t testing.TB, addr string) *rawClient {
 
 func newRaw(t testing.TB, conn net.Conn) *rawClient {
 	t.Helper()
-	c := &rawClient{t: t, conn: conn, br: bufio.NewReader(conn)}
-	t.Cleanup(func() { conn.Close() })
-	c.Greeting = c.line()
-	if !strings.HasPrefix(c.Greeting, "* OK") {
-		t.Fatalf("greeting: %q", c.Greeting)
-	}
+	c := &rawClient{Conn: transcript.New(t, conn)}
+	c.Timeout = ioTimeout
+	c.Greeting = c.Expect("* OK")
 	return c
 }
 
-// send writes s as it is (the caller adds line ends).
-func (c *rawClient) send(s string) {
-	c.t.Helper()
-	c.conn.SetWriteDeadline(time.Now().Add(ioTimeout))
-	if _, err := io.WriteString(c.conn, s); err != nil {
-		c.t.Fatalf("write %.40q: %v", s, err)
-	}
-}
-
-var literalAtEnd = regexp.MustCompile(`\{(\d+)\+?\}$`)
-
-// readResponse reads one response: a line, and when it announces a literal,
-// the literal and the rest of the response, all in one string (line ends
-// inside are kept; the final CRLF is not).
-func (c *rawClient) readResponse() (string, error) {
-	var sb strings.Builder
-	for {
-		c.conn.SetReadDeadline(time.Now().Add(ioTimeout))
-		line, err := c.br.ReadString('\n')
-		if err != nil {
-			return sb.String() + line, err
-		}
-		line = strings.TrimSuffix(strings.TrimSuffix(line, "\n"), "\r")
-		sb.WriteString(line)
-		m := literalAtEnd.FindStringSubmatch(line)
-		if m == nil {
-			return sb.String(), nil
-		}
-		n, _ := strconv.Atoi(m[1])
-		sb.WriteString("\r\n")
-		if _, err := io.CopyN(&sb, c.br, int64(n)); err != nil {
-			return sb.String(), err
-		}
-	}
-}
-
-// line reads one response and fails the test on error.
-func (c *rawClient) line() string {
-	c.t.Helper()
-	s, err := c.readResponse()
-	if err != nil {
-		c.t.Fatalf("read: %v (got %q)", err, s)
-	}
-	return s
-}
-
-// cmd sends "tag text" and returns the untagged responses and the tagged
-// status line.
-func (c *rawClient) cmd(tag, text string) (untagged []string, tagged string) {
-	c.t.Helper()
-	c.send(tag + " " + text + "\r\n")
-	return c.until(tag)
-}
-
-// until reads responses up to the tagged one for tag.
-func (c *rawClient) until(tag string) (untagged []string, tagged string) {
-	c.t.Helper()
-	for {
-		l := c.line()
-		if strings.HasPrefix(l, tag+" ") {
-			return untagged, l
-		}
-		untagged = append(untagged, l)
-	}
-}
-
-// expectClosed waits for the server to close the connection, skipping what
-// it still sends; it returns those lines.
-func (c *rawClient) expectClosed(within time.Duration) []string {
-	c.t.Helper()
-	var lines []string
-	deadline := time.Now().Add(within)
-	for {
-		c.conn.SetReadDeadline(deadline)
-		l, err := c.br.ReadString('\n')
-		if l != "" {
-			lines = append(lines, strings.TrimRight(l, "\r\n"))
-		}
-		if err == nil {
-			continue
-		}
-		if ne, ok := err.(net.Error); ok && ne.Timeout() {
-			c.t.Fatalf("connection still open after %v; last lines %q", within, lines)
-		}
-		return lines
-	}
-}
-
 // startTLS runs STARTTLS and the handshake; later commands go over TLS.
-func (c *rawClient) startTLS() {
-	c.t.Helper()
-	if _, st := c.cmd("tls", "STARTTLS"); !strings.HasPrefix(st, "tls OK") {
-		c.t.Fatalf("STARTTLS: %q", st)
+func (c *rawClient) startTLS(t testing.TB) {
+	t.Helper()
+	if _, st := c.Tagged("tls", "STARTTLS"); !strings.HasPrefix(st, "tls OK") {
+		t.Fatalf("STARTTLS: %q", st)
 	}
-	c.startTLSHandshakeOnly()
-}
-
-// startTLSHandshakeOnly runs the client's TLS handshake after the server's
-// OK to STARTTLS.
-func (c *rawClient) startTLSHandshakeOnly() {
-	c.t.Helper()
-	if c.br.Buffered() > 0 {
-		c.t.Fatalf("server sent %d bytes after its STARTTLS reply", c.br.Buffered())
-	}
-	tc := tls.Client(c.conn, harness.ClientTLS(c.t))
-	tc.SetDeadline(time.Now().Add(ioTimeout))
-	if err := tc.Handshake(); err != nil {
-		c.t.Fatalf("TLS handshake after STARTTLS: %v", err)
-	}
-	c.conn = tc
-	c.br = bufio.NewReader(tc)
+	c.StartTLS(harness.ClientTLS(t))
 }
 
 // capsOf returns the capability list of an untagged CAPABILITY response or

@@ -38,7 +38,7 @@ func TestPreTLSPolicy(t *testing.T) {
 
 	for _, src := range []struct{ what, line string }{
 		{"greeting", c.Greeting},
-		{"CAPABILITY", func() string { u, _ := c.cmd("c1", "CAPABILITY"); return strings.Join(u, "\n") }()},
+		{"CAPABILITY", func() string { u, _ := c.Tagged("c1", "CAPABILITY"); return strings.Join(u, "\n") }()},
 	} {
 		caps := capsOf(src.line)
 		if !hasCap(caps, "STARTTLS") || !hasCap(caps, "LOGINDISABLED") {
@@ -55,7 +55,7 @@ func TestPreTLSPolicy(t *testing.T) {
 		"AUTHENTICATE PLAIN " + base64.StdEncoding.EncodeToString([]byte("\x00"+a.User+"\x00"+a.Pass)),
 	} {
 		tag := fmt.Sprintf("p%d", i)
-		if _, st := c.cmd(tag, cmd); !strings.HasPrefix(st, tag+" NO [PRIVACYREQUIRED]") {
+		if _, st := c.Tagged(tag, cmd); !strings.HasPrefix(st, tag+" NO [PRIVACYREQUIRED]") {
 			t.Errorf("%s before TLS: %q, want NO [PRIVACYREQUIRED]", strings.Fields(cmd)[0], st)
 		}
 	}
@@ -63,13 +63,13 @@ func TestPreTLSPolicy(t *testing.T) {
 		t.Fatalf("credentials sent before TLS reached Dovecot")
 	}
 
-	c.startTLS()
-	untagged, _ := c.cmd("c2", "CAPABILITY")
+	c.startTLS(t)
+	untagged, _ := c.Tagged("c2", "CAPABILITY")
 	caps := capsOf(strings.Join(untagged, "\n"))
 	if !hasCap(caps, "AUTH=PLAIN") || hasCap(caps, "LOGINDISABLED") || hasCap(caps, "STARTTLS") {
 		t.Errorf("CAPABILITY after STARTTLS: %q, want AUTH=PLAIN and neither LOGINDISABLED nor STARTTLS", untagged)
 	}
-	if _, st := c.cmd("l", fmt.Sprintf("LOGIN %q %q", a.User, a.Pass)); !strings.HasPrefix(st, "l OK [CAPABILITY ") {
+	if _, st := c.Tagged("l", fmt.Sprintf("LOGIN %q %q", a.User, a.Pass)); !strings.HasPrefix(st, "l OK [CAPABILITY ") {
 		t.Fatalf("LOGIN after STARTTLS: %q", st)
 	}
 	// Dovecot's log process writes asynchronously: give it a moment.
@@ -89,20 +89,20 @@ func TestStartTLSPipelinedNotExecuted(t *testing.T) {
 	t.Run("same segment", func(t *testing.T) {
 		a := newAccount(t, domPlain)
 		c := dialRaw(t, g.Addr("imap"))
-		c.send(fmt.Sprintf("s1 STARTTLS\r\ns2 LOGIN %q %q\r\n", a.User, a.Pass))
-		_, st := c.until("s1")
+		c.SendRaw(fmt.Sprintf("s1 STARTTLS\r\ns2 LOGIN %q %q\r\n", a.User, a.Pass))
+		_, st := c.Until("s1")
 		switch {
 		case strings.HasPrefix(st, "s1 BAD"):
 			// Refused: the connection stays cleartext, and the LOGIN is
 			// answered as the cleartext command it is.
-			if _, st2 := c.until("s2"); !strings.HasPrefix(st2, "s2 NO [PRIVACYREQUIRED]") {
+			if _, st2 := c.Until("s2"); !strings.HasPrefix(st2, "s2 NO [PRIVACYREQUIRED]") {
 				t.Errorf("pipelined LOGIN after a refused STARTTLS: %q", st2)
 			}
 		case strings.HasPrefix(st, "s1 OK"):
 			// Accepted: the pipelined bytes must have been discarded, so
 			// the first reply inside TLS is to our first TLS command.
-			c.startTLSHandshakeOnly()
-			if _, st2 := c.cmd("s3", "NOOP"); !strings.HasPrefix(st2, "s3 OK") {
+			c.StartTLS(harness.ClientTLS(t))
+			if _, st2 := c.Tagged("s3", "NOOP"); !strings.HasPrefix(st2, "s3 OK") {
 				t.Errorf("first reply over TLS: %q, want s3 OK (s2 must be discarded)", st2)
 			}
 		default:
@@ -116,13 +116,13 @@ func TestStartTLSPipelinedNotExecuted(t *testing.T) {
 	t.Run("after the OK, before the handshake", func(t *testing.T) {
 		a := newAccount(t, domPlain)
 		c := dialRaw(t, g.Addr("imap"))
-		if _, st := c.cmd("s1", "STARTTLS"); !strings.HasPrefix(st, "s1 OK") {
+		if _, st := c.Tagged("s1", "STARTTLS"); !strings.HasPrefix(st, "s1 OK") {
 			t.Fatalf("STARTTLS: %q", st)
 		}
 		// Cleartext where the ClientHello belongs: the handshake fails and
 		// the connection ends; the command is never read as a command.
-		c.send(fmt.Sprintf("s2 LOGIN %q %q\r\n", a.User, a.Pass))
-		for _, l := range c.expectClosed(10 * time.Second) {
+		c.SendRaw(fmt.Sprintf("s2 LOGIN %q %q\r\n", a.User, a.Pass))
+		for _, l := range c.DrainUntilClosed(10 * time.Second) {
 			if strings.HasPrefix(l, "s2 ") {
 				t.Errorf("the cleartext LOGIN was answered: %q", l)
 			}
@@ -178,19 +178,19 @@ func TestNoCredentialsInLogs(t *testing.T) {
 	} {
 		c := dialRaw(t, g.Addr(tc.listener))
 		for _, s := range tc.steps {
-			c.send(s.send)
+			c.SendRaw(s.send)
 			if s.expect == "+" {
-				if l := c.line(); !strings.HasPrefix(l, "+") {
+				if l := c.Response(); !strings.HasPrefix(l, "+") {
 					t.Fatalf("%s: want a continuation request, got %q", tc.name, l)
 				}
 				continue
 			}
-			if _, st := c.until("t"); !strings.HasPrefix(st, s.expect) {
+			if _, st := c.Until("t"); !strings.HasPrefix(st, s.expect) {
 				t.Fatalf("%s: %q, want %s", tc.name, st, s.expect)
 			}
 		}
-		c.send("z LOGOUT\r\n")
-		c.expectClosed(10 * time.Second)
+		c.Send("z LOGOUT")
+		c.DrainUntilClosed(10 * time.Second)
 	}
 	// The logs do speak of these logins, so searching them means something.
 	for _, a := range []account{good, down, untrusted} {

@@ -106,7 +106,7 @@ func TestAuthenticatePlainSASLIR(t *testing.T) {
 		if hasCap(caps, "LOGINDISABLED") || hasCap(caps, "STARTTLS") {
 			t.Errorf("greeting over implicit TLS offers LOGINDISABLED or STARTTLS: %q", c.Greeting)
 		}
-		untagged, st := c.cmd("a1", "AUTHENTICATE PLAIN "+ir)
+		untagged, st := c.Tagged("a1", "AUTHENTICATE PLAIN "+ir)
 		for _, l := range untagged {
 			if strings.HasPrefix(l, "+") {
 				t.Errorf("continuation request despite SASL-IR: %q", l)
@@ -115,20 +115,20 @@ func TestAuthenticatePlainSASLIR(t *testing.T) {
 		if !strings.HasPrefix(st, "a1 OK [CAPABILITY ") || !hasCap(capsOf(st), "IDLE") {
 			t.Fatalf("AUTHENTICATE PLAIN: %q, want OK [CAPABILITY ...] with Dovecot's IDLE", st)
 		}
-		if _, st := c.cmd("a2", "SELECT INBOX"); !strings.HasPrefix(st, "a2 OK") {
+		if _, st := c.Tagged("a2", "SELECT INBOX"); !strings.HasPrefix(st, "a2 OK") {
 			t.Fatalf("SELECT: %q", st)
 		}
-		c.cmd("a3", "LOGOUT")
+		c.Tagged("a3", "LOGOUT")
 	})
 
 	t.Run("raw without initial response", func(t *testing.T) {
 		c := dialRawTLS(t, g.Addr("imaps"))
-		c.send("b1 AUTHENTICATE PLAIN\r\n")
-		if l := c.line(); l != "+ " && l != "+" {
+		c.Send("b1 AUTHENTICATE PLAIN")
+		if l := c.Response(); l != "+ " && l != "+" {
 			t.Fatalf("want an empty continuation request, got %q", l)
 		}
-		c.send(ir + "\r\n")
-		if _, st := c.until("b1"); !strings.HasPrefix(st, "b1 OK") {
+		c.Send(ir)
+		if _, st := c.Until("b1"); !strings.HasPrefix(st, "b1 OK") {
 			t.Fatalf("AUTHENTICATE PLAIN: %q", st)
 		}
 	})
@@ -168,12 +168,12 @@ func TestWrongPassword(t *testing.T) {
 		fmt.Sprintf("LOGIN %q %q", "nobody-"+randomHex(t, 4)+"@"+domPlain, a.Pass),
 	} {
 		tag := fmt.Sprintf("w%d", i)
-		_, st := c.cmd(tag, cmd)
+		_, st := c.Tagged(tag, cmd)
 		if !strings.HasPrefix(st, tag+" NO [AUTHENTICATIONFAILED]") {
 			t.Errorf("%s: %q, want NO [AUTHENTICATIONFAILED]", strings.Fields(cmd)[0], st)
 		}
 	}
-	if _, st := c.cmd("ok", fmt.Sprintf("LOGIN %q %q", a.User, a.Pass)); !strings.HasPrefix(st, "ok OK") {
+	if _, st := c.Tagged("ok", fmt.Sprintf("LOGIN %q %q", a.User, a.Pass)); !strings.HasPrefix(st, "ok OK") {
 		t.Fatalf("the right password after three wrong ones: %q", st)
 	}
 	if !logHas(g, `"msg":"login failed"`, a.User) {
@@ -325,16 +325,16 @@ func TestAppendSynchronizingLiteral(t *testing.T) {
 	g := startGateway(t, gwOptions{})
 	a := newAccount(t, domPlain)
 	c := dialRaw(t, g.Addr("imap-clear"))
-	if _, st := c.cmd("l", fmt.Sprintf("LOGIN %q %q", a.User, a.Pass)); !strings.HasPrefix(st, "l OK") {
+	if _, st := c.Tagged("l", fmt.Sprintf("LOGIN %q %q", a.User, a.Pass)); !strings.HasPrefix(st, "l OK") {
 		t.Fatalf("LOGIN: %q", st)
 	}
 	msg := message("sync-literal", "sent after the continuation request\r\n")
-	c.send(fmt.Sprintf("ap APPEND INBOX (\\Flagged) {%d}\r\n", len(msg)))
-	if l := c.line(); !strings.HasPrefix(l, "+") {
+	c.SendRaw(fmt.Sprintf("ap APPEND INBOX (\\Flagged) {%d}\r\n", len(msg)))
+	if l := c.Response(); !strings.HasPrefix(l, "+") {
 		t.Fatalf("want a continuation request for the literal, got %q", l)
 	}
-	c.send(string(msg) + "\r\n")
-	_, st := c.until("ap")
+	c.Send(string(msg))
+	_, st := c.Until("ap")
 	if !strings.HasPrefix(st, "ap OK [APPENDUID ") {
 		t.Fatalf("APPEND: %q", st)
 	}
@@ -347,8 +347,8 @@ func TestAppendSynchronizingLiteral(t *testing.T) {
 		t.Fatalf("Dovecot has %+v for UID %d, want the literal's bytes, \\Flagged", m, uid)
 	}
 	// FETCH the other way: a literal from Dovecot, byte for byte.
-	c.cmd("s", "SELECT INBOX")
-	untagged, st := c.cmd("f", fmt.Sprintf("UID FETCH %d BODY.PEEK[]", uid))
+	c.Tagged("s", "SELECT INBOX")
+	untagged, st := c.Tagged("f", fmt.Sprintf("UID FETCH %d BODY.PEEK[]", uid))
 	if !strings.HasPrefix(st, "f OK") || len(untagged) != 1 || !strings.Contains(untagged[0], "\r\n"+string(msg)+")") {
 		t.Fatalf("UID FETCH: %q %q", untagged, st)
 	}
@@ -390,17 +390,17 @@ func TestLoginStringForms(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			c := dialRaw(t, g.Addr("imap-clear"))
 			for i, s := range tc.steps {
-				c.send(s)
+				c.SendRaw(s)
 				if i < len(tc.steps)-1 {
-					if l := c.line(); !strings.HasPrefix(l, "+") {
+					if l := c.Response(); !strings.HasPrefix(l, "+") {
 						t.Fatalf("step %d: want a continuation request, got %q", i, l)
 					}
 				}
 			}
-			if _, st := c.until("t"); !strings.HasPrefix(st, "t OK") {
+			if _, st := c.Until("t"); !strings.HasPrefix(st, "t OK") {
 				t.Fatalf("LOGIN: %q", st)
 			}
-			if _, st := c.cmd("s", "SELECT INBOX"); !strings.HasPrefix(st, "s OK") {
+			if _, st := c.Tagged("s", "SELECT INBOX"); !strings.HasPrefix(st, "s OK") {
 				t.Fatalf("SELECT: %q", st)
 			}
 		})

@@ -20,28 +20,23 @@
 package pebbletest
 
 import (
-	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
-	"encoding/pem"
 	"fmt"
 	"io"
-	"math/big"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
-	"sync"
 	"testing"
 	"time"
+
+	"mailgate/test/syncbuf"
+	"mailgate/test/testca"
 )
 
 // Paths of the Debian package's binaries.
@@ -72,8 +67,8 @@ type Options struct {
 type Server struct {
 	// Directory is the ACME directory URL (tls.acme.ca).
 	Directory string
-	// CARoot is a PEM file holding the certificate Pebble's HTTPS API
-	// presents (tls.acme.ca_root).
+	// CARoot is a PEM file holding the root that signs the certificate
+	// Pebble's HTTPS API presents (tls.acme.ca_root).
 	CARoot string
 	// HTTPPort and TLSPort are where Pebble's VA connects for HTTP-01 and
 	// TLS-ALPN-01 validations: run the challenge listeners there.
@@ -114,24 +109,29 @@ func Start(t testing.TB, opts Options) *Server {
 		Require(t)
 	}
 	dir := t.TempDir()
-	apiCert, apiKey := filepath.Join(dir, "api-cert.pem"), filepath.Join(dir, "api-key.pem")
-	if err := writeAPICert(apiCert, apiKey); err != nil {
+	// The Debian package ships no certificate for Pebble's HTTPS API: serve
+	// it with a leaf of a throwaway CA, and hand that CA's root to clients.
+	ca, err := testca.New()
+	if err != nil {
+		t.Fatalf("pebbletest: %v", err)
+	}
+	apiCert, apiKey, err := ca.WriteLeaf(dir, "api", "localhost", "127.0.0.1")
+	if err != nil {
+		t.Fatalf("pebbletest: %v", err)
+	}
+	caRoot, err := ca.WriteCA(dir)
+	if err != nil {
 		t.Fatalf("pebbletest: %v", err)
 	}
 	ports := FreePorts(t, 4)
 	s := &Server{
 		Directory: fmt.Sprintf("https://127.0.0.1:%d/dir", ports[0]),
-		CARoot:    apiCert,
+		CARoot:    caRoot,
 		HTTPPort:  ports[2],
 		TLSPort:   ports[3],
 		mgmt:      fmt.Sprintf("127.0.0.1:%d", ports[1]),
+		apiCAs:    ca.Pool(),
 	}
-	pemBytes, err := os.ReadFile(apiCert)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.apiCAs = x509.NewCertPool()
-	s.apiCAs.AppendCertsFromPEM(pemBytes)
 
 	type pebbleConfig struct {
 		ListenAddress             string   `json:"listenAddress"`
@@ -240,7 +240,7 @@ func startChallTestSrv(t testing.TB) string {
 // killed and reaped in t.Cleanup. Its output is logged if the test fails.
 func startProcess(t testing.TB, name, bin string, args, env []string) {
 	t.Helper()
-	out := &syncBuffer{}
+	out := &syncbuf.Buffer{}
 	cmd := exec.Command(bin, args...)
 	cmd.Env = env
 	cmd.Stdout, cmd.Stderr = out, out
@@ -319,56 +319,4 @@ func tryGet(url string, roots *x509.CertPool) ([]byte, error) {
 		return nil, fmt.Errorf("GET %s: %s", url, resp.Status)
 	}
 	return body, nil
-}
-
-// writeAPICert writes the self-signed certificate Pebble serves its API with
-// (the Debian package ships none): ECDSA P-256 for localhost and 127.0.0.1.
-func writeAPICert(certPath, keyPath string) error {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return err
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(time.Now().UnixNano()),
-		Subject:               pkix.Name{CommonName: "localhost"},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(30 * 24 * time.Hour),
-		DNSNames:              []string{"localhost"},
-		IPAddresses:           []net.IP{net.IPv4(127, 0, 0, 1)},
-		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
-		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		return err
-	}
-	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		return err
-	}
-	if err := os.WriteFile(certPath, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
-		return err
-	}
-	return os.WriteFile(keyPath, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600)
-}
-
-// syncBuffer collects a process's output; exec copies into it from its own
-// goroutines.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
