@@ -12,8 +12,8 @@ import (
 	"github.com/emersion/go-imap/v2/imapclient"
 
 	"mailgate/test/harness"
+	"mailgate/test/pebbletest"
 	"mailgate/test/pop3client"
-	"mailgate/tls/pebbletest"
 )
 
 // TestACMECertificateServesEveryListener: mailgate obtains a certificate from

@@ -11,7 +11,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
 
-	"mailgate/tls/pebbletest"
+	"mailgate/test/pebbletest"
 )
 
 // acmeConfig is tls.acme for srv with both challenge listeners on the ports
