@@ -1,11 +1,13 @@
 package gateway
 
 import (
+	"bytes"
 	"context"
 	"io"
 	"net"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -192,5 +194,85 @@ func TestReloadAppliesLimits(t *testing.T) {
 	}
 	if g := dialPOP3(t, srv.Addr("pop3"), "127.0.0.10").Line(); !strings.HasPrefix(g, "+OK") {
 		t.Fatalf("another address after the reload: %q", g)
+	}
+}
+
+// stallingProxy forwards connections to backend until the gateway asks for a
+// message body (BODY.PEEK[]); from then on it forwards nothing more, so the
+// body FETCH waits for the backend command timeout.
+func stallingProxy(t *testing.T, backend string) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			b, err := net.Dial("tcp", backend)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			wg.Add(2)
+			go func() { // backend -> gateway
+				defer wg.Done()
+				io.Copy(c, b)
+				c.Close()
+			}()
+			go func() { // gateway -> backend, until the first body FETCH
+				defer wg.Done()
+				defer b.Close()
+				buf := make([]byte, 32<<10)
+				for {
+					n, err := c.Read(buf)
+					if n > 0 && bytes.Contains(buf[:n], []byte("BODY.PEEK[]")) {
+						io.Copy(io.Discard, c) // the FETCH never reaches the backend
+						return
+					}
+					if n > 0 {
+						if _, err := b.Write(buf[:n]); err != nil {
+							return
+						}
+					}
+					if err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	return ln.Addr().String()
+}
+
+// A SIGHUP that shortens timeouts.backend_command applies to the next POP3
+// session: its body FETCH on a backend that stopped answering fails after
+// the new timeout, not the one in force when the gateway started.
+func TestReloadAppliesPOP3BackendTimeouts(t *testing.T) {
+	backend := stallingProxy(t, memBackend(t, testMessage))
+	slow := baseConfig + "timeouts: {backend_command: 1m}\n"
+	srv, _ := startGateway(t, slow, backend)
+	cfg, err := config.Parse([]byte(strings.ReplaceAll(baseConfig+"timeouts: {backend_command: 300ms}\n", "BACKEND", backend)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Reload(cfg); err != nil {
+		t.Fatal(err)
+	}
+	c := dialPOP3(t, srv.Addr("pop3"), "")
+	c.Expect("+OK")
+	c.Command("USER alice", "+OK")
+	c.Command("PASS secret", "+OK")
+	start := time.Now()
+	c.Command("RETR 1", "-ERR [SYS/TEMP]")
+	if d := time.Since(start); d > 10*time.Second {
+		t.Fatalf("RETR on a silent backend failed after %v; the reloaded backend_command is 300ms", d)
 	}
 }

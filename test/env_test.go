@@ -21,7 +21,10 @@ import (
 
 // One Dovecot serves the whole package (with TLS for backend TLS tests and
 // POP3 for UIDL comparisons).
-var backend = dovecot.Shared{Options: dovecot.Options{TLS: true, POP3: true}}
+// The gateway (on 127.0.0.1) is a trusted proxy to Dovecot, so that
+// forward_client_ip reaches it; clients that test the forwarding connect
+// from 127.0.0.2, which is not trusted.
+var backend = dovecot.Shared{Options: dovecot.Options{TLS: true, POP3: true, TrustedNetworks: "127.0.0.1/32"}}
 
 func TestMain(m *testing.M) {
 	code := backend.Run(m)
@@ -140,6 +143,7 @@ listeners:
   - {name: pop3, protocol: pop3, address: "127.0.0.1:0", tls: none, allow_plaintext_auth: true}
   - {name: pop3-stls, protocol: pop3, address: "127.0.0.1:0", tls: starttls}
   - {name: pop3s, protocol: pop3, address: "127.0.0.1:0", tls: implicit}
+  - {name: imap, protocol: imap, address: "127.0.0.1:0", tls: none, allow_plaintext_auth: true}
 backends:
   dovecot: %s
 routing:

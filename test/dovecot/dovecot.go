@@ -69,6 +69,10 @@ type Options struct {
 	// POP3 adds Dovecot's own cleartext POP3 listener (POP3Addr) on the same
 	// mail store, with pop3_uidl_format %08Xu%08Xv.
 	POP3 bool
+	// TrustedNetworks is Dovecot's login_trusted_networks (space-separated
+	// CIDRs): clients from there may forward the real client's address with
+	// ID x-originating-ip, as mailgate's forward_client_ip does. Empty: none.
+	TrustedNetworks string
 	// Binary is the dovecot executable; empty means DefaultBinary.
 	Binary string
 	// StartTimeout bounds waiting for the IMAP greeting; zero means 15s.
@@ -308,6 +312,8 @@ log_path = {{.Dir}}/dovecot.log
 info_log_path = {{.Dir}}/dovecot.log
 protocols = {{.Protocols}}
 listen = 127.0.0.1
+{{if .TrustedNetworks}}login_trusted_networks = {{.TrustedNetworks}}
+{{end -}}
 shutdown_clients = yes
 
 {{if .TLS -}}
@@ -395,11 +401,13 @@ func (s *Server) start(bin string, opts Options, mu mailUser, timeout time.Durat
 	}
 	vars := struct {
 		Instance, Dir, Protocols      string
+		TrustedNetworks               string
 		TLS                           bool
 		UID, GID                      int
 		IMAPPort, IMAPSPort, POP3Port int
 	}{Instance: "mailgate-" + filepath.Base(s.Dir), Dir: s.Dir, Protocols: "imap", TLS: opts.TLS,
-		UID: mu.uid, GID: mu.gid, IMAPPort: ports[0]}
+		TrustedNetworks: opts.TrustedNetworks,
+		UID:             mu.uid, GID: mu.gid, IMAPPort: ports[0]}
 	ports = ports[1:]
 	s.IMAPAddr = addr(vars.IMAPPort)
 	if opts.TLS {
