@@ -14,11 +14,14 @@ import (
 	"github.com/emersion/go-imap/v2/imapclient"
 )
 
-// Defaults for zero Timeouts: the documented defaults of timeouts.backend_dial
-// (10s) and timeouts.backend_command (60s).
+// Defaults for zero Timeouts, and of timeouts.backend_dial and
+// timeouts.backend_command in the configuration file.
 const (
-	timeoutDialDefault    = 10 * time.Second
-	timeoutCommandDefault = 60 * time.Second
+	DefaultDialTimeout    = 10 * time.Second
+	DefaultCommandTimeout = 60 * time.Second
+)
+
+const (
 	// closeTimeout bounds the goodbye of Maildrop.Close (\Seen flush and
 	// LOGOUT); the session is over, nobody waits for more than this.
 	closeTimeout = 5 * time.Second
@@ -26,10 +29,10 @@ const (
 
 func (t Timeouts) withDefaults() Timeouts {
 	if t.Dial <= 0 {
-		t.Dial = timeoutDialDefault
+		t.Dial = DefaultDialTimeout
 	}
 	if t.Command <= 0 {
-		t.Command = timeoutCommandDefault
+		t.Command = DefaultCommandTimeout
 	}
 	return t
 }

@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"mailgate/gateway/imap"
+	"mailgate/gateway/pop3"
 	"mailgate/test/testca"
 	"mailgate/upstream"
 )
@@ -233,5 +235,19 @@ func TestThreeMistakes(t *testing.T) {
 	}, "\n")
 	if err == nil || err.Error() != want {
 		t.Errorf("Load(three-mistakes.yaml) error:\n%v\nwant:\n%s", err, want)
+	}
+}
+
+// The keys that set both fronts (tls_handshake, bad_commands,
+// auth_failure_delay) take one default; the fronts must agree on it, or a
+// front built without gateway/config would behave differently.
+func TestSharedFrontDefaultsAgree(t *testing.T) {
+	if pop3.DefaultTLSHandshakeTimeout != imap.DefaultTLSHandshakeTimeout ||
+		pop3.DefaultBadCommandLimit != imap.DefaultBadCommandLimit ||
+		pop3.DefaultAuthFailureDelay != imap.DefaultAuthFailureDelay {
+		t.Fatalf("pop3 and imap defaults differ for a shared key: tls_handshake %v/%v, bad_commands %v/%v, auth_failure_delay %v/%v",
+			pop3.DefaultTLSHandshakeTimeout, imap.DefaultTLSHandshakeTimeout,
+			pop3.DefaultBadCommandLimit, imap.DefaultBadCommandLimit,
+			pop3.DefaultAuthFailureDelay, imap.DefaultAuthFailureDelay)
 	}
 }

@@ -4,25 +4,30 @@ import (
 	"net"
 	"time"
 
+	"mailgate/gateway/imap"
+	"mailgate/gateway/pop3"
 	"mailgate/upstream"
 )
 
 // Default values. A zero value in the file means "use the default", so a
 // limit cannot be switched off by writing 0.
+// The fronts' settings take the fronts' own defaults (the keys shared by
+// both fronts take the IMAP front's; TestSharedFrontDefaultsAgree checks that
+// POP3's are the same), the backend timeouts upstream's.
 const (
-	DefaultPOP3Idle       = 10 * time.Minute // RFC 1939 §3: at least 10 minutes
-	DefaultIMAPPreauth    = 60 * time.Second
-	DefaultIMAPIdle       = 30 * time.Minute // RFC 9051 §5.4: at least 30 minutes
-	DefaultTLSHandshake   = 30 * time.Second
-	DefaultBackendDial    = 10 * time.Second
-	DefaultBackendCommand = 60 * time.Second
+	DefaultPOP3Idle       = pop3.DefaultIdleTimeout
+	DefaultIMAPPreauth    = imap.DefaultPreauthTimeout
+	DefaultIMAPIdle       = imap.DefaultIdleTimeout
+	DefaultTLSHandshake   = imap.DefaultTLSHandshakeTimeout
+	DefaultBackendDial    = upstream.DefaultDialTimeout
+	DefaultBackendCommand = upstream.DefaultCommandTimeout
 	DefaultShutdown       = 30 * time.Second
 
 	DefaultConnections       = 10000
 	DefaultPerIP             = 50
 	DefaultAuthFailuresPerIP = "10/min"
-	DefaultBadCommands       = 10
-	DefaultAuthFailureDelay  = time.Second
+	DefaultBadCommands       = imap.DefaultBadCommandLimit
+	DefaultAuthFailureDelay  = imap.DefaultAuthFailureDelay
 )
 
 // ApplyDefaults fills every zero value, here and in each package's section.

@@ -111,25 +111,35 @@ type Server struct {
 	log *zap.Logger
 }
 
+// Defaults for the zero values of Config; gateway/config uses them for the
+// configuration file's defaults.
+const (
+	DefaultPreauthTimeout      = 60 * time.Second
+	DefaultIdleTimeout         = 30 * time.Minute // RFC 9051 §5.4: autologout at least 30 minutes
+	DefaultTLSHandshakeTimeout = 30 * time.Second
+	DefaultAuthFailureDelay    = time.Second
+	DefaultBadCommandLimit     = 10
+)
+
 // NewServer returns a server with cfg's defaults applied.
 func NewServer(cfg Config) *Server {
 	if cfg.PreauthTimeout <= 0 {
-		cfg.PreauthTimeout = 60 * time.Second
+		cfg.PreauthTimeout = DefaultPreauthTimeout
 	}
 	if cfg.IdleTimeout <= 0 {
-		cfg.IdleTimeout = 30 * time.Minute
+		cfg.IdleTimeout = DefaultIdleTimeout
 	}
 	if cfg.Observer == nil {
 		cfg.Observer = nopObserver{}
 	}
 	if cfg.TLSHandshakeTimeout <= 0 {
-		cfg.TLSHandshakeTimeout = 30 * time.Second
+		cfg.TLSHandshakeTimeout = DefaultTLSHandshakeTimeout
 	}
 	if cfg.AuthFailureDelay == 0 {
-		cfg.AuthFailureDelay = time.Second
+		cfg.AuthFailureDelay = DefaultAuthFailureDelay
 	}
 	if cfg.BadCommandLimit <= 0 {
-		cfg.BadCommandLimit = 10
+		cfg.BadCommandLimit = DefaultBadCommandLimit
 	}
 	log := cfg.Logger
 	if log == nil {

@@ -81,11 +81,16 @@ func (nopObserver) Command(string)     {}
 func (nopObserver) Error(string)       {}
 func (nopObserver) TLSHandshake(error) {}
 
+// Defaults for the zero values of Config; gateway/config uses them for the
+// configuration file's defaults.
 const (
-	defaultIdleTimeout      = 10 * time.Minute
-	defaultHandshakeTimeout = 30 * time.Second
-	defaultAuthFailureDelay = time.Second
-	defaultBadCommandLimit  = 10
+	DefaultIdleTimeout         = 10 * time.Minute // RFC 1939 §3: at least 10 minutes
+	DefaultTLSHandshakeTimeout = 30 * time.Second
+	DefaultAuthFailureDelay    = time.Second
+	DefaultBadCommandLimit     = 10
+)
+
+const (
 	// maxAuthFailures failed logins end the connection.
 	maxAuthFailures = 3
 	// shutdownWriteTimeout bounds the farewell written when the server shuts
@@ -106,19 +111,19 @@ func NewServer(cfg Config) *Server {
 		panic("pop3: Config.Backend is nil")
 	}
 	if cfg.IdleTimeout <= 0 {
-		cfg.IdleTimeout = defaultIdleTimeout
+		cfg.IdleTimeout = DefaultIdleTimeout
 	}
 	if cfg.TLSHandshakeTimeout <= 0 {
-		cfg.TLSHandshakeTimeout = defaultHandshakeTimeout
+		cfg.TLSHandshakeTimeout = DefaultTLSHandshakeTimeout
 	}
 	switch {
 	case cfg.AuthFailureDelay == 0:
-		cfg.AuthFailureDelay = defaultAuthFailureDelay
+		cfg.AuthFailureDelay = DefaultAuthFailureDelay
 	case cfg.AuthFailureDelay < 0:
 		cfg.AuthFailureDelay = 0
 	}
 	if cfg.BadCommandLimit <= 0 {
-		cfg.BadCommandLimit = defaultBadCommandLimit
+		cfg.BadCommandLimit = DefaultBadCommandLimit
 	}
 	if cfg.Observer == nil {
 		cfg.Observer = nopObserver{}
