@@ -75,12 +75,11 @@ func (d *Maildrop) demand(ctx context.Context, n int) (*body, error) {
 	uid := d.uids[n-1]
 	for range 3 {
 		d.mu.Lock()
-		switch {
-		case d.broken != nil:
-			err := d.broken
+		if err := d.brokenErr(); err != nil {
 			d.mu.Unlock()
 			return nil, err
-		case d.closing:
+		}
+		if d.closing {
 			d.mu.Unlock()
 			return nil, errClosed
 		}
@@ -174,7 +173,7 @@ func (d *Maildrop) plan(limit int) []*flight {
 	defer d.mu.Unlock()
 	batch := d.queue
 	d.queue = nil
-	if d.m.ahead <= 0 || d.aheadNext == 0 || d.closing || d.broken != nil {
+	if d.m.ahead <= 0 || d.aheadNext == 0 || d.closing || d.brokenErr() != nil {
 		return batch
 	}
 	for added := 0; d.aheadNext <= len(d.uids) && added < limit; {

@@ -145,15 +145,14 @@ func (m *Maildrops) Open(ctx context.Context, t Target, user, password string) (
 // maildrop interface of gateway/pop3. Message numbers are 1..Len(); the
 // caller checks them (a number out of range gets an error, not a panic).
 type Maildrop struct {
-	m       *Maildrops
-	log     *zap.Logger
-	target  Target
-	user    string
-	mailbox string
-	lock    lockKey
-	c       *imapclient.Client
-	raw     net.Conn // under c; closing it aborts any command
-	caps    imap.CapSet
+	m        *Maildrops
+	log      *zap.Logger
+	target   Target
+	user     string
+	mailbox  string
+	lock     lockKey
+	imapConn // the backend connection, shared with the fetcher
+	caps     imap.CapSet
 
 	// Fixed by the snapshot.
 	uidValidity uint32
@@ -169,10 +168,8 @@ type Maildrop struct {
 	lastRetr   int                  // message number of the last RETR
 	aheadNext  int                  // next candidate for fetch-ahead; 0 = not reading in order
 	aheadBytes int64                // budget used by fetched-ahead bodies not yet taken
-	broken     error                // the connection is dead: why
 	closing    bool
 
-	cmdMu             sync.Mutex // the backend command stream (see the invariants above)
 	wake              chan struct{}
 	quit              chan struct{}
 	loopDone          chan struct{}
@@ -411,23 +408,45 @@ func (d *Maildrop) noteRetr(n int) {
 	}
 }
 
-// kill aborts whatever the backend connection is doing. It never blocks.
-func (d *Maildrop) kill() { d.raw.Close() }
+// imapConn is a maildrop's backend connection, shared by the fetcher (body
+// FETCHes) and by Commit and Close (STORE, EXPUNGE, LOGOUT).
+//
+// Invariants:
+//   - c and raw are set once, at Open, before anyone else uses them.
+//   - cmdMu is held by whoever sends commands: the fetcher for a whole
+//     batch, from its first command to its last answer; Commit and Close for
+//     theirs. go-imap would interleave them otherwise.
+//   - broken, once set, stays set: the connection is dead (killed, or it
+//     failed mid-command), every later exchange fails with it, and nothing
+//     reconnects.
+type imapConn struct {
+	c   *imapclient.Client
+	raw net.Conn // under c; closing it aborts any command
 
-// setBroken records that the connection is dead.
-func (d *Maildrop) setBroken(err error) {
-	d.mu.Lock()
-	if d.broken == nil {
-		d.broken = err
-	}
-	d.mu.Unlock()
-	d.kill()
+	cmdMu sync.Mutex // the command stream
+
+	brokenMu sync.Mutex // guards broken only; never held while taking another lock
+	broken   error      // the connection is dead: why
 }
 
-func (d *Maildrop) brokenErr() error {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.broken
+// kill aborts whatever the backend connection is doing. It never blocks.
+func (ic *imapConn) kill() { ic.raw.Close() }
+
+// setBroken records that the connection is dead, and kills it.
+func (ic *imapConn) setBroken(err error) {
+	ic.brokenMu.Lock()
+	if ic.broken == nil {
+		ic.broken = err
+	}
+	ic.brokenMu.Unlock()
+	ic.kill()
+}
+
+// brokenErr is why the connection is dead, or nil.
+func (ic *imapConn) brokenErr() error {
+	ic.brokenMu.Lock()
+	defer ic.brokenMu.Unlock()
+	return ic.broken
 }
 
 // goodbye logs out under a short deadline and closes the client.
