@@ -187,7 +187,7 @@ func (d *Maildrop) plan(limit int) []*flight {
 			d.aheadNext++
 			continue
 		}
-		size := d.sizes[n-1]
+		size := d.sizes[n-1].Load()
 		if d.aheadBytes+size > d.m.ahead {
 			break
 		}
@@ -367,13 +367,7 @@ func (d *Maildrop) complete(f *flight, b *body, err error) {
 				keep = nil
 			}
 		}
-		d.mu.Lock()
-		if old := d.sizes[f.n-1]; old != b.size {
-			d.log.Debug("RFC822.SIZE differs from the body", zap.Uint32("uid", uint32(f.uid)),
-				zap.Int64("rfc822_size", old), zap.Int64("body", b.size))
-			d.sizes[f.n-1] = b.size
-		}
-		d.mu.Unlock()
+		d.learnSize(f.n, b.size)
 	}
 	if errors.Is(err, ErrMessageGone) {
 		d.mu.Lock()

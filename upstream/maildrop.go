@@ -158,9 +158,12 @@ type Maildrop struct {
 	uidValidity uint32
 	uids        []imap.UID // message n is uids[n-1]
 	uidls       []string
+	// sizes[n-1] is message n's size: RFC822.SIZE until a body of n has been
+	// seen, then the body's exact length (learnSize). Atomic, not under mu:
+	// the fetcher reads them for its budget while holding its own lock.
+	sizes []atomic.Int64
 
 	mu         sync.Mutex
-	sizes      []int64              // exact once the body has been seen
 	seen       imap.UIDSet          // RETRed, \Seen not yet sent
 	pending    map[imap.UID]*flight // fetched or being fetched, not yet taken
 	gone       map[imap.UID]bool    // expunged by another client, as a FETCH found
@@ -235,17 +238,18 @@ func (d *Maildrop) snapshot(ctx context.Context) error {
 
 	d.uids = make([]imap.UID, len(list))
 	d.uidls = make([]string, len(list))
-	d.sizes = make([]int64, len(list))
+	d.sizes = make([]atomic.Int64, len(list))
 	for i, e := range list {
 		uidl, err := FormatUIDL(d.m.cfg.UIDLFormat, uint32(e.uid), d.uidValidity)
 		if err != nil {
 			return fmt.Errorf("pop3.uidl_format: %w", err)
 		}
-		d.uids[i], d.uidls[i], d.sizes[i] = e.uid, uidl, e.size
+		d.uids[i], d.uidls[i] = e.uid, uidl
+		d.sizes[i].Store(e.size)
 		// A cached body is the exact size; the backend's RFC822.SIZE may
 		// not be (RFC-NOTES 4).
 		if data, ok := d.m.cache.peek(d.key(e.uid)); ok {
-			d.sizes[i] = int64(len(data))
+			d.sizes[i].Store(int64(len(data)))
 		}
 	}
 	return nil
@@ -265,9 +269,17 @@ func (d *Maildrop) Size(n int) int64 {
 	if !d.valid(n) {
 		return 0
 	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.sizes[n-1]
+	return d.sizes[n-1].Load()
+}
+
+// learnSize records the exact size of message n, from a body of it: the
+// fetcher's as soon as a FETCH completes (so LIST is exact for bodies fetched
+// ahead too), and read's for whatever body it returns.
+func (d *Maildrop) learnSize(n int, size int64) {
+	if old := d.sizes[n-1].Swap(size); old != size {
+		d.log.Debug("RFC822.SIZE differs from the body", zap.Uint32("uid", uint32(d.uids[n-1])),
+			zap.Int64("rfc822_size", old), zap.Int64("body", size))
+	}
 }
 
 // UIDL is the message's unique-id, from pop3.uidl_format (RFC 1939 §7).
@@ -319,12 +331,12 @@ func (d *Maildrop) read(ctx context.Context, n int, retr bool) (io.ReadCloser, e
 	if err != nil {
 		return nil, err
 	}
-	d.mu.Lock()
-	d.sizes[n-1] = b.size
+	d.learnSize(n, b.size)
 	if retr && d.m.markSeen {
+		d.mu.Lock()
 		d.seen.AddNum(d.uids[n-1])
+		d.mu.Unlock()
 	}
-	d.mu.Unlock()
 	return b.open(), nil
 }
 
