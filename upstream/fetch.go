@@ -580,7 +580,8 @@ func (ft *fetcher) readBody(fc *imapclient.FetchCommand, f *flight) (*body, erro
 }
 
 // complete publishes a flight's outcome: the body goes to the cache when it
-// fits there, and its true length replaces the snapshot's size.
+// fits there, and the maildrop learns its exact size (before the flight is
+// done, so Size is exact by the time Retr returns).
 //
 // A body fetched ahead that went to the cache is not kept by the flight as
 // well: the memory spent on bodies fetched ahead is then the cache's, which
