@@ -45,13 +45,11 @@ var errTaken = errors.New("body taken by another reader")
 // errClosed: the maildrop was closed while a body was wanted.
 var errClosed = fmt.Errorf("%w: maildrop closed", ErrUnavailable)
 
-// messages is what the fetcher needs of its maildrop (*Maildrop): the
-// snapshot, fixed before the fetcher starts, and where exact sizes go.
-type messages interface {
-	Len() int                    // messages in the snapshot
-	UID(n int) imap.UID          // message n's UID; 1 <= n <= Len()
-	Size(n int) int64            // message n's size as known now: what fetching it ahead costs
-	key(uid imap.UID) CacheKey   // the cache and singleflight key of a body
+// sizeModel is the maildrop's model of message sizes (*Maildrop): the
+// fetcher reads it for what fetching a message ahead costs, and reports the
+// exact size of every body it fetches.
+type sizeModel interface {
+	Size(n int) int64            // message n's size as known now
 	learnSize(n int, size int64) // a body of message n has arrived: its exact size
 }
 
@@ -77,7 +75,7 @@ type messages interface {
 //     lock. mu is never held while waiting for the backend or for a flight.
 type fetcher struct {
 	// Fixed at Open.
-	md       messages
+	sizes    sizeModel
 	conn     *imapConn
 	log      *zap.Logger
 	cache    *Cache              // shared by every session of the gateway
@@ -86,6 +84,10 @@ type fetcher struct {
 	memMax   int64               // bodies up to this size are spooled in memory
 	budget   int64               // fetch-ahead bytes; 0 = off
 	timeout  time.Duration       // for each answer (Timeouts.Command)
+
+	// Fixed by start, from the snapshot: plain data, read without a lock.
+	uids    []imap.UID // message n is uids[n-1]
+	keyBase CacheKey   // the cache key of this maildrop's bodies, UID aside
 
 	mu         sync.Mutex
 	pending    map[imap.UID]*flight // fetched or being fetched, not yet taken
@@ -104,9 +106,9 @@ type fetcher struct {
 	misrouted atomic.Int64 // bodies that reached the unilateral handler
 }
 
-func newFetcher(m *Maildrops, md messages, conn *imapConn, log *zap.Logger) *fetcher {
+func newFetcher(m *Maildrops, sizes sizeModel, conn *imapConn, log *zap.Logger) *fetcher {
 	return &fetcher{
-		md:       md,
+		sizes:    sizes,
 		conn:     conn,
 		log:      log,
 		cache:    m.cache,
@@ -139,8 +141,20 @@ func (ft *fetcher) unilateralFetch(msg *imapclient.FetchMessageData) {
 	}
 }
 
-// start starts the loop; the snapshot must be complete.
-func (ft *fetcher) start() { go ft.loop() }
+// start starts the loop over the snapshot's messages: message n is
+// uids[n-1], and keyBase is the cache key of a body of the maildrop but for
+// its UID. The fetcher never modifies uids.
+func (ft *fetcher) start(uids []imap.UID, keyBase CacheKey) {
+	ft.uids, ft.keyBase = uids, keyBase
+	go ft.loop()
+}
+
+// key is the cache and singleflight key of a body of this maildrop.
+func (ft *fetcher) key(uid imap.UID) CacheKey {
+	k := ft.keyBase
+	k.UID = uid
+	return k
+}
 
 // stop ends the fetcher: no new flights, queued ones fail with errClosed,
 // the loop finishes the batch it has sent (at most the fetch-ahead budget)
@@ -230,7 +244,7 @@ func (ft *fetcher) get(ctx context.Context, n int, retr bool) (*body, error) {
 // find finds message n's body: fetched ahead by this session, in the shared
 // cache (no backend round trip), or fetched now.
 func (ft *fetcher) find(ctx context.Context, n int) (*body, error) {
-	uid := ft.md.UID(n)
+	uid := ft.uids[n-1]
 	ft.mu.Lock()
 	f, gone := ft.pending[uid], ft.gone[uid]
 	ft.mu.Unlock()
@@ -243,7 +257,7 @@ func (ft *fetcher) find(ctx context.Context, n int) (*body, error) {
 			return b, err
 		}
 	}
-	key := ft.md.key(uid)
+	key := ft.key(uid)
 	if data, ok := ft.cache.Get(key); ok {
 		return memBody(data), nil
 	}
@@ -305,7 +319,7 @@ func (ft *fetcher) noteRetr(n int) {
 // demand queues a fetch of message n (or joins the flight already under way)
 // and waits for it.
 func (ft *fetcher) demand(ctx context.Context, n int) (*body, error) {
-	uid := ft.md.UID(n)
+	uid := ft.uids[n-1]
 	for range 3 {
 		ft.mu.Lock()
 		if err := ft.conn.brokenErr(); err != nil {
@@ -359,7 +373,7 @@ func (ft *fetcher) await(ctx context.Context, f *flight) (*body, error) {
 	case f.b == nil:
 		// Fetched ahead into the cache only. If the cache has evicted it
 		// since, the caller fetches it again.
-		if data, ok := ft.cache.Get(ft.md.key(f.uid)); ok {
+		if data, ok := ft.cache.Get(ft.key(f.uid)); ok {
 			return memBody(data), nil
 		}
 		return nil, errTaken
@@ -409,18 +423,18 @@ func (ft *fetcher) plan(limit int) []*flight {
 	if ft.budget <= 0 || ft.aheadNext == 0 || ft.closing || ft.conn.brokenErr() != nil {
 		return batch
 	}
-	for added := 0; ft.aheadNext <= ft.md.Len() && added < limit; {
+	for added := 0; ft.aheadNext <= len(ft.uids) && added < limit; {
 		n := ft.aheadNext
-		uid := ft.md.UID(n)
+		uid := ft.uids[n-1]
 		if _, ok := ft.pending[uid]; ok || ft.gone[uid] {
 			ft.aheadNext++
 			continue
 		}
-		if _, ok := ft.cache.peek(ft.md.key(uid)); ok {
+		if _, ok := ft.cache.peek(ft.key(uid)); ok {
 			ft.aheadNext++
 			continue
 		}
-		size := ft.md.Size(n)
+		size := ft.sizes.Size(n)
 		if ft.aheadBytes+size > ft.budget {
 			break
 		}
@@ -593,12 +607,12 @@ func (ft *fetcher) complete(f *flight, b *body, err error) {
 	keep := b
 	if b != nil {
 		if b.shareable() && ft.cache.fits(b.size) {
-			ft.cache.Add(ft.md.key(f.uid), b.data)
+			ft.cache.Add(ft.key(f.uid), b.data)
 			if f.ahead {
 				keep = nil
 			}
 		}
-		ft.md.learnSize(f.n, b.size)
+		ft.sizes.learnSize(f.n, b.size)
 	}
 	if errors.Is(err, ErrMessageGone) {
 		ft.mu.Lock()

@@ -119,7 +119,7 @@ func (m *Maildrops) Open(ctx context.Context, t Target, user, password string) (
 		m.locks.release(d.lock)
 		return nil, err
 	}
-	d.fetch.start()
+	d.fetch.start(d.uids, d.key(0))
 	log.Info("maildrop opened", zap.String("mailbox", d.mailbox), zap.Int("messages", len(d.uids)),
 		zap.Uint32("uidvalidity", d.uidValidity), zap.Duration("elapsed", time.Since(start)))
 	return d, nil
