@@ -260,7 +260,10 @@ func (d *Maildrop) Size(n int) int64 {
 // fetcher's as soon as a FETCH completes (so LIST is exact for bodies fetched
 // ahead too), and read's for whatever body it returns.
 func (d *Maildrop) learnSize(n int, size int64) {
-	if old := d.sizes[n-1].Swap(size); old != size {
+	// Load first: on the common path (the size is already exact) nothing is
+	// written.
+	if old := d.sizes[n-1].Load(); old != size {
+		d.sizes[n-1].Store(size)
 		d.log.Debug("RFC822.SIZE differs from the body", zap.Uint32("uid", uint32(d.uids[n-1])),
 			zap.Int64("rfc822_size", old), zap.Int64("body", size))
 	}
