@@ -55,11 +55,7 @@ func (d *Maildrop) Commit(ctx context.Context, deleted []int) error {
 		}
 		uids.AddNum(d.uids[n-1])
 	}
-	d.mu.Lock()
-	d.aheadNext = 0 // no more fetch-ahead: the session is ending
-	closing := d.closing
-	d.mu.Unlock()
-	if closing {
+	if closing := d.fetch.endAhead(); closing {
 		return fmt.Errorf("%w: %w", ErrPartialCommit, errClosed)
 	}
 
@@ -202,22 +198,9 @@ func (d *Maildrop) Close() error {
 }
 
 func (d *Maildrop) close() error {
-	d.mu.Lock()
-	d.closing = true
-	d.aheadNext = 0
-	queued := d.queue
-	d.queue = nil
-	d.mu.Unlock()
-	for _, f := range queued {
-		d.complete(f, nil, errClosed)
-	}
-
-	// The fetcher finishes the batch it has sent (at most the fetch-ahead
-	// budget), or is cut off.
-	close(d.quit)
-	cut := time.AfterFunc(closeTimeout, d.kill)
-	<-d.loopDone
-	cut.Stop()
+	// Queued fetches fail, the batch under way is finished (at most the
+	// fetch-ahead budget) or cut off, and bodies nobody took are dropped.
+	d.fetch.stop()
 
 	var err error
 	d.cmdMu.Lock()
@@ -242,14 +225,6 @@ func (d *Maildrop) close() error {
 	d.c.Close()
 	d.cmdMu.Unlock()
 
-	d.mu.Lock()
-	for uid, f := range d.pending {
-		if f.isDone() && f.b != nil {
-			f.b.discard()
-		}
-		delete(d.pending, uid)
-	}
-	d.mu.Unlock()
 	d.m.locks.release(d.lock)
 	d.log.Debug("maildrop closed", zap.Int64("expunged_elsewhere", d.expungedElsewhere.Load()))
 	return err

@@ -1,32 +1,39 @@
 package upstream
 
-// Fetching bodies, and fetching them ahead of the client.
+// The fetch pipeline: every body FETCH of one maildrop, and fetching ahead of
+// the client.
 //
-// One goroutine per maildrop, the fetcher (fetchLoop), issues every body
-// FETCH. Retr and Top never touch the backend themselves: they queue a
-// flight for the UID they need and wait for it. The fetcher takes the
-// queued flights and, while the client reads in order, adds the next
-// messages up to the fetch-ahead byte budget; it sends one UID FETCH per
-// message without waiting (pipelining, RFC 3501 §5.5), then reads the
-// answers in order, spooling each literal and completing its flight as soon
-// as the literal has arrived. A client downloading its maildrop therefore
-// waits for a backend round trip about once per budget's worth of messages,
-// not once per message.
+// Retr and Top never touch the backend themselves: they ask the fetcher
+// (get), which finds the body fetched ahead, in the shared cache, or queues a
+// flight for the UID and waits for it. One goroutine per maildrop, the
+// fetcher's loop, issues every body FETCH. It takes the queued flights and,
+// while the client reads in order, adds the next messages up to the
+// fetch-ahead byte budget (plan); it sends one UID FETCH per message without
+// waiting (pipelining, RFC 3501 §5.5), then reads the answers as they come,
+// spooling each literal and completing its flight as soon as the literal has
+// arrived (run, readBody, complete). A client downloading its maildrop
+// therefore waits for a backend round trip about once per budget's worth of
+// messages, not once per message.
 //
 // go-imap delivers FETCH data on its reader goroutine, which blocks until the
 // literal is consumed, and a server may interleave the answers of pipelined
 // commands, so each command's answer is read by a goroutine of its own; the
-// fetcher holds cmdMu from the first command of a batch to the last answer,
-// so no other command (STORE, EXPUNGE at QUIT) is sent meanwhile.
+// loop holds the connection's cmdMu from the first command of a batch to the
+// last answer, so no other command (STORE, EXPUNGE at QUIT) is sent
+// meanwhile.
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
 
 	"github.com/emersion/go-imap/v2"
 	"github.com/emersion/go-imap/v2/imapclient"
 	"go.uber.org/zap"
+	"golang.org/x/sync/singleflight"
 )
 
 // maxBatch caps the commands of one pipelined batch, whatever the budget.
@@ -37,6 +44,156 @@ var errTaken = errors.New("body taken by another reader")
 
 // errClosed: the maildrop was closed while a body was wanted.
 var errClosed = fmt.Errorf("%w: maildrop closed", ErrUnavailable)
+
+// sizeModel is the maildrop's model of message sizes (*Maildrop): the
+// fetcher reads it for what fetching a message ahead costs, and reports the
+// exact size of every body it fetches.
+type sizeModel interface {
+	Size(n int) int64            // message n's size as known now
+	learnSize(n int, size int64) // a body of message n has arrived: its exact size
+}
+
+// fetcher is one maildrop's fetch pipeline: its flights, the fetch-ahead
+// plan and budget, and the loop goroutine that sends the FETCHes and reads
+// the answers.
+//
+// Invariants (the fields below mu are guarded by it):
+//   - pending holds at most one flight per UID: a body being fetched, or
+//     fetched and not yet taken. queue is the part of pending that Retr and
+//     Top asked for and the loop has not sent yet.
+//   - Every flight is completed exactly once (complete closes done), by the
+//     loop or, for one still queued, by stop. Its first taker removes it
+//     from pending (await).
+//   - aheadBytes is the sum of the costs of the fetched-ahead flights in
+//     pending; plan keeps it within budget.
+//   - gone only grows: a UID the backend says is expunged is never fetched
+//     again.
+//   - Once closing is set no flight is added; once stop has returned the
+//     loop has ended and pending is empty.
+//   - Only the loop sends FETCHes, and only while holding conn.cmdMu.
+//   - Lock order: conn.cmdMu, then mu, then conn.brokenMu or the cache's
+//     lock. mu is never held while waiting for the backend or for a flight.
+type fetcher struct {
+	// Fixed at Open.
+	sizes    sizeModel
+	conn     *imapConn
+	log      *zap.Logger
+	cache    *Cache              // shared by every session of the gateway
+	group    *singleflight.Group // shared: one backend FETCH per body at a time
+	spoolDir string              // "" = os.TempDir
+	memMax   int64               // bodies up to this size are spooled in memory
+	budget   int64               // fetch-ahead bytes; 0 = off
+	timeout  time.Duration       // for each answer (Timeouts.Command)
+
+	// Fixed by start, from the snapshot: plain data, read without a lock.
+	uids    []imap.UID // message n is uids[n-1]
+	keyBase CacheKey   // the cache key of this maildrop's bodies, UID aside
+
+	mu         sync.Mutex
+	pending    map[imap.UID]*flight // fetched or being fetched, not yet taken
+	gone       map[imap.UID]bool    // expunged by another client, as a FETCH found
+	queue      []*flight            // asked for by Retr/Top, not yet sent
+	lastRetr   int                  // message number of the last RETR
+	aheadNext  int                  // next candidate for fetch-ahead; 0 = not reading in order
+	aheadBytes int64                // budget used by fetched-ahead bodies not yet taken
+	closing    bool                 // stop has begun
+
+	wake     chan struct{} // buffered, 1: there may be something to plan
+	quit     chan struct{} // closed by stop: the loop ends after the batch under way
+	loopDone chan struct{} // closed when the loop has ended
+
+	batches   atomic.Int64 // pipelined FETCH batches sent: backend round trips for bodies
+	misrouted atomic.Int64 // bodies that reached the unilateral handler
+}
+
+func newFetcher(m *Maildrops, sizes sizeModel, conn *imapConn, to Timeouts, log *zap.Logger) *fetcher {
+	return &fetcher{
+		sizes:    sizes,
+		conn:     conn,
+		log:      log,
+		cache:    m.cache,
+		group:    &m.group,
+		spoolDir: m.spoolDir,
+		// A body the cache will hold is kept in memory whole, whatever
+		// spool_memory says: it is going to be in memory anyway.
+		memMax:   max(int64(m.cfg.SpoolMemory), m.cache.itemMax()),
+		budget:   m.ahead,
+		timeout:  to.Command,
+		pending:  make(map[imap.UID]*flight),
+		gone:     make(map[imap.UID]bool),
+		wake:     make(chan struct{}, 1),
+		quit:     make(chan struct{}),
+		loopDone: make(chan struct{}),
+	}
+}
+
+// unilateralFetch is the connection's UnilateralDataHandler.Fetch. go-imap
+// hands a FETCH response to the waiting UID FETCH only if the UID comes
+// before the literal; a server that sends BODY[] first has its bodies arrive
+// here. Count them (before the literal is consumed, so the count is visible
+// by the time the command completes) and let readBody refuse to call the
+// message gone. It runs on the client's reader goroutine: it only records.
+func (ft *fetcher) unilateralFetch(msg *imapclient.FetchMessageData) {
+	for item := msg.Next(); item != nil; item = msg.Next() {
+		if _, ok := item.(imapclient.FetchItemDataBodySection); ok {
+			ft.misrouted.Add(1)
+		}
+	}
+}
+
+// start starts the loop over the snapshot's messages: message n is
+// uids[n-1], and keyBase is the cache key of a body of the maildrop but for
+// its UID. The fetcher never modifies uids.
+func (ft *fetcher) start(uids []imap.UID, keyBase CacheKey) {
+	ft.uids, ft.keyBase = uids, keyBase
+	go ft.loop()
+}
+
+// key is the cache and singleflight key of a body of this maildrop.
+func (ft *fetcher) key(uid imap.UID) CacheKey {
+	k := ft.keyBase
+	k.UID = uid
+	return k
+}
+
+// stop ends the fetcher: no new flights, queued ones fail with errClosed,
+// the loop finishes the batch it has sent (at most the fetch-ahead budget)
+// or is cut off after closeTimeout, and bodies nobody took are dropped. Call
+// it once, after start.
+func (ft *fetcher) stop() {
+	ft.mu.Lock()
+	ft.closing = true
+	ft.aheadNext = 0
+	queued := ft.queue
+	ft.queue = nil
+	ft.mu.Unlock()
+	for _, f := range queued {
+		ft.complete(f, nil, errClosed)
+	}
+
+	close(ft.quit)
+	cut := time.AfterFunc(closeTimeout, ft.conn.kill)
+	<-ft.loopDone
+	cut.Stop()
+
+	ft.mu.Lock()
+	for uid, f := range ft.pending {
+		if f.isDone() && f.b != nil {
+			f.b.discard()
+		}
+		delete(ft.pending, uid)
+	}
+	ft.mu.Unlock()
+}
+
+// endAhead stops fetch-ahead (the session is ending) and reports whether
+// stop has begun.
+func (ft *fetcher) endAhead() (closing bool) {
+	ft.mu.Lock()
+	defer ft.mu.Unlock()
+	ft.aheadNext = 0
+	return ft.closing
+}
 
 // flight is one body being fetched, or fetched and not yet taken.
 type flight struct {
@@ -62,37 +219,126 @@ func (f *flight) isDone() bool {
 	}
 }
 
-func (d *Maildrop) wakeFetcher() {
+func (ft *fetcher) wakeUp() {
 	select {
-	case d.wake <- struct{}{}:
+	case ft.wake <- struct{}{}:
 	default:
+	}
+}
+
+// get returns message n's body. retr says the client is reading it (RETR):
+// that moves the fetch-ahead position (noteRetr); TOP does not.
+func (ft *fetcher) get(ctx context.Context, n int, retr bool) (*body, error) {
+	if retr {
+		ft.noteRetr(n)
+	}
+	b, err := ft.find(ctx, n)
+	if retr {
+		// After find, not before: the loop must see this message's
+		// demand first, or it would fetch the next ones ahead of it.
+		ft.wakeUp()
+	}
+	return b, err
+}
+
+// find finds message n's body: fetched ahead by this session, in the shared
+// cache (no backend round trip), or fetched now.
+func (ft *fetcher) find(ctx context.Context, n int) (*body, error) {
+	uid := ft.uids[n-1]
+	ft.mu.Lock()
+	f, gone := ft.pending[uid], ft.gone[uid]
+	ft.mu.Unlock()
+	if gone {
+		return nil, fmt.Errorf("%w: UID %d", ErrMessageGone, uid)
+	}
+	if f != nil {
+		b, err := ft.await(ctx, f)
+		if !errors.Is(err, errTaken) {
+			return b, err
+		}
+	}
+	key := ft.key(uid)
+	if data, ok := ft.cache.Get(key); ok {
+		return memBody(data), nil
+	}
+	// Concurrent misses of one key (TOP and RETR racing, or another session)
+	// share one backend FETCH.
+	leader := false
+	v, err, _ := ft.group.Do(key.String(), func() (any, error) {
+		leader = true
+		if data, ok := ft.cache.peek(key); ok {
+			return memBody(data), nil
+		}
+		return ft.demand(ctx, n)
+	})
+	if leader {
+		if err != nil {
+			return nil, err
+		}
+		return v.(*body), nil
+	}
+	if err == nil && v.(*body).shareable() {
+		return v.(*body), nil
+	}
+	if errors.Is(err, ErrMessageGone) {
+		return nil, err
+	}
+	// A spooled body has one owner, and the leader's failure may have been
+	// its own (its context ended): fetch for ourselves.
+	return ft.demand(ctx, n)
+}
+
+// noteRetr follows the client's reading order: RETR n right after RETR n-1
+// (or RETR 1 first) is reading in order, so fetch-ahead continues after n.
+// A jump stops fetch-ahead, and bodies fetched ahead that the client has
+// passed are dropped to free the budget.
+func (ft *fetcher) noteRetr(n int) {
+	ft.mu.Lock()
+	if n == ft.lastRetr+1 {
+		ft.aheadNext = max(ft.aheadNext, n+1)
+	} else {
+		ft.aheadNext = 0
+	}
+	ft.lastRetr = n
+	var drop []*body
+	for uid, f := range ft.pending {
+		if f.ahead && f.n < n && f.isDone() {
+			delete(ft.pending, uid)
+			ft.aheadBytes -= f.cost
+			if f.b != nil {
+				drop = append(drop, f.b)
+			}
+		}
+	}
+	ft.mu.Unlock()
+	for _, b := range drop {
+		b.discard()
 	}
 }
 
 // demand queues a fetch of message n (or joins the flight already under way)
 // and waits for it.
-func (d *Maildrop) demand(ctx context.Context, n int) (*body, error) {
-	uid := d.uids[n-1]
+func (ft *fetcher) demand(ctx context.Context, n int) (*body, error) {
+	uid := ft.uids[n-1]
 	for range 3 {
-		d.mu.Lock()
-		switch {
-		case d.broken != nil:
-			err := d.broken
-			d.mu.Unlock()
+		ft.mu.Lock()
+		if err := ft.conn.brokenErr(); err != nil {
+			ft.mu.Unlock()
 			return nil, err
-		case d.closing:
-			d.mu.Unlock()
+		}
+		if ft.closing {
+			ft.mu.Unlock()
 			return nil, errClosed
 		}
-		f := d.pending[uid]
+		f := ft.pending[uid]
 		if f == nil {
 			f = newFlight(n, uid)
-			d.pending[uid] = f
-			d.queue = append(d.queue, f)
+			ft.pending[uid] = f
+			ft.queue = append(ft.queue, f)
 		}
-		d.mu.Unlock()
-		d.wakeFetcher()
-		b, err := d.await(ctx, f)
+		ft.mu.Unlock()
+		ft.wakeUp()
+		b, err := ft.await(ctx, f)
 		if !errors.Is(err, errTaken) {
 			return b, err
 		}
@@ -103,23 +349,23 @@ func (d *Maildrop) demand(ctx context.Context, n int) (*body, error) {
 // await waits for f and takes its body: the first taker owns it (and frees
 // the fetch-ahead budget it held); later takers share a body in memory and
 // get errTaken for a spooled one.
-func (d *Maildrop) await(ctx context.Context, f *flight) (*body, error) {
+func (ft *fetcher) await(ctx context.Context, f *flight) (*body, error) {
 	select {
 	case <-f.done:
 	case <-ctx.Done():
 		return nil, fmt.Errorf("%w: waiting for message %d: %w", ErrUnavailable, f.n, ctx.Err())
 	}
-	d.mu.Lock()
-	owner := d.pending[f.uid] == f
+	ft.mu.Lock()
+	owner := ft.pending[f.uid] == f
 	if owner {
-		delete(d.pending, f.uid)
+		delete(ft.pending, f.uid)
 		if f.ahead {
-			d.aheadBytes -= f.cost
+			ft.aheadBytes -= f.cost
 		}
 	}
-	d.mu.Unlock()
+	ft.mu.Unlock()
 	if owner && f.ahead {
-		d.wakeFetcher() // budget freed
+		ft.wakeUp() // budget freed
 	}
 	switch {
 	case f.err != nil:
@@ -127,7 +373,7 @@ func (d *Maildrop) await(ctx context.Context, f *flight) (*body, error) {
 	case f.b == nil:
 		// Fetched ahead into the cache only. If the cache has evicted it
 		// since, the caller fetches it again.
-		if data, ok := d.m.cache.Get(d.key(f.uid)); ok {
+		if data, ok := ft.cache.Get(ft.key(f.uid)); ok {
 			return memBody(data), nil
 		}
 		return nil, errTaken
@@ -137,27 +383,27 @@ func (d *Maildrop) await(ctx context.Context, f *flight) (*body, error) {
 	return f.b, nil
 }
 
-// fetchLoop is the fetcher goroutine; it ends when quit is closed, after the
+// loop is the fetcher's goroutine; it ends when quit is closed, after the
 // batch under way.
-func (d *Maildrop) fetchLoop() {
-	defer close(d.loopDone)
+func (ft *fetcher) loop() {
+	defer close(ft.loopDone)
 	for {
 		select {
-		case <-d.quit:
+		case <-ft.quit:
 			return
-		case <-d.wake:
+		case <-ft.wake:
 		}
 		for {
 			select {
-			case <-d.quit:
+			case <-ft.quit:
 				return
 			default:
 			}
-			batch := d.plan(maxBatch)
+			batch := ft.plan(maxBatch)
 			if len(batch) == 0 {
 				break
 			}
-			d.run(batch)
+			ft.run(batch)
 		}
 	}
 }
@@ -169,34 +415,34 @@ func (d *Maildrop) fetchLoop() {
 //
 // limit caps the fetch-ahead flights (not the queued ones, which the
 // client waits for).
-func (d *Maildrop) plan(limit int) []*flight {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	batch := d.queue
-	d.queue = nil
-	if d.m.ahead <= 0 || d.aheadNext == 0 || d.closing || d.broken != nil {
+func (ft *fetcher) plan(limit int) []*flight {
+	ft.mu.Lock()
+	defer ft.mu.Unlock()
+	batch := ft.queue
+	ft.queue = nil
+	if ft.budget <= 0 || ft.aheadNext == 0 || ft.closing || ft.conn.brokenErr() != nil {
 		return batch
 	}
-	for added := 0; d.aheadNext <= len(d.uids) && added < limit; {
-		n := d.aheadNext
-		uid := d.uids[n-1]
-		if _, ok := d.pending[uid]; ok || d.gone[uid] {
-			d.aheadNext++
+	for added := 0; ft.aheadNext <= len(ft.uids) && added < limit; {
+		n := ft.aheadNext
+		uid := ft.uids[n-1]
+		if _, ok := ft.pending[uid]; ok || ft.gone[uid] {
+			ft.aheadNext++
 			continue
 		}
-		if _, ok := d.m.cache.peek(d.key(uid)); ok {
-			d.aheadNext++
+		if _, ok := ft.cache.peek(ft.key(uid)); ok {
+			ft.aheadNext++
 			continue
 		}
-		size := d.sizes[n-1]
-		if d.aheadBytes+size > d.m.ahead {
+		size := ft.sizes.Size(n)
+		if ft.aheadBytes+size > ft.budget {
 			break
 		}
 		f := newFlight(n, uid)
 		f.ahead, f.cost = true, size
-		d.pending[uid] = f
-		d.aheadBytes += size
-		d.aheadNext++
+		ft.pending[uid] = f
+		ft.aheadBytes += size
+		ft.aheadNext++
 		batch = append(batch, f)
 		added++
 	}
@@ -213,12 +459,12 @@ func (d *Maildrop) plan(limit int) []*flight {
 // "* 2 FETCH", then both tagged OKs), and go-imap's reader blocks until the
 // FETCH data it routed to a command is consumed, so reading the commands
 // one after the other would deadlock.
-func (d *Maildrop) run(batch []*flight) {
-	d.cmdMu.Lock()
-	defer d.cmdMu.Unlock()
-	if err := d.brokenErr(); err != nil {
+func (ft *fetcher) run(batch []*flight) {
+	ft.conn.cmdMu.Lock()
+	defer ft.conn.cmdMu.Unlock()
+	if err := ft.conn.brokenErr(); err != nil {
 		for _, f := range batch {
-			d.complete(f, nil, err)
+			ft.complete(f, nil, err)
 		}
 		return
 	}
@@ -229,8 +475,8 @@ func (d *Maildrop) run(batch []*flight) {
 	// a write as surely as one that does not answer. Each answer then gets
 	// the full command timeout from the moment the previous one is
 	// complete: a slow backend is fine, a silent one is not.
-	wd := watch(d.to.Command, d.kill)
-	d.batches.Add(1)
+	wd := watch(ft.timeout, ft.conn.kill)
+	ft.batches.Add(1)
 	type answer struct {
 		f   *flight
 		b   *body
@@ -238,9 +484,9 @@ func (d *Maildrop) run(batch []*flight) {
 	}
 	answers := make(chan answer, maxBatch)
 	send := func(f *flight) {
-		fc := d.c.Fetch(imap.UIDSetNum(f.uid), opts)
+		fc := ft.conn.c.Fetch(imap.UIDSetNum(f.uid), opts)
 		go func() {
-			b, err := d.readBody(fc, f)
+			b, err := ft.readBody(fc, f)
 			answers <- answer{f, b, err}
 		}()
 	}
@@ -249,50 +495,47 @@ func (d *Maildrop) run(batch []*flight) {
 	}
 	for outstanding := len(batch); outstanding > 0; outstanding-- {
 		a := <-answers
-		wd.reset(d.to.Command)
+		wd.reset(ft.timeout)
 		err := a.err
 		if err != nil && !errors.Is(err, ErrMessageGone) {
 			op := fmt.Sprintf("UID FETCH %d", a.f.uid)
-			if d.c.State() == imap.ConnStateLogout { // the connection is dead
+			if ft.conn.c.State() == imap.ConnStateLogout { // the connection is dead
 				if wd.hasFired() {
-					err = fmt.Errorf("%w: %s timed out after %v", ErrUnavailable, op, d.to.Command)
+					err = fmt.Errorf("%w: %s timed out after %v", ErrUnavailable, op, ft.timeout)
 				}
-				d.setBroken(commandError(op, err))
+				ft.conn.setBroken(commandError(op, err))
 			}
 			if !errors.Is(err, ErrUnavailable) {
 				err = commandError(op, err)
 			}
 		}
-		d.complete(a.f, a.b, err)
+		ft.complete(a.f, a.b, err)
 
 		select {
-		case <-d.quit:
+		case <-ft.quit:
 			continue // drain what was sent, send nothing more
 		default:
 		}
-		if d.brokenErr() != nil {
+		if ft.conn.brokenErr() != nil {
 			continue
 		}
-		for _, g := range d.plan(maxBatch - (outstanding - 1)) {
+		for _, g := range ft.plan(maxBatch - (outstanding - 1)) {
 			send(g)
 			outstanding++
 		}
 	}
 	wd.stop()
-	d.log.Debug("fetched", zap.Int("first", batch[0].n))
+	ft.log.Debug("fetched", zap.Int("first", batch[0].n))
 }
 
 // readBody consumes the answer to one UID FETCH of one message. It always
 // drains and closes the command. No body and a tagged OK means the message
 // is gone (RFC 3501 §6.4.8: UID FETCH of a nonexistent UID is not an error).
-func (d *Maildrop) readBody(fc *imapclient.FetchCommand, f *flight) (*body, error) {
+func (ft *fetcher) readBody(fc *imapclient.FetchCommand, f *flight) (*body, error) {
 	var (
 		b        *body
 		spoolErr error
 	)
-	// A body the cache will hold is kept in memory whole, whatever
-	// spool_memory says: it is going to be in memory anyway.
-	memMax := max(int64(d.m.cfg.SpoolMemory), d.m.cache.itemMax())
 	for msg := fc.Next(); msg != nil; msg = fc.Next() {
 		var uid imap.UID
 		for item := msg.Next(); item != nil; item = msg.Next() {
@@ -304,7 +547,7 @@ func (d *Maildrop) readBody(fc *imapclient.FetchCommand, f *flight) (*body, erro
 				if it.Literal == nil || uid != f.uid || b != nil || spoolErr != nil {
 					continue // msg.Next discards the literal
 				}
-				b, spoolErr = spoolLiteral(it.Literal, it.Literal.Size(), memMax, d.m.spoolDir)
+				b, spoolErr = spoolLiteral(it.Literal, it.Literal.Size(), ft.memMax, ft.spoolDir)
 				if spoolErr != nil {
 					// The literal is half read. go-imap's reader goroutine
 					// resumes as soon as a literal read fails, and the
@@ -312,8 +555,8 @@ func (d *Maildrop) readBody(fc *imapclient.FetchCommand, f *flight) (*body, erro
 					// the same decoder concurrently (a data race in
 					// go-imap). The connection is unusable anyway: close it
 					// and let the reader goroutine end before going on.
-					d.kill()
-					<-d.c.Closed()
+					ft.conn.kill()
+					<-ft.conn.c.Closed()
 				}
 			}
 		}
@@ -330,11 +573,11 @@ func (d *Maildrop) readBody(fc *imapclient.FetchCommand, f *flight) (*body, erro
 		if err != nil && !isStatus(err) {
 			// The body is complete, the connection is not: deliver it and
 			// let the next command find out.
-			d.setBroken(commandError("FETCH", err))
+			ft.conn.setBroken(commandError("FETCH", err))
 		}
 		return b, nil
-	case err == nil && d.misrouted.Load() > 0:
-		d.log.Error("backend sends BODY[] before UID in FETCH responses; bodies cannot be matched to messages")
+	case err == nil && ft.misrouted.Load() > 0:
+		ft.log.Error("backend sends BODY[] before UID in FETCH responses; bodies cannot be matched to messages")
 		return nil, fmt.Errorf("%w: UID %d: FETCH response without UID before the body", ErrUnavailable, f.uid)
 	case err == nil:
 		return nil, fmt.Errorf("%w: UID %d", ErrMessageGone, f.uid)
@@ -351,7 +594,8 @@ func (d *Maildrop) readBody(fc *imapclient.FetchCommand, f *flight) (*body, erro
 }
 
 // complete publishes a flight's outcome: the body goes to the cache when it
-// fits there, and its true length replaces the snapshot's size.
+// fits there, and the maildrop learns its exact size (before the flight is
+// done, so Size is exact by the time Retr returns).
 //
 // A body fetched ahead that went to the cache is not kept by the flight as
 // well: the memory spent on bodies fetched ahead is then the cache's, which
@@ -359,27 +603,21 @@ func (d *Maildrop) readBody(fc *imapclient.FetchCommand, f *flight) (*body, erro
 // session. (If the cache evicts it before the client asks, it is fetched
 // again.) Bodies the cache does not take stay with the flight, in memory up
 // to spool_memory, else in a file.
-func (d *Maildrop) complete(f *flight, b *body, err error) {
+func (ft *fetcher) complete(f *flight, b *body, err error) {
 	keep := b
 	if b != nil {
-		if b.shareable() && d.m.cache.fits(b.size) {
-			d.m.cache.Add(d.key(f.uid), b.data)
+		if b.shareable() && ft.cache.fits(b.size) {
+			ft.cache.Add(ft.key(f.uid), b.data)
 			if f.ahead {
 				keep = nil
 			}
 		}
-		d.mu.Lock()
-		if old := d.sizes[f.n-1]; old != b.size {
-			d.log.Debug("RFC822.SIZE differs from the body", zap.Uint32("uid", uint32(f.uid)),
-				zap.Int64("rfc822_size", old), zap.Int64("body", b.size))
-			d.sizes[f.n-1] = b.size
-		}
-		d.mu.Unlock()
+		ft.sizes.learnSize(f.n, b.size)
 	}
 	if errors.Is(err, ErrMessageGone) {
-		d.mu.Lock()
-		d.gone[f.uid] = true
-		d.mu.Unlock()
+		ft.mu.Lock()
+		ft.gone[f.uid] = true
+		ft.mu.Unlock()
 	}
 	f.b, f.err = keep, err
 	close(f.done)

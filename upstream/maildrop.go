@@ -12,7 +12,8 @@ package upstream
 //   - Bodies are fetched with BODY.PEEK[] (RFC 3501 §6.4.5), so neither TOP
 //     nor fetch-ahead sets \Seen.
 //   - One goroutine at a time uses the backend connection's command stream
-//     (cmdMu): the fetcher while it runs a batch, Commit and Close otherwise.
+//     (imapConn.cmdMu): the fetcher's loop while it runs a batch, Commit and
+//     Close otherwise.
 //   - Every backend exchange runs under a watchdog of Timeouts.Command that
 //     closes the socket; a dead connection makes the maildrop broken and all
 //     later calls fail with ErrUnavailable.
@@ -20,7 +21,6 @@ package upstream
 import (
 	"cmp"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -85,36 +85,20 @@ func (m *Maildrops) Open(ctx context.Context, t Target, to Timeouts, user, passw
 	start := time.Now()
 	log := m.log.With(zap.String("backend", t.Name), zap.String("user", user))
 	d := &Maildrop{
-		m:        m,
-		log:      log,
-		target:   t,
-		user:     user,
-		mailbox:  m.cfg.Mailbox,
-		to:       to.withDefaults(),
-		lock:     lockKey{backend: t.Name, user: user},
-		pending:  make(map[imap.UID]*flight),
-		gone:     make(map[imap.UID]bool),
-		wake:     make(chan struct{}, 1),
-		quit:     make(chan struct{}),
-		loopDone: make(chan struct{}),
+		m:       m,
+		log:     log,
+		target:  t,
+		user:    user,
+		mailbox: m.cfg.Mailbox,
+		to:      to.withDefaults(),
+		lock:    lockKey{backend: t.Name, user: user},
 	}
+	d.fetch = newFetcher(m, d, &d.imapConn, d.to, log)
 	c, raw, err := openClient(ctx, t, to, user, password, &imapclient.UnilateralDataHandler{
 		// Only record: the handler runs on the client's reader goroutine,
 		// and numbers never shift because everything is by UID.
 		Expunge: func(uint32) { d.expungedElsewhere.Add(1) },
-		// go-imap hands a FETCH response to the waiting UID FETCH only if
-		// the UID comes before the literal; a server that sends BODY[]
-		// first has its bodies arrive here. Count them (before the
-		// literal is consumed, so the count is visible by the time the
-		// command completes) and let readBody refuse to call the message
-		// gone.
-		Fetch: func(msg *imapclient.FetchMessageData) {
-			for item := msg.Next(); item != nil; item = msg.Next() {
-				if _, ok := item.(imapclient.FetchItemDataBodySection); ok {
-					d.misrouted.Add(1)
-				}
-			}
-		},
+		Fetch:   d.fetch.unilateralFetch,
 	})
 	if err != nil {
 		return nil, err
@@ -129,53 +113,53 @@ func (m *Maildrops) Open(ctx context.Context, t Target, to Timeouts, user, passw
 		m.locks.release(d.lock)
 		return nil, err
 	}
-	go d.fetchLoop()
+	d.fetch.start(d.uids, d.key(0))
 	log.Info("maildrop opened", zap.String("mailbox", d.mailbox), zap.Int("messages", len(d.uids)),
 		zap.Uint32("uidvalidity", d.uidValidity), zap.Duration("elapsed", time.Since(start)))
 	return d, nil
 }
 
-// Maildrop is one POP3 session's fixed view of a mailbox. It implements the
-// maildrop interface of gateway/pop3. Message numbers are 1..Len(); the
-// caller checks them (a number out of range gets an error, not a panic).
+// Maildrop is one POP3 session's fixed view of a mailbox: the POP3 model of
+// a maildrop. It implements the maildrop interface of gateway/pop3. Message
+// numbers are 1..Len(); the caller checks them (a number out of range gets
+// an error, not a panic). Its methods are safe for concurrent use.
+//
+// It keeps the snapshot (numbers, UIDs, UIDLs, sizes), the \Seen batch, and
+// Commit and Close; every body comes from its fetcher (fetch.go), which
+// shares the backend connection with it.
+//
+// Invariants:
+//   - uidValidity, uids and uidls are written once, by snapshot, before Open
+//     returns, and only read afterwards.
+//   - sizes[n-1] only moves from the backend's RFC822.SIZE to the exact
+//     length of a body of message n (learnSize).
+//   - mu guards seen, and is never held while taking another lock.
 type Maildrop struct {
-	m       *Maildrops
-	log     *zap.Logger
-	target  Target
-	user    string
-	mailbox string
-	to      Timeouts // of the configuration current at Open
-	lock    lockKey
-	c       *imapclient.Client
-	raw     net.Conn // under c; closing it aborts any command
-	caps    imap.CapSet
+	m        *Maildrops
+	log      *zap.Logger
+	target   Target
+	user     string
+	mailbox  string
+	to       Timeouts // of the configuration current at Open
+	lock     lockKey
+	imapConn // the backend connection, shared with fetch
+	caps     imap.CapSet
+	fetch    *fetcher // every body comes from it
 
 	// Fixed by the snapshot.
 	uidValidity uint32
 	uids        []imap.UID // message n is uids[n-1]
 	uidls       []string
+	// sizes[n-1] is message n's size (see Size). Atomic, not under mu: the
+	// fetcher reads them for its budget while holding its own lock.
+	sizes []atomic.Int64
 
-	mu         sync.Mutex
-	sizes      []int64              // exact once the body has been seen
-	seen       imap.UIDSet          // RETRed, \Seen not yet sent
-	pending    map[imap.UID]*flight // fetched or being fetched, not yet taken
-	gone       map[imap.UID]bool    // expunged by another client, as a FETCH found
-	queue      []*flight            // asked for by Retr/Top, not yet sent
-	lastRetr   int                  // message number of the last RETR
-	aheadNext  int                  // next candidate for fetch-ahead; 0 = not reading in order
-	aheadBytes int64                // budget used by fetched-ahead bodies not yet taken
-	broken     error                // the connection is dead: why
-	closing    bool
+	mu   sync.Mutex
+	seen imap.UIDSet // RETRed, \Seen not yet sent
 
-	cmdMu             sync.Mutex // the backend command stream (see the invariants above)
-	wake              chan struct{}
-	quit              chan struct{}
-	loopDone          chan struct{}
 	closeOnce         sync.Once
 	closeErr          error
 	expungedElsewhere atomic.Int64
-	misrouted         atomic.Int64 // bodies that reached the unilateral handler
-	batches           atomic.Int64 // pipelined FETCH batches sent: backend round trips for bodies
 }
 
 // snapshot selects the mailbox and fixes the message list: RFC 1939 §4.
@@ -233,19 +217,20 @@ func (d *Maildrop) snapshot(ctx context.Context) error {
 
 	d.uids = make([]imap.UID, len(list))
 	d.uidls = make([]string, len(list))
-	d.sizes = make([]int64, len(list))
+	d.sizes = make([]atomic.Int64, len(list))
 	for i, e := range list {
 		uidl, err := FormatUIDL(d.m.cfg.UIDLFormat, uint32(e.uid), d.uidValidity)
 		if err != nil {
 			return fmt.Errorf("pop3.uidl_format: %w", err)
 		}
-		d.uids[i], d.uidls[i], d.sizes[i] = e.uid, uidl, e.size
+		d.uids[i], d.uidls[i] = e.uid, uidl
+		d.sizes[i].Store(e.size)
 		// A cached body is the exact size; the backend's RFC822.SIZE may
 		// not be: a POP3 size counts the CRLF form without dot-stuffing
 		// (RFC 1939 §11), and although RFC 3501 §2.3.4 defines RFC822.SIZE
 		// on that form, servers vary.
 		if data, ok := d.m.cache.peek(d.key(e.uid)); ok {
-			d.sizes[i] = int64(len(data))
+			d.sizes[i].Store(int64(len(data)))
 		}
 	}
 	return nil
@@ -265,9 +250,20 @@ func (d *Maildrop) Size(n int) int64 {
 	if !d.valid(n) {
 		return 0
 	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.sizes[n-1]
+	return d.sizes[n-1].Load()
+}
+
+// learnSize records the exact size of message n, from a body of it: the
+// fetcher's as soon as a FETCH completes (so LIST is exact for bodies fetched
+// ahead too), and read's for whatever body it returns.
+func (d *Maildrop) learnSize(n int, size int64) {
+	// Load first: on the common path (the size is already exact) nothing is
+	// written.
+	if old := d.sizes[n-1].Load(); old != size {
+		d.sizes[n-1].Store(size)
+		d.log.Debug("RFC822.SIZE differs from the body", zap.Uint32("uid", uint32(d.uids[n-1])),
+			zap.Int64("rfc822_size", old), zap.Int64("body", size))
+	}
 }
 
 // UIDL is the message's unique-id, from pop3.uidl_format (RFC 1939 §7).
@@ -307,24 +303,16 @@ func (d *Maildrop) read(ctx context.Context, n int, retr bool) (io.ReadCloser, e
 	if !d.valid(n) {
 		return nil, fmt.Errorf("no message %d in a maildrop of %d", n, len(d.uids))
 	}
-	if retr {
-		d.noteRetr(n)
-	}
-	b, err := d.get(ctx, n)
-	if retr {
-		// After get, not before: the fetcher must see this message's
-		// demand first, or it would fetch the next ones ahead of it.
-		d.wakeFetcher()
-	}
+	b, err := d.fetch.get(ctx, n, retr)
 	if err != nil {
 		return nil, err
 	}
-	d.mu.Lock()
-	d.sizes[n-1] = b.size
+	d.learnSize(n, b.size)
 	if retr && d.m.markSeen {
+		d.mu.Lock()
 		d.seen.AddNum(d.uids[n-1])
+		d.mu.Unlock()
 	}
-	d.mu.Unlock()
 	return b.open(), nil
 }
 
@@ -333,98 +321,45 @@ func (d *Maildrop) key(uid imap.UID) CacheKey {
 	return CacheKey{Backend: d.target.Name, Server: d.target.Address, User: d.user, Mailbox: d.mailbox, UIDValidity: d.uidValidity, UID: uid}
 }
 
-// get finds message n's body: fetched ahead by this session, in the shared
-// cache (no backend round trip), or fetched now.
-func (d *Maildrop) get(ctx context.Context, n int) (*body, error) {
-	uid := d.uids[n-1]
-	d.mu.Lock()
-	f, gone := d.pending[uid], d.gone[uid]
-	d.mu.Unlock()
-	if gone {
-		return nil, fmt.Errorf("%w: UID %d", ErrMessageGone, uid)
-	}
-	if f != nil {
-		b, err := d.await(ctx, f)
-		if !errors.Is(err, errTaken) {
-			return b, err
-		}
-	}
-	key := d.key(uid)
-	if data, ok := d.m.cache.Get(key); ok {
-		return memBody(data), nil
-	}
-	// Concurrent misses of one key (TOP and RETR racing, or another session)
-	// share one backend FETCH.
-	leader := false
-	v, err, _ := d.m.group.Do(key.String(), func() (any, error) {
-		leader = true
-		if data, ok := d.m.cache.peek(key); ok {
-			return memBody(data), nil
-		}
-		return d.demand(ctx, n)
-	})
-	if leader {
-		if err != nil {
-			return nil, err
-		}
-		return v.(*body), nil
-	}
-	if err == nil && v.(*body).shareable() {
-		return v.(*body), nil
-	}
-	if errors.Is(err, ErrMessageGone) {
-		return nil, err
-	}
-	// A spooled body has one owner, and the leader's failure may have been
-	// its own (its context ended): fetch for ourselves.
-	return d.demand(ctx, n)
-}
+// imapConn is a maildrop's backend connection, shared by the fetcher (body
+// FETCHes) and by Commit and Close (STORE, EXPUNGE, LOGOUT).
+//
+// Invariants:
+//   - c and raw are set once, at Open, before anyone else uses them.
+//   - cmdMu is held by whoever sends commands: the fetcher for a whole
+//     batch, from its first command to its last answer; Commit and Close for
+//     theirs. go-imap would interleave them otherwise.
+//   - broken, once set, stays set: the connection is dead (killed, or it
+//     failed mid-command), every later exchange fails with it, and nothing
+//     reconnects.
+type imapConn struct {
+	c   *imapclient.Client
+	raw net.Conn // under c; closing it aborts any command
 
-// noteRetr follows the client's reading order: RETR n right after RETR n-1
-// (or RETR 1 first) is reading in order, so fetch-ahead continues after n.
-// A jump stops fetch-ahead, and bodies fetched ahead that the client has
-// passed are dropped to free the budget.
-func (d *Maildrop) noteRetr(n int) {
-	d.mu.Lock()
-	if n == d.lastRetr+1 {
-		d.aheadNext = max(d.aheadNext, n+1)
-	} else {
-		d.aheadNext = 0
-	}
-	d.lastRetr = n
-	var drop []*body
-	for uid, f := range d.pending {
-		if f.ahead && f.n < n && f.isDone() {
-			delete(d.pending, uid)
-			d.aheadBytes -= f.cost
-			if f.b != nil {
-				drop = append(drop, f.b)
-			}
-		}
-	}
-	d.mu.Unlock()
-	for _, b := range drop {
-		b.discard()
-	}
+	cmdMu sync.Mutex // the command stream
+
+	brokenMu sync.Mutex // guards broken only; never held while taking another lock
+	broken   error      // the connection is dead: why
 }
 
 // kill aborts whatever the backend connection is doing. It never blocks.
-func (d *Maildrop) kill() { d.raw.Close() }
+func (ic *imapConn) kill() { ic.raw.Close() }
 
-// setBroken records that the connection is dead.
-func (d *Maildrop) setBroken(err error) {
-	d.mu.Lock()
-	if d.broken == nil {
-		d.broken = err
+// setBroken records that the connection is dead, and kills it.
+func (ic *imapConn) setBroken(err error) {
+	ic.brokenMu.Lock()
+	if ic.broken == nil {
+		ic.broken = err
 	}
-	d.mu.Unlock()
-	d.kill()
+	ic.brokenMu.Unlock()
+	ic.kill()
 }
 
-func (d *Maildrop) brokenErr() error {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.broken
+// brokenErr is why the connection is dead, or nil.
+func (ic *imapConn) brokenErr() error {
+	ic.brokenMu.Lock()
+	defer ic.brokenMu.Unlock()
+	return ic.broken
 }
 
 // goodbye logs out under a short deadline and closes the client.

@@ -583,11 +583,11 @@ func TestFetchAhead(t *testing.T) {
 			t.Fatalf("message %d: wrong body", i)
 		}
 	}
-	t.Logf("%d RETRs over a 20ms link: %v, %d FETCH batches", n, time.Since(start), md.batches.Load())
+	t.Logf("%d RETRs over a 20ms link: %v, %d FETCH batches", n, time.Since(start), md.fetch.batches.Load())
 	if got := b.totalFetches(); got != n {
 		t.Errorf("%d body FETCHes for %d messages", got, n)
 	}
-	if got := md.batches.Load(); got > 2 {
+	if got := md.fetch.batches.Load(); got > 2 {
 		t.Errorf("%d FETCH round trips for %d messages in order, want 1 or 2", got, n)
 	}
 	// Fetch-ahead never set \Seen on its own: only the RETRed ones are.
@@ -630,9 +630,9 @@ func TestFetchAheadBudget(t *testing.T) {
 		t.Error("UID 5 fetched ahead beyond the budget")
 	}
 	for i := 2; i <= n; i++ {
-		md.mu.Lock()
-		used := md.aheadBytes
-		md.mu.Unlock()
+		md.fetch.mu.Lock()
+		used := md.fetch.aheadBytes
+		md.fetch.mu.Unlock()
 		if used > budget {
 			t.Fatalf("before RETR %d: %d bytes fetched ahead, budget %d", i, used, budget)
 		}
