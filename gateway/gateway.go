@@ -195,6 +195,7 @@ func (s *Server) Reload(cfg *config.Config) error {
 	// Sessions in flight hold what they were routed to; the old router only
 	// loses its idle lookup connections.
 	s.state.Swap(st).router.Close()
+	s.reconfigureListeners(cfg)
 	s.warnInsecure(cfg)
 	s.log.Info("configuration reloaded")
 	return nil
@@ -249,9 +250,13 @@ type listener struct {
 	name     string
 	protocol string
 	tlsMode  string
+	address  string // as configured
 	ln       net.Listener
 	tls      *tls.Config // nil for tls: none
 	serve    func(ctx context.Context, conn net.Conn)
+	// reconfigure gives the listener's front the settings of a reloaded
+	// configuration, for the sessions that start after it.
+	reconfigure func(lc config.Listener, cfg *config.Config)
 }
 
 func (s *Server) listen(lc config.Listener, serverTLS *tls.Config) (*listener, error) {
@@ -269,47 +274,84 @@ func (s *Server) listen(lc config.Listener, serverTLS *tls.Config) (*listener, e
 	if trusted := lc.ProxyPrefixes(); len(trusted) > 0 {
 		ln = proxyListener(ln, trusted, s.cfg.Timeouts.TLSHandshake)
 	}
-	l := &listener{s: s, name: lc.Name, protocol: lc.Protocol, tlsMode: lc.TLS, ln: ln, tls: tlsCfg}
-	implicit := lc.TLS == upstream.TLSImplicit
-	t := s.cfg.Timeouts
-	log := s.log
+	l := &listener{s: s, name: lc.Name, protocol: lc.Protocol, tlsMode: lc.TLS, address: lc.Address, ln: ln, tls: tlsCfg}
 	switch lc.Protocol {
 	case config.ProtocolPOP3:
-		srv := pop3.NewServer(pop3.Config{
-			Listener:            lc.Name,
-			Backend:             pop3Backend{s},
-			TLSConfig:           tlsCfg,
-			ImplicitTLS:         implicit,
-			AllowPlaintextAuth:  lc.AllowPlaintextAuth,
-			IdleTimeout:         t.POP3Idle,
-			TLSHandshakeTimeout: t.TLSHandshake,
-			AuthFailureDelay:    s.cfg.Limits.AuthFailureDelay,
-			BadCommandLimit:     s.cfg.Limits.BadCommands,
-			Logger:              log,
-			Observer:            pop3Observer{s.metrics, lc.Name},
-		})
+		srv := pop3.NewServer(s.pop3Config(lc, s.cfg, tlsCfg))
 		l.serve = srv.Serve
+		l.reconfigure = func(lc config.Listener, cfg *config.Config) { srv.Reconfigure(s.pop3Config(lc, cfg, tlsCfg)) }
 	case config.ProtocolIMAP:
-		srv := imap.NewServer(imap.Config{
-			Listener:            lc.Name,
-			Backend:             imapBackend{s},
-			TLSConfig:           tlsCfg,
-			ImplicitTLS:         implicit,
-			AllowPlaintextAuth:  lc.AllowPlaintextAuth,
-			PreauthTimeout:      t.IMAPPreauth,
-			IdleTimeout:         t.IMAPIdle,
-			TLSHandshakeTimeout: t.TLSHandshake,
-			AuthFailureDelay:    s.cfg.Limits.AuthFailureDelay,
-			BadCommandLimit:     s.cfg.Limits.BadCommands,
-			Logger:              log,
-			Observer:            tlsObserver{s.metrics, lc.Name},
-		})
+		srv := imap.NewServer(s.imapConfig(lc, s.cfg, tlsCfg))
 		l.serve = srv.Serve
+		l.reconfigure = func(lc config.Listener, cfg *config.Config) { srv.Reconfigure(s.imapConfig(lc, cfg, tlsCfg)) }
 	default:
 		ln.Close()
 		return nil, fmt.Errorf("listener %s: unknown protocol %q", lc.Name, lc.Protocol)
 	}
 	return l, nil
+}
+
+// pop3Config is the POP3 front's configuration for listener lc under cfg:
+// at start, and again at each reload for the sessions that begin after it.
+func (s *Server) pop3Config(lc config.Listener, cfg *config.Config, tlsCfg *tls.Config) pop3.Config {
+	return pop3.Config{
+		Listener:            lc.Name,
+		Backend:             pop3Backend{s},
+		TLSConfig:           tlsCfg,
+		ImplicitTLS:         lc.TLS == upstream.TLSImplicit,
+		AllowPlaintextAuth:  lc.AllowPlaintextAuth,
+		IdleTimeout:         cfg.Timeouts.POP3Idle,
+		TLSHandshakeTimeout: cfg.Timeouts.TLSHandshake,
+		AuthFailureDelay:    cfg.Limits.AuthFailureDelay,
+		BadCommandLimit:     cfg.Limits.BadCommands,
+		Logger:              s.log,
+		Observer:            pop3Observer{s.metrics, lc.Name},
+	}
+}
+
+// imapConfig is pop3Config for the IMAP front.
+func (s *Server) imapConfig(lc config.Listener, cfg *config.Config, tlsCfg *tls.Config) imap.Config {
+	return imap.Config{
+		Listener:            lc.Name,
+		Backend:             imapBackend{s},
+		TLSConfig:           tlsCfg,
+		ImplicitTLS:         lc.TLS == upstream.TLSImplicit,
+		AllowPlaintextAuth:  lc.AllowPlaintextAuth,
+		PreauthTimeout:      cfg.Timeouts.IMAPPreauth,
+		IdleTimeout:         cfg.Timeouts.IMAPIdle,
+		TLSHandshakeTimeout: cfg.Timeouts.TLSHandshake,
+		AuthFailureDelay:    cfg.Limits.AuthFailureDelay,
+		BadCommandLimit:     cfg.Limits.BadCommands,
+		Logger:              s.log,
+		Observer:            tlsObserver{s.metrics, lc.Name},
+	}
+}
+
+// reconfigureListeners hands each running listener its settings from cfg.
+// A listener's address, protocol and TLS mode are fixed while it runs: a
+// change there, or a listener added or removed, needs a restart, and is
+// logged.
+func (s *Server) reconfigureListeners(cfg *config.Config) {
+	s.mu.Lock()
+	listeners := s.listeners
+	s.mu.Unlock()
+	byName := map[string]config.Listener{}
+	for _, lc := range cfg.Listeners {
+		byName[lc.Name] = lc
+	}
+	for _, l := range listeners {
+		lc, ok := byName[l.name]
+		delete(byName, l.name)
+		if !ok || lc.Protocol != l.protocol || lc.TLS != l.tlsMode || lc.Address != l.address {
+			s.log.Warn("listener changed in the configuration; the change takes effect at the next restart",
+				zap.String("listener", l.name))
+			continue
+		}
+		l.reconfigure(lc, cfg)
+	}
+	for name := range byName {
+		s.log.Warn("new listener in the configuration; it starts at the next restart", zap.String("listener", name))
+	}
 }
 
 func (l *listener) acceptLoop() {

@@ -276,3 +276,33 @@ func TestReloadAppliesPOP3BackendTimeouts(t *testing.T) {
 		t.Fatalf("RETR on a silent backend failed after %v; the reloaded backend_command is 300ms", d)
 	}
 }
+
+// A SIGHUP reaches the fronts too: a bad-command limit lowered by a reload
+// applies to the next session on both fronts, while a session that began
+// before it keeps its own.
+func TestReloadAppliesFrontSettings(t *testing.T) {
+	srv, _ := startGateway(t, baseConfig, memBackend(t, testMessage))
+	before := dialPOP3(t, srv.Addr("pop3"), "")
+	before.Expect("+OK")
+	cfg, err := config.Parse([]byte(strings.ReplaceAll(strings.Replace(baseConfig,
+		"limits: {", "limits: {bad_commands: 1, ", 1), "BACKEND", "127.0.0.1:1")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Reload(cfg); err != nil {
+		t.Fatal(err)
+	}
+	after := dialPOP3(t, srv.Addr("pop3"), "")
+	after.Expect("+OK")
+	after.Command("BOGUS", "-ERR")
+	after.ExpectClosed()
+
+	imapAfter := dialPOP3(t, srv.Addr("imap"), "")
+	imapAfter.Expect("* OK")
+	imapAfter.Command("a BOGUS", "a BAD")
+	imapAfter.Expect("* BYE")
+	imapAfter.ExpectClosed()
+
+	before.Command("BOGUS", "-ERR") // the default limit (10) still holds here
+	before.Command("CAPA", "+OK")
+}

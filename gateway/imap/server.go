@@ -20,6 +20,7 @@ import (
 	"fmt"
 	"net"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/emersion/go-sasl"
@@ -107,8 +108,7 @@ func (nopObserver) TLSHandshake(error) {}
 
 // Server is the IMAP front for one listener.
 type Server struct {
-	cfg Config
-	log *zap.Logger
+	cfg atomic.Pointer[Config] // each session takes the current one at its start
 }
 
 // Defaults for the zero values of Config; gateway/config uses them for the
@@ -123,6 +123,14 @@ const (
 
 // NewServer returns a server with cfg's defaults applied.
 func NewServer(cfg Config) *Server {
+	s := &Server{}
+	s.Reconfigure(cfg)
+	return s
+}
+
+// Reconfigure replaces the configuration (SIGHUP): sessions that start from
+// now on use cfg, with defaults applied; sessions under way keep theirs.
+func (s *Server) Reconfigure(cfg Config) {
 	if cfg.PreauthTimeout <= 0 {
 		cfg.PreauthTimeout = DefaultPreauthTimeout
 	}
@@ -141,25 +149,25 @@ func NewServer(cfg Config) *Server {
 	if cfg.BadCommandLimit <= 0 {
 		cfg.BadCommandLimit = DefaultBadCommandLimit
 	}
-	log := cfg.Logger
-	if log == nil {
-		log = zap.NewNop()
+	if cfg.Logger == nil {
+		cfg.Logger = zap.NewNop()
 	}
-	log = log.With(zap.String("proto", "imap"), zap.String("listener", cfg.Listener))
-	return &Server{cfg: cfg, log: log}
+	s.cfg.Store(&cfg)
 }
 
 // Serve runs one client connection to its end and closes it. Cancelling ctx
 // closes the connection (shutdown).
 func (s *Server) Serve(ctx context.Context, conn net.Conn) {
-	log := s.log.With(zap.Uint64("conn", connlog.NextID()), zap.Stringer("remote", conn.RemoteAddr()))
+	cfg := s.cfg.Load()
+	log := cfg.Logger.With(zap.String("proto", "imap"), zap.String("listener", cfg.Listener),
+		zap.Uint64("conn", connlog.NextID()), zap.Stringer("remote", conn.RemoteAddr()))
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	defer stop()
 	ss := &session{
-		cfg:      &s.cfg,
+		cfg:      cfg,
 		log:      log,
 		conn:     conn,
-		preauthT: time.Now().Add(s.cfg.PreauthTimeout),
+		preauthT: time.Now().Add(cfg.PreauthTimeout),
 	}
 	result := ss.run(ctx)
 	if ctx.Err() != nil {

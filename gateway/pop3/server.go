@@ -21,6 +21,7 @@ import (
 	"crypto/tls"
 	"encoding/hex"
 	"net"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -100,13 +101,21 @@ const (
 
 // Server serves POP3 client connections. It is safe for concurrent use.
 type Server struct {
-	cfg Config
-	log *zap.Logger
+	cfg atomic.Pointer[Config] // each session takes the current one at its start
 }
 
 // NewServer returns a Server for cfg, with defaults applied. cfg.Backend
 // must not be nil.
 func NewServer(cfg Config) *Server {
+	s := &Server{}
+	s.Reconfigure(cfg)
+	return s
+}
+
+// Reconfigure replaces the configuration (SIGHUP): sessions that start from
+// now on use cfg, with defaults applied; sessions under way keep theirs.
+// cfg.Backend must not be nil.
+func (s *Server) Reconfigure(cfg Config) {
 	if cfg.Backend == nil {
 		panic("pop3: Config.Backend is nil")
 	}
@@ -128,11 +137,10 @@ func NewServer(cfg Config) *Server {
 	if cfg.Observer == nil {
 		cfg.Observer = nopObserver{}
 	}
-	log := cfg.Logger
-	if log == nil {
-		log = zap.NewNop()
+	if cfg.Logger == nil {
+		cfg.Logger = zap.NewNop()
 	}
-	return &Server{cfg: cfg, log: log}
+	s.cfg.Store(&cfg)
 }
 
 // Serve runs one client connection to its end and closes it.
@@ -144,21 +152,22 @@ func NewServer(cfg Config) *Server {
 // Commit of a QUIT already received, which completes (bounded by the
 // backend's own command timeouts).
 func (s *Server) Serve(ctx context.Context, conn net.Conn) {
+	cfg := s.cfg.Load()
 	id := connlog.NextID()
 	var nonce [8]byte
 	rand.Read(nonce[:])
 	sess := &session{
-		cfg:     &s.cfg,
+		cfg:     cfg,
 		ctx:     ctx,
 		conn:    conn,
-		w:       newWire(ctx, conn, s.cfg.IdleTimeout, s.cfg.IdleTimeout),
+		w:       newWire(ctx, conn, cfg.IdleTimeout, cfg.IdleTimeout),
 		state:   stateAuthorization,
 		banner:  "<" + hex.EncodeToString(nonce[:]) + "." + itoa(int64(id)) + "@mailgate>",
 		started: time.Now(),
-		log: s.log.With(
+		log: cfg.Logger.With(
 			zap.Uint64("conn", id),
 			zap.String("proto", "pop3"),
-			zap.String("listener", s.cfg.Listener),
+			zap.String("listener", cfg.Listener),
 			zap.Stringer("remote", conn.RemoteAddr()),
 		),
 	}
