@@ -227,9 +227,14 @@ func (c *serverConn) Read(p []byte) (int, error) {
 	}
 	if c.stalled.Load() {
 		// Swallow everything from now on: the server never sees another
-		// command, the client never gets an answer.
+		// command, the client never gets an answer; the commands are still
+		// counted.
 		for {
-			if _, err := c.in.Read(p); err != nil {
+			n, err := c.in.Read(p)
+			if n > 0 {
+				c.record(p[:n])
+			}
+			if err != nil {
 				return 0, err
 			}
 		}

@@ -36,8 +36,12 @@ import (
 	"golang.org/x/sync/singleflight"
 )
 
-// maxBatch caps the commands of one pipelined batch, whatever the budget.
-const maxBatch = 32
+// maxInFlight caps the body FETCHes in flight at once. The byte budget
+// (fetch_ahead) is the real window; this only bounds the goroutines (one
+// per command reads its answer) when messages are tiny. At 32, as it once
+// was, a far backend idled once per 32 messages (1.5 MB of typical mail)
+// whatever fetch_ahead said.
+const maxInFlight = 256
 
 // errTaken: the flight's spooled body went to another caller.
 var errTaken = errors.New("body taken by another reader")
@@ -399,7 +403,7 @@ func (ft *fetcher) loop() {
 				return
 			default:
 			}
-			batch := ft.plan(maxBatch)
+			batch := ft.plan(maxInFlight)
 			if len(batch) == 0 {
 				break
 			}
@@ -482,7 +486,7 @@ func (ft *fetcher) run(batch []*flight) {
 		b   *body
 		err error
 	}
-	answers := make(chan answer, maxBatch)
+	answers := make(chan answer, maxInFlight)
 	send := func(f *flight) {
 		fc := ft.conn.c.Fetch(imap.UIDSetNum(f.uid), opts)
 		go func() {
@@ -519,7 +523,7 @@ func (ft *fetcher) run(batch []*flight) {
 		if ft.conn.brokenErr() != nil {
 			continue
 		}
-		for _, g := range ft.plan(maxBatch - (outstanding - 1)) {
+		for _, g := range ft.plan(maxInFlight - (outstanding - 1)) {
 			send(g)
 			outstanding++
 		}

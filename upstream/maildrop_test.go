@@ -746,3 +746,43 @@ func TestSingleflightAcrossSessions(t *testing.T) {
 		t.Errorf("two sessions: %d backend FETCHes, want 1", n)
 	}
 }
+
+// Fetch-ahead keeps fetch_ahead bytes in flight, not a fixed number of
+// commands: against a backend that has stopped answering, the gateway has
+// sent as many body FETCHes as the budget holds (well over the 32 commands
+// it was once capped at, which made a far backend idle once per 1.5 MB).
+// Asserted on the commands the backend received, not on time.
+func TestFetchAheadWindowIsTheBudget(t *testing.T) {
+	const n, msgSize = 200, 2000
+	b := newBackend(t, nil)
+	b.addUser("alice", "pw", msgs(n, msgSize)...)
+	const window = 100 // messages the budget holds: exactly those after message 1
+	var budget int64
+	for i := 2; i <= 1+window; i++ {
+		budget += int64(len(msg(i, msgSize)))
+	}
+	cfg := testConfig(func(c *MaildropConfig) { c.FetchAhead = size(Size(budget)) })
+	mds := NewMaildrops(cfg, testLogger(t))
+	md := openMaildrop(t, mds, b, "alice", "pw")
+	b.opts.stallBody.Store(true) // from the first body FETCH on, nothing is answered
+	done := make(chan error, 1)
+	go func() {
+		rc, err := md.Retr(context.Background(), 1)
+		if rc != nil {
+			rc.Close()
+		}
+		done <- err
+	}()
+	want := 1 + window // RETR 1 itself, then the window behind it
+	deadline := time.Now().Add(5 * time.Second)
+	for b.totalFetches() < want && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	time.Sleep(50 * time.Millisecond) // room for a wrong extra one
+	if got := b.totalFetches(); got != want {
+		t.Fatalf("%d body FETCHes in flight, want %d (1 demanded + %d the budget holds)", got, want, window)
+	}
+	if err := <-done; !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("RETR on a silent backend: %v, want ErrUnavailable", err)
+	}
+}
