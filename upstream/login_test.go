@@ -399,3 +399,34 @@ func TestLoginResponseCodes(t *testing.T) {
 		}
 	}
 }
+
+// The snapshot costs one round trip: the UID FETCH goes out right behind
+// the SELECT, before its answer (the scripted backend answers neither until
+// it has both).
+func TestSnapshotPipelinesSelectAndFetch(t *testing.T) {
+	tgt := scripted(t, false, func(br *bufio.Reader, c net.Conn) {
+		io.WriteString(c, "* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN SASL-IR] hi\r\n")
+		m := expectLine(t, br, `^(\S+) AUTHENTICATE PLAIN \S+$`)
+		if m == nil {
+			return
+		}
+		io.WriteString(c, m[1]+" OK [CAPABILITY IMAP4rev1 UIDPLUS] in\r\n")
+		sel := expectLine(t, br, `^(\S+) SELECT (?:"INBOX"|INBOX)$`)
+		fetch := expectLine(t, br, `^(\S+) UID FETCH 1:\* \(`)
+		if sel == nil || fetch == nil {
+			return
+		}
+		io.WriteString(c, "* 1 EXISTS\r\n* OK [UIDVALIDITY 7] v\r\n"+sel[1]+" OK [READ-WRITE] selected\r\n"+
+			"* 1 FETCH (UID 3 RFC822.SIZE 12 FLAGS ())\r\n"+fetch[1]+" OK done\r\n")
+		br.ReadString('\n') // LOGOUT at Close
+		io.WriteString(c, "* BYE bye\r\n")
+	})
+	md, err := NewMaildrops(testConfig(nil), testLogger(t)).Open(context.Background(), tgt, fastTimeouts, "alice", "secret")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer md.Close()
+	if md.Len() != 1 || md.UID(1) != 3 || md.Size(1) != 12 {
+		t.Fatalf("snapshot: %d messages, UID %d, size %d; want 1, 3, 12", md.Len(), md.UID(1), md.Size(1))
+	}
+}

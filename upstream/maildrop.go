@@ -175,39 +175,44 @@ func (d *Maildrop) snapshot(ctx context.Context) error {
 	}
 
 	d.caps = d.c.Caps() // after login: what the session may use
-	sel, err := d.c.Select(d.mailbox, nil).Wait()
-	if err != nil {
-		return fail("SELECT "+d.mailbox, err)
-	}
-	d.uidValidity = sel.UIDValidity
+	// SELECT and the UID FETCH go out together (pipelining, RFC 9051 §5.5):
+	// the server runs them in order, so the FETCH sees the selected
+	// mailbox, and the snapshot costs one round trip, not two. If the
+	// SELECT fails, the FETCH fails too (no mailbox selected) and the
+	// SELECT's error is the one reported.
+	var all imap.UIDSet
+	all.AddRange(1, 0) // 1:*
+	selCmd := d.c.Select(d.mailbox, nil)
+	fc := d.c.Fetch(all, &imap.FetchOptions{UID: true, RFC822Size: true, Flags: true})
 
 	type entry struct {
 		uid  imap.UID
 		size int64
 	}
 	var list []entry
-	// Asking for 1:* in an empty mailbox is an error on some servers
-	// (RFC 3501 §6.4.8 leaves "*" undefined there): skip it.
-	if sel.NumMessages > 0 {
-		var all imap.UIDSet
-		all.AddRange(1, 0) // 1:*
-		fc := d.c.Fetch(all, &imap.FetchOptions{UID: true, RFC822Size: true, Flags: true})
-		for msg := fc.Next(); msg != nil; msg = fc.Next() {
-			wd.reset(d.to.Command) // a big mailbox: the timeout is for progress
-			buf, err := msg.Collect()
-			if err != nil || buf.UID == 0 {
-				continue
-			}
-			// RFC 1939 §4 has no place for a message marked \Deleted by
-			// another client: it is leaving, so it is not offered.
-			if slices.Contains(buf.Flags, imap.FlagDeleted) {
-				continue
-			}
-			list = append(list, entry{buf.UID, buf.RFC822Size})
+	for msg := fc.Next(); msg != nil; msg = fc.Next() {
+		wd.reset(d.to.Command) // a big mailbox: the timeout is for progress
+		buf, err := msg.Collect()
+		if err != nil || buf.UID == 0 {
+			continue
 		}
-		if err := fc.Close(); err != nil {
-			return fail("UID FETCH 1:*", err)
+		// RFC 1939 §4 has no place for a message marked \Deleted by
+		// another client: it is leaving, so it is not offered.
+		if slices.Contains(buf.Flags, imap.FlagDeleted) {
+			continue
 		}
+		list = append(list, entry{buf.UID, buf.RFC822Size})
+	}
+	fetchErr := fc.Close()
+	sel, err := selCmd.Wait()
+	if err != nil {
+		return fail("SELECT "+d.mailbox, err)
+	}
+	d.uidValidity = sel.UIDValidity
+	// "*" in an empty mailbox is undefined (RFC 3501 §6.4.8): some servers
+	// answer the FETCH with NO or BAD there, which means no messages.
+	if fetchErr != nil && !(sel.NumMessages == 0 && isStatus(fetchErr)) {
+		return fail("UID FETCH 1:*", fetchErr)
 	}
 	if wd.stop() {
 		return fmt.Errorf("%w: snapshot timed out after %v", ErrUnavailable, d.to.Command)
