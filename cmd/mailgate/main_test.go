@@ -90,3 +90,34 @@ func TestREADMEDocumentsDemoPorts(t *testing.T) {
 		t.Errorf("README.md does not show serve FILE")
 	}
 }
+
+// TestCheckConfigCreatesNothing: check-config on the README's ACME example,
+// with its storage directory not there yet, says OK and leaves it absent
+// (serve creates it).
+func TestCheckConfigCreatesNothing(t *testing.T) {
+	dir := t.TempDir()
+	storage := filepath.Join(dir, "var", "lib", "mailgate", "acme")
+	yaml := `
+tls:
+  acme:
+    domains: [mail.example.com]
+    email: postmaster@example.com
+    storage: ` + storage + `
+    challenges: {http: ":80"}
+listeners:
+  - {name: imaps, protocol: imap, address: ":993", tls: implicit}
+backends:
+  dovecot: {address: "imap.internal:143", tls: starttls}
+`
+	file := filepath.Join(dir, "mailgate.yaml")
+	if err := os.WriteFile(file, []byte(yaml), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var stdout, stderr bytes.Buffer
+	if code := run([]string{"check-config", file}, &stdout, &stderr); code != 0 {
+		t.Fatalf("check-config: exit %d\n%s", code, stderr.String())
+	}
+	if _, err := os.Stat(filepath.Join(dir, "var")); !os.IsNotExist(err) {
+		t.Errorf("check-config created %s (stat: %v)", filepath.Join(dir, "var"), err)
+	}
+}
