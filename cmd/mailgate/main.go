@@ -93,9 +93,13 @@ func checkConfig(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "usage: mailgate check-config FILE")
 		return 2
 	}
-	if _, err := config.Load(*path); err != nil {
+	cfg, err := config.Load(*path)
+	if err != nil {
 		fmt.Fprintf(stderr, "%s:\n%v\n", *path, err)
 		return 1
+	}
+	for _, w := range cfg.Warnings() {
+		fmt.Fprintf(stderr, "%s: warning: %s\n", *path, w)
 	}
 	fmt.Fprintf(stdout, "%s: OK\n", *path)
 	return 0
@@ -166,6 +170,7 @@ func serve(args []string, stdout, stderr io.Writer) int {
 	}
 	defer log.Sync() //nolint:errcheck // stderr sync fails harmlessly
 	log.Info("starting", zap.String("version", versionString()), zap.String("config", *path))
+	logWarnings(log, cfg)
 
 	srv, err := gateway.New(cfg, log)
 	if err != nil {
@@ -198,6 +203,7 @@ func waitForSignals(srv *gateway.Server, log *zap.Logger, level zap.AtomicLevel,
 				log.Error("reload failed; keeping the running configuration", zap.Error(err))
 				continue
 			}
+			logWarnings(log, next)
 			if l, err := zap.ParseAtomicLevel(next.Log.Level); err == nil {
 				level.SetLevel(l.Level())
 			}
@@ -216,6 +222,14 @@ func waitForSignals(srv *gateway.Server, log *zap.Logger, level zap.AtomicLevel,
 		return 0
 	}
 	return 0
+}
+
+// logWarnings logs what check-config prints as warnings: valid, but
+// probably not what the operator meant.
+func logWarnings(log *zap.Logger, cfg *config.Config) {
+	for _, w := range cfg.Warnings() {
+		log.Warn("configuration warning", zap.String("path", w.Path), zap.Int("line", w.Line), zap.String("problem", w.Message))
+	}
 }
 
 // newLogger builds the process logger from the `log:` section: JSON by

@@ -121,3 +121,25 @@ backends:
 		t.Errorf("check-config created %s (stat: %v)", filepath.Join(dir, "var"), err)
 	}
 }
+
+// TestCheckConfigWarnsListenerWithoutLogin: a tls: none listener without
+// allow_plaintext_auth can accept no login; check-config says so on stderr
+// and still passes the file.
+func TestCheckConfigWarnsListenerWithoutLogin(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "mailgate.yaml")
+	yaml := "listeners:\n  - {name: pop3, protocol: pop3, address: \"127.0.0.1:1110\", tls: none}\nbackends: {store: {address: \"127.0.0.1:1143\", tls: none}}\n"
+	if err := os.WriteFile(file, []byte(yaml), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var stdout, stderr bytes.Buffer
+	if code := run([]string{"check-config", file}, &stdout, &stderr); code != 0 {
+		t.Fatalf("check-config: exit %d\n%s", code, stderr.String())
+	}
+	want := file + ": warning: listeners[0]: tls: none without allow_plaintext_auth: true accepts no login"
+	if !strings.Contains(stderr.String(), want) || !strings.Contains(stderr.String(), "(line 2)") {
+		t.Errorf("check-config stderr:\n%s\nwant %q on line 2", stderr.String(), want)
+	}
+	if !strings.HasSuffix(stdout.String(), ": OK\n") {
+		t.Errorf("check-config stdout %q", stdout.String())
+	}
+}
