@@ -3,6 +3,7 @@ package config
 import (
 	"encoding"
 	"os"
+	"path/filepath"
 	"reflect"
 	"regexp"
 	"slices"
@@ -93,6 +94,43 @@ func TestREADMEDocumentsEveryKey(t *testing.T) {
 	for _, k := range keys {
 		if !documented[strings.ReplaceAll(k, "*.", "")] {
 			t.Errorf("%s is not in the README's configuration reference: give it a row in the table of its section", k)
+		}
+	}
+}
+
+// TestREADMEExamplesWork: the README's rewrite_user examples produce names a
+// stock Dovecot accepts (auth_username_chars: letters, digits and .-_@), its
+// package list has every program the tests run, and it refers to no file
+// that is not in the repository.
+func TestREADMEExamplesWork(t *testing.T) {
+	b, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	readme := string(b)
+	dovecotChars := regexp.MustCompile(`^[A-Za-z0-9.\-_@]*$`)
+	rewrites := regexp.MustCompile(`rewrite_user: "([^"]*)"`).FindAllStringSubmatch(readme, -1)
+	if len(rewrites) < 3 {
+		t.Fatalf("found only %d rewrite_user examples", len(rewrites))
+	}
+	vars := strings.NewReplacer("{user}", "a@b.example", "{local}", "a", "{domain}", "b.example")
+	for _, m := range rewrites {
+		if name := vars.Replace(m[1]); !dovecotChars.MatchString(name) {
+			t.Errorf("rewrite_user %q gives %q: a stock Dovecot refuses that user name", m[1], name)
+		}
+	}
+	apt := regexp.MustCompile(`(?m)^apt-get install (.*)$`).FindStringSubmatch(readme)
+	if apt == nil {
+		t.Fatal("no apt-get install line in the README")
+	}
+	for _, pkg := range []string{"dovecot-imapd", "dovecot-pop3d", "pebble", "haproxy", "curl", "fetchmail", "python3", "openssl"} {
+		if !slices.Contains(strings.Fields(apt[1]), pkg) {
+			t.Errorf("the Testing section's apt-get line lacks %s", pkg)
+		}
+	}
+	for _, m := range regexp.MustCompile(`[A-Za-z0-9_./-]+\.md\b`).FindAllString(readme, -1) {
+		if _, err := os.Stat(filepath.Join("../..", m)); err != nil {
+			t.Errorf("the README refers to %s, which is not in the repository", m)
 		}
 	}
 }
