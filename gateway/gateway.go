@@ -33,14 +33,15 @@ import (
 
 // Server is a running gateway.
 type Server struct {
-	log       *zap.Logger
-	certs     *mgtls.Manager
-	maildrops *upstream.Maildrops
-	state     atomic.Pointer[state] // routing and backends: replaced on Reload
-	limits    *connLimits
-	auth      *authLimiter
-	health    *routing.Health // pool servers' health: kept across reloads
-	metrics   *metrics
+	log        *zap.Logger
+	certs      *mgtls.Manager
+	maildrops  *upstream.Maildrops
+	state      atomic.Pointer[state] // routing and backends: replaced on Reload
+	limits     *connLimits
+	auth       *authLimiter
+	health     *routing.Health // pool servers' health: kept across reloads
+	metrics    *metrics
+	readyCache readyCache // the last backend probe of /readyz
 
 	mu        sync.Mutex
 	cfg       *config.Config
