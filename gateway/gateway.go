@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -32,14 +33,15 @@ import (
 
 // Server is a running gateway.
 type Server struct {
-	log       *zap.Logger
-	certs     *mgtls.Manager
-	maildrops *upstream.Maildrops
-	state     atomic.Pointer[state] // routing and backends: replaced on Reload
-	limits    *connLimits
-	auth      *authLimiter
-	health    *routing.Health // pool servers' health: kept across reloads
-	metrics   *metrics
+	log        *zap.Logger
+	certs      *mgtls.Manager
+	maildrops  *upstream.Maildrops
+	state      atomic.Pointer[state] // routing and backends: replaced on Reload
+	limits     *connLimits
+	auth       *authLimiter
+	health     *routing.Health // pool servers' health: kept across reloads
+	metrics    *metrics
+	readyCache readyCache // the last backend probe of /readyz
 
 	mu        sync.Mutex
 	cfg       *config.Config
@@ -251,9 +253,12 @@ type listener struct {
 	protocol string
 	tlsMode  string
 	address  string // as configured
-	ln       net.Listener
-	tls      *tls.Config // nil for tls: none
-	serve    func(ctx context.Context, conn net.Conn)
+	// proxyPrefixes are the proxy_protocol networks the listener was bound
+	// with (the PROXY-reading wrapper is built once, at bind).
+	proxyPrefixes []netip.Prefix
+	ln            net.Listener
+	tls           *tls.Config // nil for tls: none
+	serve         func(ctx context.Context, conn net.Conn)
 	// reconfigure gives the listener's front the settings of a reloaded
 	// configuration, for the sessions that start after it.
 	reconfigure func(lc config.Listener, cfg *config.Config)
@@ -274,7 +279,8 @@ func (s *Server) listen(lc config.Listener, serverTLS *tls.Config) (*listener, e
 	if trusted := lc.ProxyPrefixes(); len(trusted) > 0 {
 		ln = proxyListener(ln, trusted, s.cfg.Timeouts.TLSHandshake)
 	}
-	l := &listener{s: s, name: lc.Name, protocol: lc.Protocol, tlsMode: lc.TLS, address: lc.Address, ln: ln, tls: tlsCfg}
+	l := &listener{s: s, name: lc.Name, protocol: lc.Protocol, tlsMode: lc.TLS, address: lc.Address,
+		proxyPrefixes: lc.ProxyPrefixes(), ln: ln, tls: tlsCfg}
 	switch lc.Protocol {
 	case config.ProtocolPOP3:
 		srv := pop3.NewServer(s.pop3Config(lc, s.cfg, tlsCfg))
@@ -328,9 +334,10 @@ func (s *Server) imapConfig(lc config.Listener, cfg *config.Config, tlsCfg *tls.
 }
 
 // reconfigureListeners hands each running listener its settings from cfg.
-// A listener's address, protocol and TLS mode are fixed while it runs: a
-// change there, or a listener added or removed, needs a restart, and is
-// logged.
+// A listener's address, protocol, TLS mode and proxy_protocol networks are
+// fixed while it runs: a change there, or a listener added or removed, needs
+// a restart and is logged at warn level, naming what changed. The listener's
+// other settings still apply now.
 func (s *Server) reconfigureListeners(cfg *config.Config) {
 	s.mu.Lock()
 	listeners := s.listeners
@@ -342,16 +349,44 @@ func (s *Server) reconfigureListeners(cfg *config.Config) {
 	for _, l := range listeners {
 		lc, ok := byName[l.name]
 		delete(byName, l.name)
-		if !ok || lc.Protocol != l.protocol || lc.TLS != l.tlsMode || lc.Address != l.address {
-			s.log.Warn("listener changed in the configuration; the change takes effect at the next restart",
-				zap.String("listener", l.name))
+		if !ok {
+			s.log.Warn("listener removed from the configuration; it keeps serving until the next restart",
+				zap.String("listener", l.name), zap.String("address", l.address))
 			continue
+		}
+		if changed := l.fixedChanges(lc); len(changed) > 0 {
+			s.log.Warn("listener settings changed that need a restart; they keep their running values until then",
+				zap.String("listener", l.name), zap.Strings("restart_needed", changed))
+			if lc.Protocol != l.protocol {
+				continue // the other settings are for another front
+			}
+			lc.Address, lc.TLS = l.address, l.tlsMode
 		}
 		l.reconfigure(lc, cfg)
 	}
-	for name := range byName {
-		s.log.Warn("new listener in the configuration; it starts at the next restart", zap.String("listener", name))
+	for _, lc := range cfg.Listeners {
+		if _, added := byName[lc.Name]; added {
+			s.log.Warn("new listener in the configuration; it starts at the next restart",
+				zap.String("listener", lc.Name), zap.String("address", lc.Address))
+		}
 	}
+}
+
+// fixedChanges names the settings of lc that differ from what l runs with
+// and cannot change without a restart, as `key: "running" -> "configured"`.
+func (l *listener) fixedChanges(lc config.Listener) []string {
+	var changed []string
+	for _, f := range []struct{ key, running, configured string }{
+		{"address", l.address, lc.Address},
+		{"protocol", l.protocol, lc.Protocol},
+		{"tls", l.tlsMode, lc.TLS},
+		{"proxy_protocol", fmt.Sprint(l.proxyPrefixes), fmt.Sprint(lc.ProxyPrefixes())},
+	} {
+		if f.running != f.configured {
+			changed = append(changed, fmt.Sprintf("%s: %q -> %q", f.key, f.running, f.configured))
+		}
+	}
+	return changed
 }
 
 func (l *listener) acceptLoop() {

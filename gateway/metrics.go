@@ -3,14 +3,17 @@ package gateway
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.uber.org/zap"
 
+	"mailgate/gateway/config"
 	"mailgate/upstream"
 )
 
@@ -101,7 +104,7 @@ func loginResult(err error) string {
 
 // serveMetrics runs the metrics and health listener: /metrics (Prometheus),
 // /healthz (the process is alive) and /readyz (listeners up, certificates
-// present, default backend reachable).
+// present, the default backend and each pool accept a login's connection).
 func (s *Server) serveMetrics(addr string) (*http.Server, net.Addr, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
@@ -140,25 +143,65 @@ func (s *Server) ready(ctx context.Context) error {
 			return errors.New("no certificate")
 		}
 	}
+	return s.backendsReady(ctx, cfg)
+}
+
+// readyCacheFor is how long a backend probe's answer is kept: probes every
+// few seconds from a load balancer and Kubernetes should not each open a
+// connection to every backend.
+const readyCacheFor = 5 * time.Second
+
+// readyCache keeps the last backend probe; mu also makes concurrent /readyz
+// requests wait for one probe instead of each starting their own.
+type readyCache struct {
+	mu  sync.Mutex
+	st  *state // the configuration probed
+	at  time.Time
+	err error
+}
+
+// backendsReady probes what a login needs (connect, TLS with verification,
+// greeting) on the default backend and on each pool: each must have at
+// least one server that answers. The answer is cached for readyCacheFor.
+func (s *Server) backendsReady(ctx context.Context, cfg *config.Config) error {
 	st := s.state.Load()
-	if def := cfg.Routing.Default; def != "" {
-		b, ok := st.backends[def]
-		if !ok {
-			return errors.New("default backend unknown")
-		}
-		var lastErr error
-		for _, addr := range b.Servers() {
-			var d net.Dialer
-			c, err := d.DialContext(ctx, "tcp", addr)
-			if err == nil {
-				c.Close()
-				return nil
-			}
-			lastErr = err
-		}
-		return errors.New("default backend unreachable: " + lastErr.Error())
+	c := &s.readyCache
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.st == st && time.Since(c.at) < readyCacheFor {
+		return c.err
 	}
-	return nil
+	var names []string
+	for _, name := range cfg.BackendNames() {
+		if b := st.backends[name]; b != nil && (name == cfg.Routing.Default || len(b.Addresses) > 0) {
+			names = append(names, name)
+		}
+	}
+	if def := cfg.Routing.Default; def != "" && st.backends[def] == nil {
+		return errors.New("default backend unknown")
+	}
+	errs := make([]error, len(names))
+	var wg sync.WaitGroup
+	for i, name := range names {
+		wg.Go(func() { errs[i] = probeBackend(ctx, name, st.backends[name], st.timeouts.Dial) })
+	}
+	wg.Wait()
+	c.st, c.at, c.err = st, time.Now(), errors.Join(errs...)
+	return c.err
+}
+
+// probeBackend is nil when one server of backend b answers upstream.Probe,
+// else the reasons, one per server.
+func probeBackend(ctx context.Context, name string, b *upstream.BackendConfig, timeout time.Duration) error {
+	var errs []error
+	for _, addr := range b.Servers() {
+		err := upstream.Probe(ctx, upstream.Target{Name: name, Address: addr, Config: b}, timeout)
+		if err == nil {
+			return nil
+		}
+		errs = append(errs, err)
+	}
+	return fmt.Errorf("backend %s not ready: %w", name, errors.Join(errs...))
 }
 
 // tlsObserver counts a listener's TLS handshakes, implicit and STARTTLS.

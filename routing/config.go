@@ -133,12 +133,18 @@ func (c *Config) Validate(backends []string) []error {
 	bad := func(key, format string, args ...any) {
 		errs = append(errs, fmt.Errorf("%s: %s", key, fmt.Sprintf(format, args...)))
 	}
+	// "(known: a, b)", or, with no backends at all, what to do instead of
+	// an empty list.
+	knownList := "(known: " + strings.Join(known, ", ") + ")"
+	if len(known) == 0 {
+		knownList = "(no backends are configured: add one under backends:)"
+	}
 	checkBackend := func(key, name string) {
 		switch {
 		case name == "":
-			bad(key, "required: the name of an entry of backends (known: %s)", strings.Join(known, ", "))
+			bad(key, "required: the name of an entry of backends %s", knownList)
 		case !slices.Contains(known, name):
-			bad(key, "%q is not a backend (known: %s)", name, strings.Join(known, ", "))
+			bad(key, "%q is not a backend %s", name, knownList)
 		}
 	}
 	if c.Default != "" {

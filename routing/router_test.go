@@ -194,3 +194,17 @@ func BenchmarkRoute(b *testing.B) {
 		}
 	}
 }
+
+// TestValidateWithoutBackends: with no backends configured the message says
+// so, instead of "(known: )".
+func TestValidateWithoutBackends(t *testing.T) {
+	errs := (&Config{Default: "store"}).Validate(nil)
+	if len(errs) != 1 || !strings.Contains(errs[0].Error(), `default: "store" is not a backend (no backends are configured: add one under backends:)`) {
+		t.Errorf("Validate without backends: %v", errs)
+	}
+	for _, err := range errs {
+		if strings.Contains(err.Error(), "known: )") {
+			t.Errorf("empty list of known backends: %v", err)
+		}
+	}
+}

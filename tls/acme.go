@@ -66,6 +66,9 @@ func startACME(ctx context.Context, c *ACMEConfig, log *zap.Logger) (_ *acmeSour
 		// scatter account keys somewhere the operator did not choose.
 		return nil, errors.New("tls.acme.storage: a directory is required")
 	}
+	if err := prepareStorage(c.Storage); err != nil {
+		return nil, err
+	}
 	if c.Challenges.HTTP == "" && c.Challenges.TLSALPN == "" {
 		return nil, errors.New("tls.acme.challenges: set http, tls_alpn or both; without a challenge listener no certificate can be validated")
 	}

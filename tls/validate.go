@@ -3,12 +3,16 @@ package tls
 import (
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"net/url"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 )
 
 // Validate checks the `tls:` section as the gateway will use it: static
@@ -16,7 +20,9 @@ import (
 // storage is writable. It runs after defaults are applied (min_version
 // "1.2"). Each message starts with the key it is about, relative to `tls:`,
 // e.g. `certificates[0].key: open /etc/mailgate/tls.key: no such file or directory`.
-// Validate has one side effect: it creates acme.storage if it is missing.
+// Validate creates and writes nothing (check-config may run as root on a
+// file that is not deployed yet): a missing acme.storage is fine when it can
+// be created; startACME creates it.
 func (c *Config) Validate() []error {
 	var errs []error
 	bad := func(key, format string, args ...any) {
@@ -94,7 +100,7 @@ func (c *Config) Validate() []error {
 		}
 		if a.Storage == "" {
 			bad("acme.storage", "required: a directory for the ACME account, keys and certificates")
-		} else if err := checkWritableDir(a.Storage); err != nil {
+		} else if err := checkStorageDir(a.Storage); err != nil {
 			bad("acme.storage", "%v", err)
 		}
 		for _, ch := range []struct{ key, addr string }{{"acme.challenges.http", a.Challenges.HTTP}, {"acme.challenges.tls_alpn", a.Challenges.TLSALPN}} {
@@ -114,16 +120,51 @@ func (c *Config) Validate() []error {
 	return errs
 }
 
-// checkWritableDir creates dir if needed and proves it writable with a
-// temporary file, so a read-only volume fails at startup, not at the first
-// renewal two months later.
-func checkWritableDir(dir string) error {
+// checkStorageDir reports whether dir is a writable directory, or could be
+// created as one: its nearest existing ancestor is a writable directory. It
+// only looks (stat, access(2)); nothing is created.
+func checkStorageDir(dir string) error {
+	p := filepath.Clean(dir)
+	for {
+		fi, err := os.Stat(p)
+		// ENOTDIR: a file on the way; the walk up finds it and says so.
+		if errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR) {
+			parent := filepath.Dir(p)
+			if parent == p {
+				return err
+			}
+			p = parent
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if !fi.IsDir() {
+			if p == filepath.Clean(dir) {
+				return fmt.Errorf("%s is not a directory", dir)
+			}
+			return fmt.Errorf("%s cannot be created: %s is not a directory", dir, p)
+		}
+		if err := writable(p); err != nil {
+			if p == filepath.Clean(dir) {
+				return fmt.Errorf("%s is not writable: %v", dir, err)
+			}
+			return fmt.Errorf("%s cannot be created: %s is not writable: %v", dir, p, err)
+		}
+		return nil
+	}
+}
+
+// prepareStorage creates the ACME storage directory if needed and proves it
+// writable with a temporary file, so a read-only volume fails at startup, not
+// at the first renewal two months later. Only serve runs it (startACME).
+func prepareStorage(dir string) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return err
+		return fmt.Errorf("tls.acme.storage: cannot create %s: %w", dir, err)
 	}
 	f, err := os.CreateTemp(dir, ".mailgate-write-check-*")
 	if err != nil {
-		return fmt.Errorf("%s is not writable: %v", dir, err)
+		return fmt.Errorf("tls.acme.storage: %s is not writable: %w", dir, err)
 	}
 	name := f.Name()
 	f.Close()

@@ -3,6 +3,8 @@ package upstream
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
+	"errors"
 	"fmt"
 	"net"
 	"time"
@@ -51,9 +53,34 @@ func dialConn(ctx context.Context, t Target, timeout time.Duration) (net.Conn, e
 	tc := tls.Client(conn, t.Config.TLSConfig(t.Address))
 	if err := tc.HandshakeContext(ctx); err != nil {
 		conn.Close()
-		return nil, fmt.Errorf("%w: TLS handshake with %s: %v", ErrUnavailable, t.Address, err)
+		return nil, handshakeError(t, "TLS handshake", err)
 	}
 	return tc, nil
+}
+
+// handshakeError describes a failed TLS handshake with a backend for the log:
+// which backend and server, and, when its certificate did not verify, which
+// key of the configuration to set.
+func handshakeError(t Target, stage string, err error) error {
+	name := t.Name
+	if name == "" {
+		name = "NAME"
+	}
+	var (
+		host    x509.HostnameError
+		unknown x509.UnknownAuthorityError
+		invalid x509.CertificateInvalidError
+		hint    string
+	)
+	switch {
+	case errors.As(err, &host):
+		hint = fmt.Sprintf("; set backends.%s.server_name to a name its certificate holds", name)
+	case errors.As(err, &unknown):
+		hint = fmt.Sprintf("; set backends.%s.ca to the PEM file of the CA that signed its certificate", name)
+	case errors.As(err, &invalid):
+		hint = fmt.Sprintf("; its certificate is not valid (expired, or not for a server): renew it, or check backends.%s.ca", name)
+	}
+	return fmt.Errorf("%w: backend %s: %s with %s: %v%s", ErrUnavailable, name, stage, t.Address, err, hint)
 }
 
 // sendProxyHeader writes a PROXY protocol header (v1 or v2) saying the

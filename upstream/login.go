@@ -237,7 +237,7 @@ func (b *backendConn) startTLS(ctx context.Context, t Target) error {
 	}
 	tc := tls.Client(b.conn, t.Config.TLSConfig(t.Address))
 	if err := tc.HandshakeContext(ctx); err != nil {
-		return b.unavailable("TLS handshake after STARTTLS: %v", err)
+		return handshakeError(t, "TLS handshake after STARTTLS", err)
 	}
 	b.conn = tc
 	b.br.Reset(tc)

@@ -32,14 +32,17 @@ const (
 // first command: nothing to install, nothing to configure.
 func demo(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
-	fs.SetOutput(stderr)
 	host := fs.String("host", "127.0.0.1", "address to listen on")
 	pop3Port := fs.Int("pop3", 1110, "POP3 port (STLS offered; plaintext login allowed for the demo)")
 	pop3sPort := fs.Int("pop3s", 1995, "POP3S port (implicit TLS)")
 	imapPort := fs.Int("imap", 1143, "IMAP port (STARTTLS offered; plaintext login allowed for the demo)")
 	imapsPort := fs.Int("imaps", 1993, "IMAPS port (implicit TLS)")
 	verbose := fs.Bool("v", false, "log every session to stderr")
-	if err := fs.Parse(args); err != nil {
+	if code, ok := parseFlags(fs, args, "demo [-host ADDR] [-pop3 PORT] [-pop3s PORT] [-imap PORT] [-imaps PORT] [-v]", stdout, stderr); !ok {
+		return code
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "mailgate: unexpected arguments %q\nusage: mailgate demo [flags]; mailgate demo -h lists them\n", fs.Args())
 		return 2
 	}
 

@@ -1,13 +1,14 @@
 // Command mailgate is a mail access gateway: POP3 and IMAP in front of IMAP
 // backends, with automatic TLS. See README.md.
 //
-//	mailgate serve -config /etc/mailgate/mailgate.yaml
+//	mailgate serve /etc/mailgate/mailgate.yaml   (or serve -config FILE)
 //	mailgate check-config /etc/mailgate/mailgate.yaml
 //	mailgate demo
 //	mailgate version
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"flag"
@@ -31,9 +32,10 @@ var version = "dev"
 const usage = `usage: mailgate <command> [arguments]
 
 commands:
-  serve -config FILE    run the gateway
+  serve [FILE]          run the gateway (FILE, or -config FILE; default /etc/mailgate/mailgate.yaml)
   check-config FILE     validate a configuration file; prints every problem, exits 1 if any
-  demo                  run a self-contained demo (in-memory IMAP backend) on 127.0.0.1
+  demo                  run a self-contained demo (in-memory IMAP backend) on 127.0.0.1;
+                        -host, -pop3, -pop3s, -imap, -imaps choose the addresses (mailgate demo -h)
   healthcheck URL       GET URL (e.g. http://127.0.0.1:9110/healthz); exit 0 on 200 (container probes)
   version               print the version
 `
@@ -49,7 +51,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	switch args[0] {
 	case "serve":
-		return serve(args[1:], stderr)
+		return serve(args[1:], stdout, stderr)
 	case "check-config":
 		return checkConfig(args[1:], stdout, stderr)
 	case "demo":
@@ -80,31 +82,80 @@ func versionString() string {
 
 func checkConfig(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("check-config", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	path := fs.String("config", "", "configuration file")
-	if err := fs.Parse(args); err != nil {
-		return 2
+	path := fs.String("config", "", "configuration file (or give FILE as the argument)")
+	if code, ok := parseFlags(fs, args, "check-config FILE", stdout, stderr); !ok {
+		return code
 	}
-	if *path == "" && fs.NArg() == 1 {
-		*path = fs.Arg(0)
+	if !configPath(fs, path, "check-config FILE", stderr) {
+		return 2
 	}
 	if *path == "" {
 		fmt.Fprintln(stderr, "usage: mailgate check-config FILE")
 		return 2
 	}
-	if _, err := config.Load(*path); err != nil {
+	cfg, err := config.Load(*path)
+	if err != nil {
 		fmt.Fprintf(stderr, "%s:\n%v\n", *path, err)
 		return 1
+	}
+	for _, w := range cfg.Warnings() {
+		fmt.Fprintf(stderr, "%s: warning: %s\n", *path, w)
 	}
 	fmt.Fprintf(stdout, "%s: OK\n", *path)
 	return 0
 }
 
-func serve(args []string, stderr io.Writer) int {
-	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+// parseFlags parses a subcommand's flags. -h and --help print the usage on
+// stdout and exit 0; a bad flag prints it on stderr and exits 2. ok is false
+// when the caller must return code.
+func parseFlags(fs *flag.FlagSet, args []string, synopsis string, stdout, stderr io.Writer) (code int, ok bool) {
+	var buf bytes.Buffer
+	fs.SetOutput(&buf)
+	fs.Usage = func() {
+		fmt.Fprintf(&buf, "usage: mailgate %s\n", synopsis)
+		fs.PrintDefaults()
+	}
+	err := fs.Parse(args)
 	fs.SetOutput(stderr)
-	path := fs.String("config", "/etc/mailgate/mailgate.yaml", "configuration file")
-	if err := fs.Parse(args); err != nil {
+	switch {
+	case err == nil:
+		return 0, true
+	case errors.Is(err, flag.ErrHelp):
+		stdout.Write(buf.Bytes())
+		return 0, false
+	default:
+		stderr.Write(buf.Bytes())
+		return 2, false
+	}
+}
+
+// configPath takes the configuration file from -config or from the one
+// argument, the same for serve and check-config. Both at once must agree;
+// anything more is refused rather than silently ignored.
+func configPath(fs *flag.FlagSet, path *string, synopsis string, stderr io.Writer) bool {
+	explicit := false
+	fs.Visit(func(f *flag.Flag) { explicit = explicit || f.Name == "config" })
+	switch {
+	case fs.NArg() == 0:
+		return true
+	case fs.NArg() == 1 && (!explicit || *path == fs.Arg(0)):
+		*path = fs.Arg(0)
+		return true
+	case fs.NArg() == 1:
+		fmt.Fprintf(stderr, "mailgate: two configuration files, -config %s and %s: give one\nusage: mailgate %s\n", *path, fs.Arg(0), synopsis)
+	default:
+		fmt.Fprintf(stderr, "mailgate: unexpected arguments %q\nusage: mailgate %s\n", fs.Args()[1:], synopsis)
+	}
+	return false
+}
+
+func serve(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	path := fs.String("config", "/etc/mailgate/mailgate.yaml", "configuration file (or give FILE as the argument)")
+	if code, ok := parseFlags(fs, args, "serve [FILE | -config FILE]", stdout, stderr); !ok {
+		return code
+	}
+	if !configPath(fs, path, "serve [FILE | -config FILE]", stderr) {
 		return 2
 	}
 	cfg, err := config.Load(*path)
@@ -119,6 +170,7 @@ func serve(args []string, stderr io.Writer) int {
 	}
 	defer log.Sync() //nolint:errcheck // stderr sync fails harmlessly
 	log.Info("starting", zap.String("version", versionString()), zap.String("config", *path))
+	logWarnings(log, cfg)
 
 	srv, err := gateway.New(cfg, log)
 	if err != nil {
@@ -151,6 +203,7 @@ func waitForSignals(srv *gateway.Server, log *zap.Logger, level zap.AtomicLevel,
 				log.Error("reload failed; keeping the running configuration", zap.Error(err))
 				continue
 			}
+			logWarnings(log, next)
 			if l, err := zap.ParseAtomicLevel(next.Log.Level); err == nil {
 				level.SetLevel(l.Level())
 			}
@@ -169,6 +222,14 @@ func waitForSignals(srv *gateway.Server, log *zap.Logger, level zap.AtomicLevel,
 		return 0
 	}
 	return 0
+}
+
+// logWarnings logs what check-config prints as warnings: valid, but
+// probably not what the operator meant.
+func logWarnings(log *zap.Logger, cfg *config.Config) {
+	for _, w := range cfg.Warnings() {
+		log.Warn("configuration warning", zap.String("path", w.Path), zap.Int("line", w.Line), zap.String("problem", w.Message))
+	}
 }
 
 // newLogger builds the process logger from the `log:` section: JSON by

@@ -81,7 +81,7 @@ func TestValidateProblems(t *testing.T) {
 				"tls.certificates[2]: " + notPEM + " and " + notPEM + " do not load", "tls.certificates[3].key: required"}},
 		{"acme", doc("", "", fmt.Sprintf("tls:\n  acme: {ca: \"letsencrypt\", storage: %s, ca_root: %s, challenges: {http: \"80\"}}\n", notPEM, notPEM)),
 			[]string{"tls.acme.domains: required", "tls.acme.email: required", `tls.acme.ca: "letsencrypt" is not the URL`,
-				"tls.acme.ca_root: " + notPEM + " holds no PEM certificate", "tls.acme.storage: mkdir " + notPEM, `tls.acme.challenges.http: "80" is not host:port`}},
+				"tls.acme.ca_root: " + notPEM + " holds no PEM certificate", "tls.acme.storage: " + notPEM + " is not a directory", `tls.acme.challenges.http: "80" is not host:port`}},
 		{"acme valid", doc(`[{name: a, protocol: pop3, address: ":995"}]`, "", fmt.Sprintf("tls:\n  acme: {domains: [mail.example.com], email: pm@example.com, storage: %s}\n", filepath.Join(dir, "acme", "sub"))), nil},
 		{"timeouts", doc("", "", "timeouts: {pop3_idle: 5m, imap_preauth: -1s, shutdown: -30s}\n"),
 			[]string{"timeouts.pop3_idle: 5m0s is too short: RFC 1939 §3 requires at least 10m", "timeouts.imap_preauth: -1s: must be positive", "timeouts.shutdown: -30s: must be positive"}},

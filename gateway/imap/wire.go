@@ -312,7 +312,8 @@ func unquote(b []byte) (string, int, error) {
 }
 
 // Responses. Texts are constants or built from our own data: never echo
-// client input or backend errors (STYLE.md E).
+// client input or backend errors: a client must learn nothing of the backend's
+// hosts or internals, and must not be able to inject text into a response.
 
 func (w *wire) untagged(text string) { w.bw.WriteString("* " + text + "\r\n") }
 
