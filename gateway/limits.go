@@ -67,3 +67,21 @@ func addrIP(a net.Addr) netip.Addr {
 	}
 	return ap.Addr().Unmap()
 }
+
+// clientNetwork is the network whose clients share limits: an IPv4 address
+// alone, an IPv6 address with the others of its prefix (one subscriber
+// usually has a whole /64; limits.ipv6_prefix).
+func clientNetwork(ip netip.Addr, ipv6Prefix int) netip.Prefix {
+	if !ip.IsValid() {
+		return netip.Prefix{}
+	}
+	bits := 32
+	if ip.Is6() {
+		bits = ipv6Prefix
+	}
+	p, err := ip.Prefix(bits)
+	if err != nil {
+		return netip.PrefixFrom(ip, ip.BitLen())
+	}
+	return p
+}
