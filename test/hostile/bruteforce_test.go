@@ -183,3 +183,47 @@ func checkFail2banFilter(t *testing.T, log string, want map[string]int) {
 		}
 	}
 }
+
+// TestRewrittenNamesShareOneBudget is finding 2: names that rewrite_user
+// maps to one backend account (bob@x1.spray.test, bob@x2.spray.test, ...
+// -> bob@hostile.test) are counted under the routed identity, and that
+// count is checked after routing, before dialling: once the account has
+// reached the limit, a fresh spelling from a fresh network waits before
+// Dovecot is asked. The real user, from a network that logged in before,
+// does not.
+func TestRewrittenNamesShareOneBudget(t *testing.T) {
+	const delay = 400 * time.Millisecond
+	g := startLimited(t, `[{domain: "*.spray.test", backend: dovecot, rewrite_user: "{local}@hostile.test"}]`, delay)
+	user, pass := newUser(t, "hostile.test")
+	local, _, _ := strings.Cut(user, "@")
+	if r := pop3Login(t, g, "192.0.2.10", user, pass); !strings.HasPrefix(r, "+OK") {
+		t.Fatalf("the real user's first login: %q", r)
+	}
+	for i := range failureLimit {
+		from := fmt.Sprintf("198.51.100.%d", i+1) // a network of its own: never refused
+		if r := pop3Login(t, g, from, fmt.Sprintf("%s@x%d.spray.test", local, i), "guess"); !strings.HasPrefix(r, "-ERR [AUTH]") {
+			t.Fatalf("guess %d: %q", i, r)
+		}
+	}
+	begin := time.Now()
+	if r := pop3Login(t, g, "198.51.100.200", local+"@fresh.spray.test", "guess"); !strings.HasPrefix(r, "-ERR [AUTH]") {
+		t.Fatalf("the guess past the limit: %q", r)
+	}
+	// The account's wait (delay) comes before the front's answer delay.
+	if took := time.Since(begin); took < 2*delay {
+		t.Errorf("a fresh spelling of an account with %d failures was answered in %v: no wait before the backend (want >= %v)", failureLimit, took, 2*delay)
+	}
+	delayed := regexp.MustCompile(`"msg":"login delayed: account has many recent failures".*"user":"` +
+		regexp.QuoteMeta(local) + `@fresh\.spray\.test".*"backend":"dovecot","backend_user":"` + regexp.QuoteMeta(user) + `"`)
+	if !delayed.MatchString(g.Logs()) {
+		t.Errorf("no log line says the routed account %s was delayed", user)
+	}
+	// The real user's network logged in before: no wait, and it works.
+	begin = time.Now()
+	if r := pop3Login(t, g, "192.0.2.10", user, pass); !strings.HasPrefix(r, "+OK") {
+		t.Fatalf("the real user from a known network during the attack: %q", r)
+	}
+	if took := time.Since(begin); took > delay {
+		t.Errorf("the real user's known network waited %v", took)
+	}
+}
