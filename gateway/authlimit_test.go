@@ -121,7 +121,7 @@ func TestAuthLimiterTablesAreBounded(t *testing.T) {
 }
 
 func TestConnLimits(t *testing.T) {
-	l := newConnLimits(3, 2)
+	l := newConnLimits(3, 2, 64)
 	a := tcpAddr("192.0.2.1")
 	b := tcpAddr("192.0.2.2")
 	r1, ok1 := l.acquire(a)
@@ -142,5 +142,45 @@ func TestConnLimits(t *testing.T) {
 	}
 	if l.total != 3 {
 		t.Fatalf("total = %d, want 3", l.total)
+	}
+}
+
+// TestIPv6ClientsCountPerPrefix: finding 3. Every address of one /64 is one
+// client network for per_ip and for the failed-login limit
+// (limits.ipv6_prefix); another /64 is another network.
+func TestIPv6ClientsCountPerPrefix(t *testing.T) {
+	l := newConnLimits(100, 2, 64)
+	if _, ok := l.acquire(tcpAddr("2001:db8:1:2::1")); !ok {
+		t.Fatal("first connection refused")
+	}
+	if _, ok := l.acquire(tcpAddr("2001:db8:1:2::ffff:1")); !ok {
+		t.Fatal("second connection of the /64 refused")
+	}
+	if _, ok := l.acquire(tcpAddr("2001:db8:1:2:dead:beef::9")); ok {
+		t.Error("a third address of the same /64 got a fresh per_ip budget")
+	}
+	if _, ok := l.acquire(tcpAddr("2001:db8:1:3::1")); !ok {
+		t.Error("another /64 is refused")
+	}
+	if _, ok := l.acquire(tcpAddr("192.0.2.1")); !ok {
+		t.Error("an IPv4 client is refused")
+	}
+
+	a := newAuthLimiter(3, time.Minute, time.Millisecond)
+	for i := range 3 {
+		ip := netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, 0, 1, 0, 2, 15: byte(i + 1)})
+		a.failed(clientNetwork(ip, 64), nameAccount("u"))
+	}
+	if a.allowed(clientNetwork(netip.MustParseAddr("2001:db8:1:2::77"), 64)) {
+		t.Error("a fresh address of a /64 over the failure limit may still try")
+	}
+	if !a.allowed(clientNetwork(netip.MustParseAddr("2001:db8:1:3::77"), 64)) {
+		t.Error("another /64 is refused")
+	}
+	if got := clientNetwork(netip.MustParseAddr("2001:db8::1"), 128); got.Bits() != 128 {
+		t.Errorf("ipv6_prefix 128 groups %v", got)
+	}
+	if got := clientNetwork(netip.MustParseAddr("192.0.2.7"), 64); got.Bits() != 32 {
+		t.Errorf("an IPv4 address is grouped as %v", got)
 	}
 }

@@ -76,7 +76,7 @@ func New(cfg *config.Config, log *zap.Logger) (*Server, error) {
 		log:         log,
 		cfg:         cfg,
 		maildrops:   upstream.NewMaildrops(cfg.POP3, log.Named("upstream")),
-		limits:      newConnLimits(cfg.Limits.Connections, cfg.Limits.PerIP),
+		limits:      newConnLimits(cfg.Limits.Connections, cfg.Limits.PerIP, cfg.Limits.IPv6Prefix),
 		auth:        newAuthLimiter(authLimits(cfg)),
 		health:      routing.NewHealth(cfg.Routing.PoolCooldown),
 		sessionsCtx: ctx,
@@ -119,7 +119,7 @@ func newState(cfg *config.Config) (*state, error) {
 		router:     r,
 		backends:   cfg.Backends,
 		timeouts:   upstream.Timeouts{Dial: cfg.Timeouts.BackendDial, Command: cfg.Timeouts.BackendCommand},
-		ipv6Prefix: 128,
+		ipv6Prefix: cfg.Limits.IPv6Prefix,
 	}, nil
 }
 
@@ -203,7 +203,7 @@ func (s *Server) Reload(cfg *config.Config) error {
 		}
 	}
 	s.health.SetCooldown(cfg.Routing.PoolCooldown)
-	s.limits.set(cfg.Limits.Connections, cfg.Limits.PerIP)
+	s.limits.set(cfg.Limits.Connections, cfg.Limits.PerIP, cfg.Limits.IPv6Prefix)
 	s.auth.set(authLimits(cfg))
 	// Sessions in flight hold what they were routed to; the old router only
 	// loses its idle lookup connections.

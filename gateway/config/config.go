@@ -79,7 +79,11 @@ type Timeouts struct {
 // Limits is the `limits:` section. Limits are per mailgate instance.
 type Limits struct {
 	Connections int `yaml:"connections"` // total client connections; default 10000
-	PerIP       int `yaml:"per_ip"`      // connections from one client address; default 50
+	PerIP       int `yaml:"per_ip"`      // connections from one client network; default 50
+	// IPv6Prefix is the prefix length that makes IPv6 addresses one client
+	// network for per_ip and the failed-login limits (a subscriber usually
+	// has a whole /64); IPv4 addresses count alone. Default 64.
+	IPv6Prefix int `yaml:"ipv6_prefix"`
 	// AuthFailuresPerIP is "N/min" (or /s, /h): failed logins from one address
 	// before it is refused for a while. Default 10/min.
 	AuthFailuresPerIP string `yaml:"auth_failures_per_ip"`

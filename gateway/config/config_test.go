@@ -123,6 +123,7 @@ func TestDefaults(t *testing.T) {
 		{"timeouts.shutdown", cfg.Timeouts.Shutdown, 30 * time.Second},
 		{"limits.connections", cfg.Limits.Connections, 10000},
 		{"limits.per_ip", cfg.Limits.PerIP, 50},
+		{"limits.ipv6_prefix", cfg.Limits.IPv6Prefix, 64},
 		{"limits.auth_failures_per_ip", cfg.Limits.AuthFailuresPerIP, "10/min"},
 		{"limits.bad_commands", cfg.Limits.BadCommands, 10},
 		{"pop3.mailbox", cfg.POP3.Mailbox, "INBOX"},

@@ -20,6 +20,7 @@ const (
 
 	DefaultConnections       = 10000
 	DefaultPerIP             = 50
+	DefaultIPv6Prefix        = 64
 	DefaultAuthFailuresPerIP = "10/min"
 	DefaultBadCommands       = 10
 	DefaultAuthFailureDelay  = time.Second
@@ -73,6 +74,7 @@ func (c *Config) ApplyDefaults() {
 	l := &c.Limits
 	setInt(&l.Connections, DefaultConnections)
 	setInt(&l.PerIP, DefaultPerIP)
+	setInt(&l.IPv6Prefix, DefaultIPv6Prefix)
 	setInt(&l.BadCommands, DefaultBadCommands)
 	setDuration(&l.AuthFailureDelay, DefaultAuthFailureDelay)
 	if l.AuthFailuresPerIP == "" {

@@ -255,6 +255,9 @@ func (c *Config) validateLimits(v *validator) {
 			v.bad("limits."+n.key, "%d: must be positive", n.val)
 		}
 	}
+	if l.IPv6Prefix < 0 || l.IPv6Prefix > 128 {
+		v.bad("limits.ipv6_prefix", "%d: a prefix length from 1 to 128 (64: one subscriber's network)", l.IPv6Prefix)
+	}
 	if l.AuthFailureDelay < 0 {
 		v.bad("limits.auth_failure_delay", "%v: must not be negative", l.AuthFailureDelay)
 	}
