@@ -295,6 +295,7 @@ func (s *Server) listen(lc config.Listener, serverTLS *tls.Config) (*listener, e
 			ImplicitTLS:         implicit,
 			AllowPlaintextAuth:  lc.AllowPlaintextAuth,
 			IdleTimeout:         t.POP3Idle,
+			PreauthTimeout:      t.POP3Preauth,
 			TLSHandshakeTimeout: t.TLSHandshake,
 			AuthFailureDelay:    s.cfg.Limits.AuthFailureDelay,
 			BadCommandLimit:     s.cfg.Limits.BadCommands,

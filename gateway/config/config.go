@@ -68,6 +68,7 @@ const (
 // Timeouts is the `timeouts:` section.
 type Timeouts struct {
 	POP3Idle       time.Duration `yaml:"pop3_idle"`       // default 10m; RFC 1939 §3 wants at least 10m
+	POP3Preauth    time.Duration `yaml:"pop3_preauth"`    // default 3m from connect to login, not renewed by commands
 	IMAPPreauth    time.Duration `yaml:"imap_preauth"`    // default 60s: time to authenticate
 	IMAPIdle       time.Duration `yaml:"imap_idle"`       // default 30m (RFC 9051 §5.4) after login
 	TLSHandshake   time.Duration `yaml:"tls_handshake"`   // default 30s

@@ -116,6 +116,7 @@ func TestDefaults(t *testing.T) {
 		{"tls.min_version", cfg.TLS.MinVersion, "1.2"},
 		{"timeouts.pop3_idle", cfg.Timeouts.POP3Idle, 10 * time.Minute},
 		{"timeouts.imap_preauth", cfg.Timeouts.IMAPPreauth, 60 * time.Second},
+		{"timeouts.pop3_preauth", cfg.Timeouts.POP3Preauth, 3 * time.Minute},
 		{"timeouts.imap_idle", cfg.Timeouts.IMAPIdle, 30 * time.Minute},
 		{"timeouts.tls_handshake", cfg.Timeouts.TLSHandshake, 30 * time.Second},
 		{"timeouts.backend_dial", cfg.Timeouts.BackendDial, 10 * time.Second},

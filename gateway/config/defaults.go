@@ -12,6 +12,7 @@ import (
 const (
 	DefaultPOP3Idle       = 10 * time.Minute // RFC 1939 §3: at least 10 minutes
 	DefaultIMAPPreauth    = 60 * time.Second
+	DefaultPOP3Preauth    = 3 * time.Minute  // Dovecot's login timeout
 	DefaultIMAPIdle       = 30 * time.Minute // RFC 9051 §5.4: at least 30 minutes
 	DefaultTLSHandshake   = 30 * time.Second
 	DefaultBackendDial    = 10 * time.Second
@@ -65,6 +66,7 @@ func (c *Config) ApplyDefaults() {
 	t := &c.Timeouts
 	setDuration(&t.POP3Idle, DefaultPOP3Idle)
 	setDuration(&t.IMAPPreauth, DefaultIMAPPreauth)
+	setDuration(&t.POP3Preauth, DefaultPOP3Preauth)
 	setDuration(&t.IMAPIdle, DefaultIMAPIdle)
 	setDuration(&t.TLSHandshake, DefaultTLSHandshake)
 	setDuration(&t.BackendDial, DefaultBackendDial)

@@ -235,7 +235,7 @@ func (c *Config) validateTimeouts(v *validator) {
 		key string
 		val time.Duration
 	}{
-		{"pop3_idle", t.POP3Idle}, {"imap_preauth", t.IMAPPreauth}, {"imap_idle", t.IMAPIdle},
+		{"pop3_idle", t.POP3Idle}, {"pop3_preauth", t.POP3Preauth}, {"imap_preauth", t.IMAPPreauth}, {"imap_idle", t.IMAPIdle},
 		{"tls_handshake", t.TLSHandshake}, {"backend_dial", t.BackendDial},
 		{"backend_command", t.BackendCommand}, {"shutdown", t.Shutdown},
 	} {

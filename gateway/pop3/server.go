@@ -48,6 +48,12 @@ type Config struct {
 	// bounds each write to a client that does not read. Default 10m, which
 	// is the RFC's minimum.
 	IdleTimeout time.Duration
+	// PreauthTimeout bounds the whole AUTHORIZATION state, counted from the
+	// connect and not renewed by commands (Dovecot's login timeout): a
+	// client that has not logged in by then is disconnected. It is not the
+	// autologout timer of RFC 1939 §3, which applies between commands and
+	// stays IdleTimeout. Zero: no bound other than IdleTimeout per read.
+	PreauthTimeout time.Duration
 	// TLSHandshakeTimeout bounds the TLS handshake. Default 30s.
 	TLSHandshakeTimeout time.Duration
 	// AuthFailureDelay is slept before answering a failed authentication.
@@ -156,6 +162,9 @@ func (s *Server) Serve(ctx context.Context, conn net.Conn) {
 			zap.String("listener", s.cfg.Listener),
 			zap.Stringer("remote", conn.RemoteAddr()),
 		),
+	}
+	if s.cfg.PreauthTimeout > 0 {
+		sess.w.readBy = sess.started.Add(s.cfg.PreauthTimeout)
 	}
 	sess.run()
 }
