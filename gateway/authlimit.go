@@ -8,21 +8,35 @@ import (
 )
 
 // authLimiter slows down and then refuses password guessing
-// (`limits.auth_failures_per_ip`): failed logins are counted per client
-// address and per user name within a window. Each failure past the first
-// costs a growing delay before its answer; once a client address or a user
-// reaches the limit, further logins are refused without asking the backend
-// until the window has passed. The counts are per mailgate instance.
+// (`limits.auth_failures_per_ip`) so that failures cost the one who fails,
+// never the user who logs in correctly from elsewhere (DESIGN invariant 6).
+// The counts are per mailgate instance. The model, as the README states it:
+//
+//   - Refusal is per client network only. Failed logins are counted per
+//     client network (an IPv4 address; an IPv6 prefix, limits.ipv6_prefix);
+//     each failure past the first is answered after a growing delay, and once
+//     a network reaches the limit within the window, every login from it is
+//     refused without asking the backend until the window has passed.
+//   - An account is never refused; it is only slowed down. Failures are also
+//     counted per account, both under the name as typed and under the routed
+//     identity (backend, backend user), so rewrite_user cannot give one
+//     backend account many budgets. Once an account has reached the limit
+//     within the window, each further login for it waits before the backend
+//     is asked: auth_failure_delay doubled per failure past the limit, at
+//     most 15 s (Dovecot's auth penalty). A network that logged in to that
+//     account successfully within knownFor is exempt from that wait.
 type authLimiter struct {
 	now  func() time.Time
-	step time.Duration // the delay grows by this per failure, up to maxDelay
+	step time.Duration // the answer to a failure is delayed by this per earlier failure, up to maxAuthDelay
 
-	mu     sync.Mutex
-	max    int           // failures within per before refusal; 0 disables
-	per    time.Duration // the window
-	byIP   map[netip.Addr]*failures
-	byUser map[string]*failures
-	sweep  time.Time
+	mu        sync.Mutex
+	max       int           // failures within per; 0 disables
+	per       time.Duration // the window
+	base      time.Duration // an account's first wait past the limit
+	byNet     map[netip.Prefix]*failures
+	byAccount map[string]*failures
+	known     map[knownLogin]time.Time // successful logins, for the exemption
+	sweep     time.Time
 }
 
 type failures struct {
@@ -30,29 +44,82 @@ type failures struct {
 	start time.Time // of the current window
 }
 
-const maxAuthDelay = 5 * time.Second
+// knownLogin is an account that a client network logged in to.
+type knownLogin struct {
+	account string
+	network netip.Prefix
+}
 
-// set changes the limit and window (SIGHUP); counts so far are kept.
-func (a *authLimiter) set(max int, per time.Duration) {
+const (
+	// maxAuthDelay bounds the delay before the answer to a failure.
+	maxAuthDelay = 5 * time.Second
+	// maxAccountDelay bounds the wait of a login for an account under
+	// attack: Dovecot's auth penalty stops doubling at 15 s.
+	maxAccountDelay = 15 * time.Second
+	// knownFor is how long a successful login exempts its network from the
+	// wait of an account under attack.
+	knownFor = 7 * 24 * time.Hour
+	// maxTracked bounds each table (networks, accounts, known logins), so
+	// that hostile clients cost bounded memory whatever they send.
+	maxTracked = 100_000
+)
+
+// set changes the limit, window and base delay (SIGHUP); counts so far are
+// kept.
+func (a *authLimiter) set(max int, per, base time.Duration) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	a.max, a.per = max, per
+	a.max, a.per, a.base = max, per, base
 }
 
-func newAuthLimiter(max int, per time.Duration) *authLimiter {
-	return &authLimiter{max: max, per: per, now: time.Now, step: 250 * time.Millisecond,
-		byIP: make(map[netip.Addr]*failures), byUser: make(map[string]*failures)}
+func newAuthLimiter(max int, per, base time.Duration) *authLimiter {
+	return &authLimiter{max: max, per: per, base: base, now: time.Now, step: 250 * time.Millisecond,
+		byNet: make(map[netip.Prefix]*failures), byAccount: make(map[string]*failures),
+		known: make(map[knownLogin]time.Time)}
 }
 
-// allowed reports whether a login from ip as user may be tried now.
-func (a *authLimiter) allowed(ip netip.Addr, user string) bool {
+// nameAccount and routedAccount are the keys of an account's failures: the
+// name as the client typed it, and the identity routing chose.
+func nameAccount(user string) string { return "name\x00" + strings.ToLower(user) }
+func routedAccount(backend, user string) string {
+	return "routed\x00" + backend + "\x00" + strings.ToLower(user)
+}
+
+// allowed reports whether a login from the client network may be tried now.
+func (a *authLimiter) allowed(network netip.Prefix) bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.max <= 0 {
 		return true
 	}
+	return a.count(a.byNet[network], a.now()) < a.max
+}
+
+// accountDelay is how long a login from network for the accounts must wait
+// before the backend is asked: zero unless an account has reached the
+// limit and the network has not logged in to it before.
+func (a *authLimiter) accountDelay(network netip.Prefix, accounts ...string) time.Duration {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.max <= 0 {
+		return 0
+	}
 	now := a.now()
-	return a.count(a.byIP[ip], now) < a.max && a.count(a.byUser[strings.ToLower(user)], now) < a.max
+	n := 0
+	for _, acc := range accounts {
+		if t, ok := a.known[knownLogin{acc, network}]; ok && now.Sub(t) < knownFor {
+			return 0
+		}
+		n = max(n, a.count(a.byAccount[acc], now))
+	}
+	if n < a.max {
+		return 0
+	}
+	d := a.base
+	for i := a.max; i < n && d < maxAccountDelay; i++ {
+		d *= 2
+	}
+	return min(d, maxAccountDelay)
 }
 
 func (a *authLimiter) count(f *failures, now time.Time) int {
@@ -62,9 +129,10 @@ func (a *authLimiter) count(f *failures, now time.Time) int {
 	return f.n
 }
 
-// failed records a failed login and returns how long to wait before
-// answering it.
-func (a *authLimiter) failed(ip netip.Addr, user string) time.Duration {
+// failed records a failed login from network for the accounts and returns
+// how long to wait before answering it (growing with the network's
+// failures only: the victim's own network is not slowed by an attacker).
+func (a *authLimiter) failed(network netip.Prefix, accounts ...string) time.Duration {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.max <= 0 {
@@ -72,20 +140,37 @@ func (a *authLimiter) failed(ip netip.Addr, user string) time.Duration {
 	}
 	now := a.now()
 	a.expire(now)
-	n := addFailure(a.byIP, ip, now, a.per)
-	if u := addFailure(a.byUser, strings.ToLower(user), now, a.per); u > n {
-		n = u
+	n := addFailure(a, a.byNet, network, now)
+	for _, acc := range accounts {
+		addFailure(a, a.byAccount, acc, now)
 	}
-	d := time.Duration(n-1) * a.step
-	if d > maxAuthDelay {
-		d = maxAuthDelay
-	}
-	return d
+	return min(time.Duration(n-1)*a.step, maxAuthDelay)
 }
 
-func addFailure[K comparable](m map[K]*failures, k K, now time.Time, per time.Duration) int {
+// succeeded records a successful login from network for the accounts: that
+// network is exempt from their wait from now on.
+func (a *authLimiter) succeeded(network netip.Prefix, accounts ...string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.max <= 0 {
+		return
+	}
+	now := a.now()
+	for _, acc := range accounts {
+		k := knownLogin{acc, network}
+		if _, ok := a.known[k]; !ok {
+			evictOne(a.known)
+		}
+		a.known[k] = now
+	}
+}
+
+func addFailure[K comparable](a *authLimiter, m map[K]*failures, k K, now time.Time) int {
 	f := m[k]
-	if f == nil || now.Sub(f.start) >= per {
+	if f == nil || now.Sub(f.start) >= a.per {
+		if f == nil {
+			evictOne(m)
+		}
 		f = &failures{start: now}
 		m[k] = f
 	}
@@ -93,21 +178,38 @@ func addFailure[K comparable](m map[K]*failures, k K, now time.Time, per time.Du
 	return f.n
 }
 
-// expire drops finished windows now and then, so memory stays bounded by the
-// clients of the last window.
+// evictOne makes room in a full table by dropping an arbitrary entry (Go's
+// map iteration order is random, so an attacker cannot choose which).
+func evictOne[K comparable, V any](m map[K]V) {
+	if len(m) < maxTracked {
+		return
+	}
+	for k := range m {
+		delete(m, k)
+		return
+	}
+}
+
+// expire drops finished windows and old known logins now and then, so
+// memory stays bounded by the clients of the last window.
 func (a *authLimiter) expire(now time.Time) {
 	if now.Sub(a.sweep) < a.per {
 		return
 	}
 	a.sweep = now
-	for k, f := range a.byIP {
+	for k, f := range a.byNet {
 		if now.Sub(f.start) >= a.per {
-			delete(a.byIP, k)
+			delete(a.byNet, k)
 		}
 	}
-	for k, f := range a.byUser {
+	for k, f := range a.byAccount {
 		if now.Sub(f.start) >= a.per {
-			delete(a.byUser, k)
+			delete(a.byAccount, k)
+		}
+	}
+	for k, t := range a.known {
+		if now.Sub(t) >= knownFor {
+			delete(a.known, k)
 		}
 	}
 }

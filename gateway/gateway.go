@@ -63,6 +63,8 @@ type state struct {
 	router   *routing.Router
 	backends map[string]*upstream.BackendConfig
 	timeouts upstream.Timeouts
+	// ipv6Prefix groups IPv6 clients into networks for the limits.
+	ipv6Prefix int
 }
 
 // New builds a gateway from a validated configuration; nothing is bound yet.
@@ -76,8 +78,8 @@ func New(cfg *config.Config, log *zap.Logger) (*Server, error) {
 		log:         log,
 		cfg:         cfg,
 		maildrops:   upstream.NewMaildrops(cfg.POP3, log.Named("upstream")),
-		limits:      newConnLimits(cfg.Limits.Connections, cfg.Limits.PerIP),
-		auth:        newAuthLimiter(cfg.Limits.AuthFailureRate()),
+		limits:      newConnLimits(cfg.Limits.Connections, cfg.Limits.PerIP, cfg.Limits.IPv6Prefix),
+		auth:        newAuthLimiter(authLimits(cfg)),
 		health:      routing.NewHealth(cfg.Routing.PoolCooldown),
 		sessionsCtx: ctx,
 		cutSessions: cancel,
@@ -87,6 +89,16 @@ func New(cfg *config.Config, log *zap.Logger) (*Server, error) {
 	s.warnInsecure(cfg)
 	return s, nil
 }
+
+// authLimits is the failed-login limiter's part of cfg: the limit, its
+// window, and an account's first wait past it.
+func authLimits(cfg *config.Config) (int, time.Duration, time.Duration) {
+	n, per := cfg.Limits.AuthFailureRate()
+	return n, per, cfg.Limits.AuthFailureDelay
+}
+
+// ipv6Prefix is the prefix length that groups IPv6 clients into networks.
+func (s *Server) ipv6Prefix() int { return s.state.Load().ipv6Prefix }
 
 // warnInsecure says loudly, at start and on every reload, which backends are
 // reached without certificate verification.
@@ -106,9 +118,10 @@ func newState(cfg *config.Config) (*state, error) {
 		return nil, fmt.Errorf("routing: %w", err)
 	}
 	return &state{
-		router:   r,
-		backends: cfg.Backends,
-		timeouts: upstream.Timeouts{Dial: cfg.Timeouts.BackendDial, Command: cfg.Timeouts.BackendCommand},
+		router:     r,
+		backends:   cfg.Backends,
+		timeouts:   upstream.Timeouts{Dial: cfg.Timeouts.BackendDial, Command: cfg.Timeouts.BackendCommand},
+		ipv6Prefix: cfg.Limits.IPv6Prefix,
 	}, nil
 }
 
@@ -192,8 +205,8 @@ func (s *Server) Reload(cfg *config.Config) error {
 		}
 	}
 	s.health.SetCooldown(cfg.Routing.PoolCooldown)
-	s.limits.set(cfg.Limits.Connections, cfg.Limits.PerIP)
-	s.auth.set(cfg.Limits.AuthFailureRate())
+	s.limits.set(cfg.Limits.Connections, cfg.Limits.PerIP, cfg.Limits.IPv6Prefix)
+	s.auth.set(authLimits(cfg))
 	// Sessions in flight hold what they were routed to; the old router only
 	// loses its idle lookup connections.
 	s.state.Swap(st).router.Close()
@@ -307,6 +320,7 @@ func (s *Server) pop3Config(lc config.Listener, cfg *config.Config, tlsCfg *tls.
 		ImplicitTLS:         lc.TLS == upstream.TLSImplicit,
 		AllowPlaintextAuth:  lc.AllowPlaintextAuth,
 		IdleTimeout:         cfg.Timeouts.POP3Idle,
+		PreauthTimeout:      cfg.Timeouts.POP3Preauth,
 		TLSHandshakeTimeout: cfg.Timeouts.TLSHandshake,
 		AuthFailureDelay:    cfg.Limits.AuthFailureDelay,
 		BadCommandLimit:     cfg.Limits.BadCommands,

@@ -13,27 +13,29 @@ type connLimits struct {
 	mu    sync.Mutex
 	total int
 	max   int
-	perIP map[netip.Addr]int
+	perIP map[netip.Prefix]int // per client network (clientNetwork)
 	maxIP int
+	v6    int // limits.ipv6_prefix
 }
 
-func newConnLimits(max, maxIP int) *connLimits {
-	return &connLimits{max: max, maxIP: maxIP, perIP: make(map[netip.Addr]int)}
+func newConnLimits(max, maxIP, ipv6Prefix int) *connLimits {
+	return &connLimits{max: max, maxIP: maxIP, v6: ipv6Prefix, perIP: make(map[netip.Prefix]int)}
 }
 
-// set changes the limits (SIGHUP); connections already open stay.
-func (l *connLimits) set(max, maxIP int) {
+// set changes the limits (SIGHUP); connections already open stay, counted
+// under the network they were counted under.
+func (l *connLimits) set(max, maxIP, ipv6Prefix int) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.max, l.maxIP = max, maxIP
+	l.max, l.maxIP, l.v6 = max, maxIP, ipv6Prefix
 }
 
 // acquire counts a new connection from addr; ok is false when a limit is
 // reached. release must be called exactly once when ok.
 func (l *connLimits) acquire(addr net.Addr) (release func(), ok bool) {
-	ip := addrIP(addr)
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	ip := clientNetwork(addrIP(addr), l.v6)
 	if (l.max > 0 && l.total >= l.max) || (l.maxIP > 0 && l.perIP[ip] >= l.maxIP) {
 		return nil, false
 	}
@@ -66,4 +68,22 @@ func addrIP(a net.Addr) netip.Addr {
 		return netip.Addr{}
 	}
 	return ap.Addr().Unmap()
+}
+
+// clientNetwork is the network whose clients share limits: an IPv4 address
+// alone, an IPv6 address with the others of its prefix (one subscriber
+// usually has a whole /64; limits.ipv6_prefix).
+func clientNetwork(ip netip.Addr, ipv6Prefix int) netip.Prefix {
+	if !ip.IsValid() {
+		return netip.Prefix{}
+	}
+	bits := 32
+	if ip.Is6() {
+		bits = ipv6Prefix
+	}
+	p, err := ip.Prefix(bits)
+	if err != nil {
+		return netip.PrefixFrom(ip, ip.BitLen())
+	}
+	return p
 }

@@ -22,9 +22,9 @@ import (
 // of a pool's server with failover, and the adapters that implement the
 // fronts' Backend interfaces.
 
-// errTooManyFailures refuses a login from a client address or for a user
-// that failed too often recently; the fronts answer it as a temporary error.
-var errTooManyFailures = fmt.Errorf("%w: too many failed logins; try again later", upstream.ErrUnavailable)
+// errTooManyFailures refuses a login from a client network that failed too
+// often recently; the fronts answer it as a temporary error.
+var errTooManyFailures = fmt.Errorf("%w: too many failed logins from this network; try again later", upstream.ErrUnavailable)
 
 // login is one authentication attempt as the fronts present it.
 type login struct {
@@ -39,24 +39,43 @@ type login struct {
 // authenticate runs one login through the failure limiter, routes it, and
 // calls open with each candidate server until one answers: open logs in and
 // returns the backend's verdict. It returns the backend name for metrics.
+// The limiter's model (authlimit.go): the client's network may be refused,
+// an account is only ever delayed, and failures are counted under the name
+// as typed and under the routed identity.
 func (s *Server) authenticate(ctx context.Context, l login, open func(upstream.Target, string, string, upstream.Timeouts) error) (string, error) {
 	ip := addrIP(l.remote)
-	if !s.auth.allowed(ip, l.user) {
+	network := clientNetwork(ip, s.ipv6Prefix())
+	if !s.auth.allowed(network) {
 		s.log.Warn("login refused: too many failures", zap.String("protocol", l.protocol),
-			zap.String("client_ip", ip.String()), zap.String("user", l.user))
+			zap.String("client_ip", ip.String()), zap.Stringer("client_network", network), zap.String("user", l.user))
 		return "", errTooManyFailures
 	}
-	backend, err := s.routeAndOpen(ctx, l, open)
-	if errors.Is(err, upstream.ErrAuthFailed) {
+	accounts := []string{nameAccount(l.user)}
+	// Checked after routing, before dialling: the routed identity's
+	// failures count even when the name as typed is fresh.
+	routed := func(d routing.Decision) {
+		accounts = append(accounts, routedAccount(d.Backend, d.User))
+		if w := s.auth.accountDelay(network, accounts...); w > 0 {
+			s.log.Info("login delayed: account has many recent failures", zap.String("protocol", l.protocol),
+				zap.String("client_ip", ip.String()), zap.String("user", l.user),
+				zap.String("backend", d.Backend), zap.String("backend_user", d.User), zap.Duration("delay", w))
+			s.sleep(ctx, w)
+		}
+	}
+	backend, err := s.routeAndOpen(ctx, l, routed, open)
+	switch {
+	case errors.Is(err, upstream.ErrAuthFailed):
 		// fail2ban: failregex = "msg":"login failed".*"client_ip":"<HOST>"
 		s.log.Warn("login failed", zap.String("protocol", l.protocol),
 			zap.String("client_ip", ip.String()), zap.String("user", l.user))
-		s.sleep(ctx, s.auth.failed(ip, l.user))
+		s.sleep(ctx, s.auth.failed(network, accounts...))
+	case err == nil:
+		s.auth.succeeded(network, accounts...)
 	}
 	return backend, err
 }
 
-func (s *Server) routeAndOpen(ctx context.Context, l login, open func(upstream.Target, string, string, upstream.Timeouts) error) (string, error) {
+func (s *Server) routeAndOpen(ctx context.Context, l login, routed func(routing.Decision), open func(upstream.Target, string, string, upstream.Timeouts) error) (string, error) {
 	st := s.state.Load()
 	d, err := st.router.Route(ctx, routing.Login{User: l.user, Password: l.password, Protocol: l.protocol,
 		ClientIP: addrIP(l.remote), Attempt: l.attempt})
@@ -75,6 +94,7 @@ func (s *Server) routeAndOpen(ctx context.Context, l login, open func(upstream.T
 	if !ok {
 		return "", fmt.Errorf("%w: routing chose unknown backend %q", upstream.ErrUnavailable, d.Backend)
 	}
+	routed(d)
 	password := l.password
 	if d.Password != "" {
 		password = d.Password

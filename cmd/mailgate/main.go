@@ -235,18 +235,31 @@ func logWarnings(log *zap.Logger, cfg *config.Config) {
 // newLogger builds the process logger from the `log:` section: JSON by
 // default (one object per line, ISO 8601 times), console for humans.
 func newLogger(c config.Log) (*zap.Logger, zap.AtomicLevel, error) {
+	zc, level, err := loggerConfig(c)
+	if err != nil {
+		return nil, level, err
+	}
+	log, err := zc.Build()
+	return log, level, err
+}
+
+// loggerConfig is newLogger's zap configuration. It never samples: auth
+// failures, logins, session ends and warnings are what operators audit and
+// fail2ban reads, so under load every line must still be written (zap's
+// production preset keeps 100 a second per message, then 1 in 100).
+func loggerConfig(c config.Log) (zap.Config, zap.AtomicLevel, error) {
 	level, err := zap.ParseAtomicLevel(c.Level)
 	if err != nil {
-		return nil, level, fmt.Errorf("log.level: %w", err)
+		return zap.Config{}, level, fmt.Errorf("log.level: %w", err)
 	}
 	zc := zap.NewProductionConfig()
 	if c.Format == "console" {
 		zc = zap.NewDevelopmentConfig()
 		zc.EncoderConfig.EncodeLevel = zapcore.CapitalLevelEncoder
 	}
+	zc.Sampling = nil
 	zc.Level = level
 	zc.EncoderConfig.EncodeTime = zapcore.ISO8601TimeEncoder
 	zc.DisableStacktrace = true
-	log, err := zc.Build()
-	return log, level, err
+	return zc, level, nil
 }

@@ -68,6 +68,7 @@ const (
 // Timeouts is the `timeouts:` section.
 type Timeouts struct {
 	POP3Idle       time.Duration `yaml:"pop3_idle"`       // default 10m; RFC 1939 §3 wants at least 10m
+	POP3Preauth    time.Duration `yaml:"pop3_preauth"`    // default 3m from connect to login, not renewed by commands
 	IMAPPreauth    time.Duration `yaml:"imap_preauth"`    // default 60s: time to authenticate
 	IMAPIdle       time.Duration `yaml:"imap_idle"`       // default 30m (RFC 9051 §5.4) after login
 	TLSHandshake   time.Duration `yaml:"tls_handshake"`   // default 30s
@@ -79,7 +80,11 @@ type Timeouts struct {
 // Limits is the `limits:` section. Limits are per mailgate instance.
 type Limits struct {
 	Connections int `yaml:"connections"` // total client connections; default 10000
-	PerIP       int `yaml:"per_ip"`      // connections from one client address; default 50
+	PerIP       int `yaml:"per_ip"`      // connections from one client network; default 50
+	// IPv6Prefix is the prefix length that makes IPv6 addresses one client
+	// network for per_ip and the failed-login limits (a subscriber usually
+	// has a whole /64); IPv4 addresses count alone. Default 64.
+	IPv6Prefix int `yaml:"ipv6_prefix"`
 	// AuthFailuresPerIP is "N/min" (or /s, /h): failed logins from one address
 	// before it is refused for a while. Default 10/min.
 	AuthFailuresPerIP string `yaml:"auth_failures_per_ip"`

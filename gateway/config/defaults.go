@@ -16,6 +16,7 @@ import (
 // POP3's are the same), the backend timeouts upstream's.
 const (
 	DefaultPOP3Idle       = pop3.DefaultIdleTimeout
+	DefaultPOP3Preauth    = pop3.DefaultPreauthTimeout
 	DefaultIMAPPreauth    = imap.DefaultPreauthTimeout
 	DefaultIMAPIdle       = imap.DefaultIdleTimeout
 	DefaultTLSHandshake   = imap.DefaultTLSHandshakeTimeout
@@ -25,6 +26,7 @@ const (
 
 	DefaultConnections       = 10000
 	DefaultPerIP             = 50
+	DefaultIPv6Prefix        = 64
 	DefaultAuthFailuresPerIP = "10/min"
 	DefaultBadCommands       = imap.DefaultBadCommandLimit
 	DefaultAuthFailureDelay  = imap.DefaultAuthFailureDelay
@@ -69,6 +71,7 @@ func (c *Config) ApplyDefaults() {
 	t := &c.Timeouts
 	setDuration(&t.POP3Idle, DefaultPOP3Idle)
 	setDuration(&t.IMAPPreauth, DefaultIMAPPreauth)
+	setDuration(&t.POP3Preauth, DefaultPOP3Preauth)
 	setDuration(&t.IMAPIdle, DefaultIMAPIdle)
 	setDuration(&t.TLSHandshake, DefaultTLSHandshake)
 	setDuration(&t.BackendDial, DefaultBackendDial)
@@ -78,6 +81,7 @@ func (c *Config) ApplyDefaults() {
 	l := &c.Limits
 	setInt(&l.Connections, DefaultConnections)
 	setInt(&l.PerIP, DefaultPerIP)
+	setInt(&l.IPv6Prefix, DefaultIPv6Prefix)
 	setInt(&l.BadCommands, DefaultBadCommands)
 	setDuration(&l.AuthFailureDelay, DefaultAuthFailureDelay)
 	if l.AuthFailuresPerIP == "" {

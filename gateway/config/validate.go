@@ -235,7 +235,7 @@ func (c *Config) validateTimeouts(v *validator) {
 		key string
 		val time.Duration
 	}{
-		{"pop3_idle", t.POP3Idle}, {"imap_preauth", t.IMAPPreauth}, {"imap_idle", t.IMAPIdle},
+		{"pop3_idle", t.POP3Idle}, {"pop3_preauth", t.POP3Preauth}, {"imap_preauth", t.IMAPPreauth}, {"imap_idle", t.IMAPIdle},
 		{"tls_handshake", t.TLSHandshake}, {"backend_dial", t.BackendDial},
 		{"backend_command", t.BackendCommand}, {"shutdown", t.Shutdown},
 	} {
@@ -254,6 +254,9 @@ func (c *Config) validateLimits(v *validator) {
 		if n.val < 0 {
 			v.bad("limits."+n.key, "%d: must be positive", n.val)
 		}
+	}
+	if l.IPv6Prefix < 0 || l.IPv6Prefix > 128 {
+		v.bad("limits.ipv6_prefix", "%d: a prefix length from 1 to 128 (64: one subscriber's network)", l.IPv6Prefix)
 	}
 	if l.AuthFailureDelay < 0 {
 		v.bad("limits.auth_failure_delay", "%v: must not be negative", l.AuthFailureDelay)

@@ -87,6 +87,7 @@ func TestValidateProblems(t *testing.T) {
 			[]string{"timeouts.pop3_idle: 5m0s is too short: RFC 1939 §3 requires at least 10m", "timeouts.imap_preauth: -1s: must be positive", "timeouts.shutdown: -30s: must be positive"}},
 		{"limits", doc("", "", "limits: {connections: 10, per_ip: 20, bad_commands: -1, auth_failures_per_ip: 10/day}\n"),
 			[]string{"limits.bad_commands: -1: must be positive", "limits.per_ip: 20 is more than limits.connections (10)", `limits.auth_failures_per_ip: "10/day": the period after / is one of s, min, h`}},
+		{"limits ipv6_prefix", doc("", "", "limits: {ipv6_prefix: 129}\n"), []string{"limits.ipv6_prefix: 129: a prefix length from 1 to 128"}},
 		{"limits rate", doc("", "", "limits: {auth_failures_per_ip: ten}\n"), []string{`limits.auth_failures_per_ip: "ten" is not a rate such as 10/min`}},
 		{"metrics", doc("", "", "metrics: {address: localhost}\n"), []string{`metrics.address: "localhost" is not host:port`}},
 	}

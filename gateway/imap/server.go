@@ -268,11 +268,19 @@ func (ss *session) bye(text string) {
 
 // step reads and answers one command. A nil error means: go on.
 func (ss *session) step(ctx context.Context) error {
+	ss.w.noCredentials = !ss.authAllowed()
 	cmd, err := ss.w.readCommand()
 	var se *syntaxError
 	if errors.As(err, &se) {
 		ss.bad++
 		ss.w.status(se.tag, "BAD", "", "Syntax error: "+se.msg)
+		return ss.w.flush()
+	}
+	var cl *credentialLiteral
+	if errors.As(err, &cl) {
+		ss.bad++
+		ss.log.Info("imap LOGIN literal refused before TLS")
+		ss.w.status(cl.tag, errPrivacy.status, errPrivacy.code, errPrivacy.text)
 		return ss.w.flush()
 	}
 	if err != nil {
@@ -540,7 +548,16 @@ func (ss *session) saslExchange(srv sasl.Server, resp []byte) error {
 // reply to answer.
 func (ss *session) connect(ctx context.Context, tag, mech, user, pass string) error {
 	log := ss.log.With(zap.String("user", user), zap.String("mech", mech))
-	up, err := ss.backendLogin(ctx, log, user, pass)
+	var up Upstream
+	var err error
+	if user == "" || pass == "" || strings.ContainsAny(user, "\x00\r\n") || strings.ContainsAny(pass, "\x00\r\n") {
+		// Never forwarded: an LDAP-bind backend may take an empty password
+		// as an anonymous bind (RFC 4513 §5.1.2). Answered as a wrong
+		// password, after the same delay.
+		err = ss.failed(ctx, log, fmt.Errorf("%w: empty or malformed credentials", ErrAuthFailed))
+	} else {
+		up, err = ss.backendLogin(ctx, log, user, pass)
+	}
 	if err != nil {
 		return err
 	}
@@ -561,17 +578,7 @@ func (ss *session) backendLogin(ctx context.Context, log *zap.Logger, user, pass
 	case ctx.Err() != nil:
 		return Upstream{}, ctx.Err()
 	case errors.Is(err, ErrAuthFailed):
-		log.Info("imap login failed", zap.Error(err))
-		if d := ss.cfg.AuthFailureDelay; d > 0 {
-			t := time.NewTimer(d)
-			select {
-			case <-t.C:
-			case <-ctx.Done():
-				t.Stop()
-				return Upstream{}, ctx.Err()
-			}
-		}
-		return Upstream{}, err
+		return Upstream{}, ss.failed(ctx, log, err)
 	case errors.Is(err, ErrInUse):
 		log.Info("imap login refused: mailbox in use", zap.Error(err))
 		return Upstream{}, err
@@ -582,6 +589,22 @@ func (ss *session) backendLogin(ctx context.Context, log *zap.Logger, user, pass
 		log.Warn("imap backend unavailable", zap.Error(err))
 		return Upstream{}, fmt.Errorf("%w: %w", ErrUnavailable, err)
 	}
+}
+
+// failed logs a failed login and returns err after AuthFailureDelay (or
+// the context's error if it ends first).
+func (ss *session) failed(ctx context.Context, log *zap.Logger, err error) error {
+	log.Info("imap login failed", zap.Error(err))
+	if d := ss.cfg.AuthFailureDelay; d > 0 {
+		t := time.NewTimer(d)
+		defer t.Stop()
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return err
 }
 
 // splice answers the login's OK with the backend's capabilities, hands over

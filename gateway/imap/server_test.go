@@ -147,7 +147,6 @@ func TestLoginVariantsReachBackend(t *testing.T) {
 			c.Expect("+ " + b64("Password:"))
 			c.SendRaw(b64("secret") + "\r\n")
 		}, "alice", "secret"},
-		{"PLAIN empty password", func(c *transcript.Conn) { c.SendRaw("a AUTHENTICATE PLAIN " + b64("\x00alice\x00") + "\r\n") }, "alice", ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -513,5 +512,72 @@ func TestConnectionIDsAreProcessWide(t *testing.T) {
 	}
 	if a, b := ends[0].ContextMap()["conn"], ends[1].ContextMap()["conn"]; a == b {
 		t.Fatalf("both servers logged conn %v", a)
+	}
+}
+
+// TestLoginLiteralRefusedWithoutContinuation: finding 6 of the hostile
+// internet issue. Under LOGINDISABLED a LOGIN whose user name or password
+// comes as a synchronizing literal is answered NO [PRIVACYREQUIRED] at
+// once, never "+ Ready for literal data" (RFC 9051 §7.5: the client then
+// must not send the literal). With TLS (or allow_plaintext_auth) the same
+// command gets its continuation.
+func TestLoginLiteralRefusedWithoutContinuation(t *testing.T) {
+	_, cert := testCert(t)
+	b := newFakeBackend(nil)
+	cfg := testConfig(t, b)
+	cfg.AllowPlaintextAuth = false
+	cfg.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}}
+	c := startPipe(t, cfg)
+	c.Expect("* OK [CAPABILITY ")
+	c.Send("a LOGIN {5}")
+	if l := c.Line(); l != "a NO [PRIVACYREQUIRED] Use STARTTLS (or port 993) before logging in" {
+		t.Fatalf("LOGIN with a literal under LOGINDISABLED: %q, want NO [PRIVACYREQUIRED] without a continuation", l)
+	}
+	c.Send(`b LOGIN alice {6}`)
+	if l := c.Line(); !strings.HasPrefix(l, "b NO [PRIVACYREQUIRED]") {
+		t.Fatalf("LOGIN with a password literal under LOGINDISABLED: %q", l)
+	}
+	c.Send("c NOOP")
+	c.Expect("c OK")
+	c.Send("d LOGOUT")
+	c.Expect("* BYE")
+	c.Expect("d OK")
+	if len(b.logins) != 0 {
+		t.Fatal("credentials reached the backend over cleartext")
+	}
+
+	cfg = testConfig(t, newFakeBackend(nil)) // plaintext allowed
+	c = startPipe(t, cfg)
+	c.Expect("* OK")
+	c.Send("a LOGIN {5}")
+	c.Expect("+ ")
+	c.Send(`alice "secret"`)
+	c.Expect("a OK")
+}
+
+// TestEmptyPasswordNeverReachesTheBackend: finding 7. LOGIN with "" and
+// AUTHENTICATE PLAIN with an empty password are refused locally, as a wrong
+// password: an LDAP-bind backend could take them as an anonymous bind.
+func TestEmptyPasswordNeverReachesTheBackend(t *testing.T) {
+	for _, tc := range []struct{ name, cmd string }{
+		{"LOGIN quoted", `a LOGIN alice ""`},
+		{"LOGIN literal+", "a LOGIN alice {0+}\r\n"},
+		{"LOGIN empty user", `a LOGIN "" secret`},
+		{"AUTHENTICATE PLAIN", "a AUTHENTICATE PLAIN " + b64("\x00alice\x00")},
+		{"AUTHENTICATE PLAIN authzid only", "a AUTHENTICATE PLAIN " + b64("alice\x00alice\x00")},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b := newFakeBackend(nil)
+			c := startPipe(t, testConfig(t, b))
+			c.Expect("* OK")
+			c.SendRaw(tc.cmd + "\r\n")
+			c.Expect("a NO [AUTHENTICATIONFAILED]")
+			c.Send("z LOGOUT")
+			c.Expect("* BYE")
+			c.Expect("z OK")
+			if len(b.logins) != 0 {
+				t.Errorf("%s: an empty password reached the backend", tc.name)
+			}
+		})
 	}
 }

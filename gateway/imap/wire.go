@@ -40,6 +40,13 @@ var (
 
 // syntaxError is a malformed command, answered with BAD; the session goes on.
 // tag is empty when none could be read (the reply is then untagged).
+// credentialLiteral is a synchronizing literal in LOGIN while credentials
+// may not be sent (LOGINDISABLED): refused before the continuation request,
+// so that the client is never invited to send its password in clear.
+type credentialLiteral struct{ tag string }
+
+func (e *credentialLiteral) Error() string { return "imap: LOGIN literal while LOGINDISABLED" }
+
 type syntaxError struct {
 	tag string
 	msg string // constant text, safe to show the client
@@ -75,6 +82,10 @@ type command struct {
 
 // wire reads commands and writes responses on one connection.
 type wire struct {
+	// noCredentials: LOGIN may not be sent now (LOGINDISABLED); its
+	// synchronizing literals are refused without a continuation request.
+	noCredentials bool
+
 	br *bufio.Reader
 	bw *bufio.Writer
 }
@@ -166,6 +177,13 @@ func (w *wire) readCommand() (*command, error) {
 				return nil, &syntaxError{tag: leadingTag(toks), msg: "literal too large"}
 			}
 			return nil, errLiteralTooLong
+		}
+		// RFC 9051 §7.5: instead of the continuation request the server
+		// may send the command's tagged completion, and the client then
+		// MUST NOT send the literal. A LOGIN under LOGINDISABLED (§6.2.3)
+		// is refused so, before the password is on the wire.
+		if lit.sync && w.noCredentials && len(toks) >= 2 && toks[1].kind == tokAtom && strings.EqualFold(toks[1].val, "LOGIN") {
+			return nil, &credentialLiteral{tag: leadingTag(toks)}
 		}
 		if lit.sync {
 			w.continuation("Ready for literal data")

@@ -49,6 +49,12 @@ type Config struct {
 	// bounds each write to a client that does not read. Default 10m, which
 	// is the RFC's minimum.
 	IdleTimeout time.Duration
+	// PreauthTimeout bounds the whole AUTHORIZATION state, counted from the
+	// connect and not renewed by commands (Dovecot's login timeout): a
+	// client that has not logged in by then is disconnected. It is not the
+	// autologout timer of RFC 1939 §3, which applies between commands and
+	// stays IdleTimeout. Zero: no bound other than IdleTimeout per read.
+	PreauthTimeout time.Duration
 	// TLSHandshakeTimeout bounds the TLS handshake. Default 30s.
 	TLSHandshakeTimeout time.Duration
 	// AuthFailureDelay is slept before answering a failed authentication.
@@ -90,6 +96,11 @@ const (
 	DefaultAuthFailureDelay    = time.Second
 	DefaultBadCommandLimit     = 10
 )
+
+// DefaultPreauthTimeout is the configuration file's default for
+// timeouts.pop3_preauth (Dovecot's login timeout). A zero
+// Config.PreauthTimeout means no bound of its own.
+const DefaultPreauthTimeout = 3 * time.Minute
 
 const (
 	// maxAuthFailures failed logins end the connection.
@@ -170,6 +181,9 @@ func (s *Server) Serve(ctx context.Context, conn net.Conn) {
 			zap.String("listener", cfg.Listener),
 			zap.Stringer("remote", conn.RemoteAddr()),
 		),
+	}
+	if cfg.PreauthTimeout > 0 {
+		sess.w.readBy = sess.started.Add(cfg.PreauthTimeout)
 	}
 	sess.run()
 }

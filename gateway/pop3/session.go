@@ -195,6 +195,11 @@ func (s *session) readFailed(err error) {
 		s.w.out.timeout = shutdownWriteTimeout
 		s.w.writeErr(CodeSysTemp, "server shutting down, try again later")
 		s.w.flush()
+	case isTimeout(err) && s.state == stateAuthorization && !s.w.readBy.IsZero() && !time.Now().Before(s.w.readBy):
+		// PreauthTimeout: not logged in in time. Like the autologout,
+		// no response.
+		s.result = connlog.PreauthTimeout
+		s.log.Info("pop3 client did not log in in time", zap.Duration("preauth_timeout", s.cfg.PreauthTimeout))
 	case isTimeout(err):
 		// RFC 1939 §3 autologout: no response, no UPDATE.
 		s.result = connlog.IdleTimeout
@@ -262,6 +267,7 @@ func (s *session) dispatch(cmd command) (done bool) {
 		return false
 	case toTransaction:
 		s.state = stateTransaction
+		s.w.readBy = time.Time{} // logged in: only the autologout timer from now on
 		return false
 	case toUpdate:
 		s.state = stateUpdate

@@ -544,3 +544,51 @@ func TestProxyHeaderFromUntrustedPeerRefused(t *testing.T) {
 	c.Command("PROXY TCP4 203.0.113.9 127.0.0.1 4000 110", "-ERR PROXY protocol not accepted")
 	c.ExpectClosed()
 }
+
+// TestPreauthTimeoutCountsFromConnect: finding 4 of the hostile internet
+// issue. Commands before login (CAPA, NOOP-like chatter) do not renew the
+// pre-auth deadline: a client that never logs in is cut PreauthTimeout
+// after connecting, although the idle timeout is far away. A client that
+// logs in is bound by the idle timeout only from then on.
+func TestPreauthTimeoutCountsFromConnect(t *testing.T) {
+	const preauth = 600 * time.Millisecond
+	ts := newTestServer(t, nil, func(c *Config) { c.PreauthTimeout = preauth; c.IdleTimeout = time.Minute })
+	c := ts.dial()
+	begin := time.Now()
+	var closedAfter time.Duration
+	for time.Since(begin) < 5*time.Second {
+		c.NetConn().SetWriteDeadline(time.Now().Add(time.Second))
+		if _, err := c.NetConn().Write([]byte("CAPA\r\n")); err != nil {
+			closedAfter = time.Since(begin)
+			break
+		}
+		c.NetConn().SetReadDeadline(time.Now().Add(time.Second))
+		var err error
+		for {
+			var line string
+			line, err = c.Reader().ReadString('\n')
+			if err != nil || line == ".\r\n" {
+				break
+			}
+		}
+		if err != nil {
+			closedAfter = time.Since(begin)
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if closedAfter == 0 {
+		t.Fatalf("a client sending CAPA every 100ms was never cut (pre-auth timeout %v)", preauth)
+	}
+	if closedAfter > preauth+time.Second {
+		t.Errorf("cut after %v, want about %v from the connect", closedAfter, preauth)
+	}
+
+	// Logged in: the pre-auth deadline no longer applies.
+	c = ts.dial()
+	c.Command("USER "+testUser, "+OK")
+	c.Command("PASS "+testPass, "+OK")
+	time.Sleep(preauth + 200*time.Millisecond)
+	c.Command("STAT", "+OK")
+	c.Command("QUIT", "+OK")
+}

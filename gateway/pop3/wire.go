@@ -103,6 +103,9 @@ type wire struct {
 
 	readTimeout  time.Duration
 	writeTimeout time.Duration
+	// readBy, when set, is a deadline no read or handshake may pass,
+	// whatever readTimeout says: the end of the pre-auth phase.
+	readBy time.Time
 
 	line []byte // reused line buffer, at most maxSASLLine
 }
@@ -167,7 +170,7 @@ func (w *wire) readLine(limit int) ([]byte, error) {
 	// Set the deadline, then look at the context: a cancellation that comes
 	// after this check moves the deadline into the past (interrupt), one that
 	// came before is seen here.
-	if err := w.raw.SetReadDeadline(time.Now().Add(w.readTimeout)); err != nil {
+	if err := w.raw.SetReadDeadline(w.deadline(w.readTimeout)); err != nil {
 		return nil, err
 	}
 	if w.ctx.Err() != nil {
@@ -278,10 +281,19 @@ func (w *wire) startTLS(cfg *tls.Config, timeout time.Duration) error {
 	return w.handshake(tls.Server(w.conn, cfg), timeout)
 }
 
+// deadline is now+d, or readBy if that comes first.
+func (w *wire) deadline(d time.Duration) time.Time {
+	t := time.Now().Add(d)
+	if !w.readBy.IsZero() && w.readBy.Before(t) {
+		return w.readBy
+	}
+	return t
+}
+
 // handshake runs a TLS server handshake under timeout and switches reading
 // and writing to the TLS connection.
 func (w *wire) handshake(tc *tls.Conn, timeout time.Duration) error {
-	if err := w.raw.SetDeadline(time.Now().Add(timeout)); err != nil {
+	if err := w.raw.SetDeadline(w.deadline(timeout)); err != nil {
 		return err
 	}
 	if err := tc.HandshakeContext(w.ctx); err != nil {
