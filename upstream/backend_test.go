@@ -421,7 +421,9 @@ func openMaildrop(t testing.TB, mds *Maildrops, b *backend, user, password strin
 	if err != nil {
 		t.Fatalf("Open: %v", err)
 	}
-	t.Cleanup(func() { md.Close() })
+	// Close's clean-up runs in the background: wait for it, so that it
+	// neither logs after the test nor outlives the backend.
+	t.Cleanup(func() { md.Close(); mds.Wait() })
 	return md
 }
 

@@ -156,11 +156,10 @@ func (ft *fetcher) key(uid imap.UID) CacheKey {
 	return k
 }
 
-// stop ends the fetcher: no new flights, queued ones fail with errClosed,
-// the loop finishes the batch it has sent (at most the fetch-ahead budget)
-// or is cut off after closeTimeout, and bodies nobody took are dropped. Call
-// it once, after start.
-func (ft *fetcher) stop() {
+// beginStop ends the fetcher's service: no new flights, and queued ones
+// fail with errClosed. It never blocks on the backend. Call it once, after
+// start; stop then finishes the job.
+func (ft *fetcher) beginStop() {
 	ft.mu.Lock()
 	ft.closing = true
 	ft.aheadNext = 0
@@ -170,9 +169,17 @@ func (ft *fetcher) stop() {
 	for _, f := range queued {
 		ft.complete(f, nil, errClosed)
 	}
+}
 
+// stop ends the loop: it finishes the batch it has sent (at most the
+// fetch-ahead budget) or is cut off after closeTimeout, which leaves the
+// connection broken; bodies nobody took are dropped. Call it once, after
+// beginStop.
+func (ft *fetcher) stop() {
 	close(ft.quit)
-	cut := time.AfterFunc(closeTimeout, ft.conn.kill)
+	cut := time.AfterFunc(closeTimeout, func() {
+		ft.conn.setBroken(fmt.Errorf("%w: fetch cut off at close", ErrUnavailable))
+	})
 	<-ft.loopDone
 	cut.Stop()
 

@@ -49,7 +49,8 @@ type Maildrops struct {
 	cache    *Cache
 	locks    lockTable
 	group    singleflight.Group
-	spoolDir string // "" = os.TempDir
+	cleanups sync.WaitGroup // Close's background clean-ups under way
+	spoolDir string         // "" = os.TempDir
 	markSeen bool
 	ahead    int64 // fetch-ahead byte budget per session; 0 = off
 }
@@ -69,6 +70,10 @@ func NewMaildrops(cfg MaildropConfig, log *zap.Logger) *Maildrops {
 		ahead:    int64(*cfg.FetchAhead),
 	}
 }
+
+// Wait waits for the background clean-ups of closed maildrops (\Seen flush,
+// LOGOUT: see Maildrop.Close). Each is bounded by a few closeTimeouts.
+func (m *Maildrops) Wait() { m.cleanups.Wait() }
 
 // Cache returns the shared body cache (for its Stats).
 func (m *Maildrops) Cache() *Cache { return m.cache }
@@ -158,7 +163,6 @@ type Maildrop struct {
 	seen imap.UIDSet // RETRed, \Seen not yet sent
 
 	closeOnce         sync.Once
-	closeErr          error
 	expungedElsewhere atomic.Int64
 }
 

@@ -123,6 +123,7 @@ func TestDefaults(t *testing.T) {
 		{"timeouts.backend_dial", cfg.Timeouts.BackendDial, 10 * time.Second},
 		{"timeouts.backend_command", cfg.Timeouts.BackendCommand, 60 * time.Second},
 		{"timeouts.shutdown", cfg.Timeouts.Shutdown, 30 * time.Second},
+		{"timeouts.tcp_keepalive", cfg.Timeouts.TCPKeepalive, 60 * time.Second},
 		{"limits.connections", cfg.Limits.Connections, 10000},
 		{"limits.per_ip", cfg.Limits.PerIP, 50},
 		{"limits.auth_failures_per_ip", cfg.Limits.AuthFailuresPerIP, "10/min"},

@@ -22,6 +22,7 @@ const (
 	DefaultBackendDial    = upstream.DefaultDialTimeout
 	DefaultBackendCommand = upstream.DefaultCommandTimeout
 	DefaultShutdown       = 30 * time.Second
+	DefaultTCPKeepalive   = 60 * time.Second
 
 	DefaultConnections       = 10000
 	DefaultPerIP             = 50
@@ -74,6 +75,7 @@ func (c *Config) ApplyDefaults() {
 	setDuration(&t.BackendDial, DefaultBackendDial)
 	setDuration(&t.BackendCommand, DefaultBackendCommand)
 	setDuration(&t.Shutdown, DefaultShutdown)
+	setDuration(&t.TCPKeepalive, DefaultTCPKeepalive)
 
 	l := &c.Limits
 	setInt(&l.Connections, DefaultConnections)
