@@ -1,11 +1,22 @@
 package upstream
 
-import "sync"
+import (
+	"strings"
+	"sync"
+)
 
-// lockKey names one maildrop: the backend (by configured name) and the user
-// as the backend knows them.
+// lockKey names one maildrop: the backend identity, that is the backend (by
+// configured name) and the user as routing hands it to the backend (after
+// rewrite_user), case-folded. IMAP servers commonly fold the login name
+// (Dovecot's default auth_username_format is %Lu), so bob, BOB and Bob are
+// one mailbox there and must be one lock here; a backend that does not fold
+// is at worst locked a little more than needed.
 type lockKey struct {
 	backend, user string
+}
+
+func newLockKey(backend, user string) lockKey {
+	return lockKey{backend: backend, user: strings.ToLower(user)}
 }
 
 // lockTable holds the exclusive-access locks of RFC 1939 §4: one POP3 session

@@ -96,7 +96,7 @@ func (m *Maildrops) Open(ctx context.Context, t Target, to Timeouts, user, passw
 		user:    user,
 		mailbox: m.cfg.Mailbox,
 		to:      to.withDefaults(),
-		lock:    lockKey{backend: t.Name, user: user},
+		lock:    newLockKey(t.Name, user),
 	}
 	d.fetch = newFetcher(m, d, &d.imapConn, d.to, log)
 	c, raw, err := openClient(ctx, t, to, user, password, &imapclient.UnilateralDataHandler{

@@ -813,3 +813,45 @@ func TestCloseReleasesTheLockAtOnce(t *testing.T) {
 		t.Errorf("the background clean-up took %v", d)
 	}
 }
+
+// Issue 12 finding 3: the lock key is the backend identity, case-folded as
+// the backend folds the login name: bob, BOB and Bob share one lock (the
+// test backend keeps them as three users, as if it folded them to one
+// mailbox), other users and other backends do not.
+func TestLockKeyFoldsCase(t *testing.T) {
+	b := newBackend(t, nil)
+	for _, u := range []string{"bob", "BOB", "Bob", "alice"} {
+		b.addUser(u, "pw", msgs(1, 100)...)
+	}
+	mds := NewMaildrops(testConfig(nil), testLogger(t))
+	t.Cleanup(mds.Wait)
+	md := openMaildrop(t, mds, b, "bob", "pw")
+	for _, u := range []string{"BOB", "Bob"} {
+		if _, err := mds.Open(context.Background(), b.target(), fastTimeouts, u, "pw"); !errors.Is(err, ErrInUse) {
+			t.Errorf("Open as %s while bob is open: err = %v, want ErrInUse", u, err)
+		}
+	}
+	openMaildrop(t, mds, b, "alice", "pw").Close()
+	other := b.target()
+	other.Name = "other"
+	md2, err := mds.Open(context.Background(), other, fastTimeouts, "BOB", "pw")
+	if err != nil {
+		t.Fatalf("BOB on another backend: %v", err)
+	}
+	md2.Close()
+	md.Close()
+	md3, err := mds.Open(context.Background(), b.target(), fastTimeouts, "BOB", "pw")
+	if err != nil {
+		t.Fatalf("BOB after bob closed: %v", err)
+	}
+	md3.Close()
+}
+
+func TestLockKey(t *testing.T) {
+	if newLockKey("store", "Bob@Example.ORG") != newLockKey("store", "bob@example.org") {
+		t.Error("the lock key does not fold case")
+	}
+	if newLockKey("store", "bob") == newLockKey("legacy", "bob") {
+		t.Error("one lock key for two backends")
+	}
+}
