@@ -53,7 +53,13 @@ type Maildrops struct {
 	spoolDir string         // "" = os.TempDir
 	markSeen bool
 	ahead    int64 // fetch-ahead byte budget per session; 0 = off
+	// staleAfter: a body served more than this after the backend's last
+	// answer is confirmed with a NOOP first (fetcher.confirm).
+	staleAfter time.Duration
 }
+
+// defaultStaleAfter is Maildrops.staleAfter: "a few seconds".
+const defaultStaleAfter = 2 * time.Second
 
 // NewMaildrops makes the maildrop opener. Zero fields of cfg get their
 // defaults (MaildropConfig.ApplyDefaults), and a nil log logs nothing.
@@ -68,6 +74,8 @@ func NewMaildrops(cfg MaildropConfig, log *zap.Logger) *Maildrops {
 		cache:    NewCache(int64(*cfg.Cache.MaxBytes), int64(cfg.Cache.MaxMessageBytes)),
 		markSeen: *cfg.MarkSeen,
 		ahead:    int64(*cfg.FetchAhead),
+
+		staleAfter: defaultStaleAfter,
 	}
 }
 
@@ -102,7 +110,7 @@ func (m *Maildrops) Open(ctx context.Context, t Target, to Timeouts, user, passw
 	c, raw, err := openClient(ctx, t, to, user, password, &imapclient.UnilateralDataHandler{
 		// Only record: the handler runs on the client's reader goroutine,
 		// and numbers never shift because everything is by UID.
-		Expunge: func(uint32) { d.expungedElsewhere.Add(1) },
+		Expunge: func(uint32) { d.expungedElsewhere.Add(1); d.fetch.noteExpunge() },
 		Fetch:   d.fetch.unilateralFetch,
 	})
 	if err != nil {
@@ -118,7 +126,7 @@ func (m *Maildrops) Open(ctx context.Context, t Target, to Timeouts, user, passw
 		m.locks.release(d.lock)
 		return nil, err
 	}
-	d.fetch.start(d.uids, d.key(0))
+	d.fetch.start(d.uids, d.snapSizes, d.key(0))
 	log.Info("maildrop opened", zap.String("mailbox", d.mailbox), zap.Int("messages", len(d.uids)),
 		zap.Uint32("uidvalidity", d.uidValidity), zap.Duration("elapsed", time.Since(start)))
 	return d, nil
@@ -158,6 +166,9 @@ type Maildrop struct {
 	// sizes[n-1] is message n's size (see Size). Atomic, not under mu: the
 	// fetcher reads them for its budget while holding its own lock.
 	sizes []atomic.Int64
+	// snapSizes[n-1] is message n's RFC822.SIZE in the snapshot, kept apart
+	// from sizes: a body of another length is checked (fetcher.confirm).
+	snapSizes []int64
 
 	mu   sync.Mutex
 	seen imap.UIDSet // RETRed, \Seen not yet sent
@@ -222,6 +233,7 @@ func (d *Maildrop) snapshot(ctx context.Context) error {
 	d.uids = make([]imap.UID, len(list))
 	d.uidls = make([]string, len(list))
 	d.sizes = make([]atomic.Int64, len(list))
+	d.snapSizes = make([]int64, len(list))
 	for i, e := range list {
 		uidl, err := FormatUIDL(d.m.cfg.UIDLFormat, uint32(e.uid), d.uidValidity)
 		if err != nil {
@@ -229,6 +241,7 @@ func (d *Maildrop) snapshot(ctx context.Context) error {
 		}
 		d.uids[i], d.uidls[i] = e.uid, uidl
 		d.sizes[i].Store(e.size)
+		d.snapSizes[i] = e.size
 		// A cached body is the exact size; the backend's RFC822.SIZE may
 		// not be: a POP3 size counts the CRLF form without dot-stuffing
 		// (RFC 1939 §11), and although RFC 3501 §2.3.4 defines RFC822.SIZE
