@@ -42,6 +42,10 @@ import (
 //	         UID EXPUNGE without MOVE. X is created if the backend says
 //	         TRYCREATE.
 //
+// Without UIDPLUS (expunge, or move:X without MOVE) the messages are left
+// flagged \Deleted and Commit returns a *NotExpungedError, so the client is
+// told.
+//
 // deleted lists message numbers. Messages already expunged elsewhere are not
 // an error (a UID command ignores UIDs that no longer exist). Any failure
 // wraps ErrPartialCommit: the client is told "-ERR some deleted messages not
@@ -81,6 +85,10 @@ func (d *Maildrop) Commit(ctx context.Context, deleted []int) error {
 	}
 	policy := d.m.cfg.Delete
 	err := d.remove(wd, uids, policy)
+	var ne *NotExpungedError
+	if errors.As(err, &ne) {
+		return err // logged by remove; not a failure of the commit
+	}
 	if err != nil {
 		if wd.stop() {
 			err = fmt.Errorf("%w: timed out after %v", ErrUnavailable, d.to.Command)
@@ -110,7 +118,7 @@ func (d *Maildrop) remove(wd *watchdog, uids imap.UIDSet, policy string) error {
 		if !uidPlus {
 			d.log.Warn("backend lacks UIDPLUS: deleted messages are flagged \\Deleted but not expunged",
 				zap.String("uids", uids.String()))
-			return nil
+			return &NotExpungedError{UIDs: uids.String()}
 		}
 		wd.reset(d.to.Command)
 		_, err := d.c.UIDExpunge(uids).Collect()
@@ -149,7 +157,7 @@ func (d *Maildrop) move(wd *watchdog, uids imap.UIDSet, dest string, uidPlus boo
 	if !uidPlus {
 		d.log.Warn("backend lacks MOVE and UIDPLUS: moved messages are copied and flagged \\Deleted, not expunged",
 			zap.String("uids", uids.String()))
-		return nil
+		return &NotExpungedError{UIDs: uids.String()}
 	}
 	wd.reset(d.to.Command)
 	_, err := d.c.UIDExpunge(uids).Collect()

@@ -362,15 +362,20 @@ func TestCommitExpungeOnlyOurs(t *testing.T) {
 	}
 }
 
-// Without UIDPLUS, nothing is expunged: the messages stay \Deleted.
+// Without UIDPLUS, nothing is expunged: the messages stay \Deleted, and
+// Commit says so (*NotExpungedError), so QUIT can tell the client.
 func TestCommitExpungeWithoutUIDPlus(t *testing.T) {
 	b := newBackend(t, &backendOptions{rev1Only: true})
 	b.addUser("alice", "pw", msgs(3, 100)...)
 	mds := NewMaildrops(testConfig(nil), testLogger(t))
 	t.Cleanup(mds.Wait)
 	md := openMaildrop(t, mds, b, "alice", "pw")
-	if err := md.Commit(context.Background(), []int{2}); err != nil {
-		t.Fatal(err)
+	var ne *NotExpungedError
+	if err := md.Commit(context.Background(), []int{2}); !errors.As(err, &ne) || errors.Is(err, ErrPartialCommit) {
+		t.Fatalf("Commit without UIDPLUS: err = %v, want a *NotExpungedError", err)
+	}
+	if ne.UIDs != "2" {
+		t.Errorf("NotExpungedError.UIDs = %q, want 2", ne.UIDs)
 	}
 	md.Close()
 	if got := uidsIn(t, b, "alice", "pw", "INBOX"); !slices.Equal(got, []imap.UID{1, 2, 3}) {
@@ -427,7 +432,11 @@ func TestCommitMove(t *testing.T) {
 			t.Cleanup(mds.Wait)
 			md := openMaildrop(t, mds, b, "alice", "pw")
 			readAll(t)(md.Retr(context.Background(), 2))
-			if err := md.Commit(context.Background(), []int{2}); err != nil {
+			err := md.Commit(context.Background(), []int{2})
+			var ne *NotExpungedError
+			if tc.rev1 && !errors.As(err, &ne) {
+				t.Fatalf("Commit by COPY without UIDPLUS: err = %v, want a *NotExpungedError", err)
+			} else if !tc.rev1 && err != nil {
 				t.Fatal(err)
 			}
 			md.Close()

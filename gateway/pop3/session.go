@@ -296,12 +296,27 @@ func (s *session) update() {
 	// Release the maildrop (and its lock) before answering, so a client
 	// that reconnects right after +OK is not told [IN-USE].
 	s.closeMaildrop()
-	if err != nil {
+	var ne notExpunged
+	switch {
+	case errors.As(err, &ne) && ne.NotExpunged():
+		// Honest, and +OK: the messages are flagged \Deleted, so no later
+		// POP3 session lists them again, which is all a POP3 client can
+		// observe of a deletion; but the server still holds them (the
+		// backend cannot expunge exactly these without UIDPLUS, RFC 4315,
+		// and a plain EXPUNGE would remove other clients' \Deleted
+		// messages). An -ERR would make clients report a failure, or
+		// retry deletions that did take effect for POP3.
+		s.log.Warn("messages flagged \\Deleted, not removed: the backend cannot expunge them alone",
+			zap.Int("deleted", len(del)), zap.Error(err))
+		s.w.writeOK("mailgate signing off (" + strconv.Itoa(len(del)) +
+			" messages marked deleted; the server keeps them flagged \\Deleted until it expunges them)")
+		s.result = connlog.Quit
+	case err != nil:
 		// RFC 1939 §6: "-ERR some deleted messages not removed".
 		s.log.Warn("commit failed", zap.Int("deleted", len(del)), zap.Error(err))
 		s.w.writeErr(CodeSysTemp, textPartialCommit)
 		s.result = connlog.CommitFailed
-	} else {
+	default:
 		s.w.writeOK("mailgate signing off (" + strconv.Itoa(len(del)) + " messages deleted)")
 		s.result = connlog.Quit
 		if len(del) > 0 {
