@@ -62,6 +62,10 @@ func (d *Maildrop) Commit(ctx context.Context, deleted []int) error {
 	if closing := d.fetch.endAhead(); closing {
 		return fmt.Errorf("%w: %w", ErrPartialCommit, errClosed)
 	}
+	// UPDATE: from here no newer session may take the lock over.
+	if !d.hold.enterUpdate() {
+		return fmt.Errorf("%w: the maildrop was taken over by a newer session", ErrPartialCommit)
+	}
 
 	d.cmdMu.Lock()
 	defer d.cmdMu.Unlock()
@@ -212,7 +216,7 @@ func (d *Maildrop) Close() error {
 		// No new flight after this: nothing can be fetched for a session
 		// that has ended, and Commit refuses.
 		d.fetch.beginStop()
-		d.m.locks.release(d.lock)
+		d.m.locks.release(d.lock, d.hold)
 		d.m.cleanups.Add(1)
 		go func() {
 			defer d.m.cleanups.Done()

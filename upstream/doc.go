@@ -32,6 +32,9 @@
 //     the snapshot before +OK; the common cached RETR costs no round trip.
 //   - \Seen: RETR (not TOP) marks, batched into one UID STORE at QUIT or at
 //     the end of the session.
+//   - Lock (lock.go): one per backend and user, case-folded, per pop3.lock
+//     (exclusive, takeover, none); Close releases it at once, Commit marks
+//     UPDATE so a takeover never cuts it.
 //   - Deletions: only at QUIT (Commit), per pop3.delete, never touching a
 //     message the session did not delete.
 //

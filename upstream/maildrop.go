@@ -105,6 +105,7 @@ func (m *Maildrops) Open(ctx context.Context, t Target, to Timeouts, user, passw
 		mailbox: m.cfg.Mailbox,
 		to:      to.withDefaults(),
 		lock:    newLockKey(t.Name, user),
+		hold:    newHolder(),
 	}
 	d.fetch = newFetcher(m, d, &d.imapConn, d.to, log)
 	c, raw, err := openClient(ctx, t, to, user, password, &imapclient.UnilateralDataHandler{
@@ -117,13 +118,13 @@ func (m *Maildrops) Open(ctx context.Context, t Target, to Timeouts, user, passw
 		return nil, err
 	}
 	d.c, d.raw = c, raw
-	if !m.locks.acquire(d.lock) {
+	if !m.locks.acquire(d.lock, d.hold, m.cfg.Lock, m.cfg.TakeoverAfter) {
 		d.goodbye()
 		return nil, fmt.Errorf("%w: %s on %s", ErrInUse, user, t.Name)
 	}
 	if err := d.snapshot(ctx); err != nil {
 		c.Close()
-		m.locks.release(d.lock)
+		m.locks.release(d.lock, d.hold)
 		return nil, err
 	}
 	d.fetch.start(d.uids, d.snapSizes, d.key(0))
@@ -155,7 +156,8 @@ type Maildrop struct {
 	mailbox  string
 	to       Timeouts // of the configuration current at Open
 	lock     lockKey
-	imapConn // the backend connection, shared with fetch
+	hold     *holder // this session's side of the lock
+	imapConn         // the backend connection, shared with fetch
 	caps     imap.CapSet
 	fetch    *fetcher // every body comes from it
 
@@ -332,6 +334,22 @@ func (d *Maildrop) read(ctx context.Context, n int, retr bool) (io.ReadCloser, e
 	}
 	return b.open(), nil
 }
+
+// Waiting tells the lock whether the session is waiting for the client's
+// next command (pop3.lock: takeover ends only such a session). The POP3
+// session calls it around each command read.
+func (d *Maildrop) Waiting(waiting bool) {
+	if waiting {
+		d.hold.idleSince.Store(time.Now().UnixNano())
+	} else {
+		d.hold.idleSince.Store(0)
+	}
+}
+
+// TakenOver is closed when a newer session of the user took the lock
+// (pop3.lock: takeover): the session must end, without UPDATE (RFC 1939 §6);
+// Commit refuses from then on.
+func (d *Maildrop) TakenOver() <-chan struct{} { return d.hold.taken }
 
 // key is the cache and singleflight key of a message of this maildrop.
 func (d *Maildrop) key(uid imap.UID) CacheKey {

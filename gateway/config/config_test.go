@@ -129,6 +129,8 @@ func TestDefaults(t *testing.T) {
 		{"limits.auth_failures_per_ip", cfg.Limits.AuthFailuresPerIP, "10/min"},
 		{"limits.bad_commands", cfg.Limits.BadCommands, 10},
 		{"pop3.mailbox", cfg.POP3.Mailbox, "INBOX"},
+		{"pop3.lock", cfg.POP3.Lock, "exclusive"},
+		{"pop3.takeover_after", cfg.POP3.TakeoverAfter, 10 * time.Second},
 		{"pop3.cache.max_bytes", *cfg.POP3.Cache.MaxBytes, upstream.Size(256 << 20)},
 		{"backends.store.tls_min_version", cfg.Backends["store"].TLSMinVersion, "1.2"},
 		{"routing.default (the only backend)", cfg.Routing.Default, "store"},
