@@ -9,7 +9,7 @@ import (
 
 // authLimiter slows down and then refuses password guessing
 // (`limits.auth_failures_per_ip`) so that failures cost the one who fails,
-// never the user who logs in correctly from elsewhere (DESIGN invariant 6).
+// never the user who logs in correctly from elsewhere.
 // The counts are per mailgate instance. The model, as the README states it:
 //
 //   - Refusal is per client network only. Failed logins are counted per

@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"context"
 	"errors"
 	"net"
 	"net/netip"
@@ -47,6 +48,21 @@ func readProxyHeader(conn net.Conn) error {
 		return errors.New("no PROXY header")
 	}
 	return nil
+}
+
+// keepaliveListen listens on addr with TCP keepalive on every accepted
+// connection: the first probe after idle of silence, then every idle/4
+// (at least 1s), and the connection is dropped after 4 unanswered probes, so
+// a half-open client connection is found within about twice idle and its
+// session ends (and releases its maildrop lock).
+func keepaliveListen(addr string, idle time.Duration) (net.Listener, error) {
+	lc := net.ListenConfig{KeepAliveConfig: net.KeepAliveConfig{
+		Enable:   true,
+		Idle:     idle,
+		Interval: max(idle/4, time.Second),
+		Count:    4,
+	}}
+	return lc.Listen(context.Background(), "tcp", addr)
 }
 
 // countingConn counts the bytes written to a client.

@@ -249,6 +249,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 			<-done
 		}
 		s.cutSessions()
+		// The backend clean-ups of ended POP3 sessions (\Seen, LOGOUT): each
+		// is bounded, and none holds a maildrop lock.
+		s.maildrops.Wait()
 		if s.httpSrv != nil {
 			s.httpSrv.Close()
 		}
@@ -285,7 +288,7 @@ func (s *Server) listen(lc config.Listener, serverTLS *tls.Config) (*listener, e
 		}
 		tlsCfg = serverTLS
 	}
-	ln, err := net.Listen("tcp", lc.Address)
+	ln, err := keepaliveListen(lc.Address, s.cfg.Timeouts.TCPKeepalive)
 	if err != nil {
 		return nil, fmt.Errorf("listener %s: %w", lc.Name, err)
 	}

@@ -244,16 +244,16 @@ func (c *serverConn) Read(p []byte) (int, error) {
 
 var sizeRE = regexp.MustCompile(`RFC822\.SIZE (\d+)`)
 
-var fetchRespRE = regexp.MustCompile(`\* (\d+) FETCH \(UID (\d+) BODY\[\] \{(\d+)\}\r\n`)
+var fetchRespRE = regexp.MustCompile(`\* (\d+) FETCH \(UID (\d+) ((?:FLAGS \([^)]*\) )?)BODY\[\] \{(\d+)\}\r\n`)
 
 func (c *serverConn) Write(p []byte) (int, error) {
 	if c.b.opts.bodyFirst {
 		if m := fetchRespRE.FindSubmatchIndex(p); m != nil {
-			n, _ := strconv.Atoi(string(p[m[6]:m[7]]))
+			n, _ := strconv.Atoi(string(p[m[8]:m[9]]))
 			lit := p[m[1] : m[1]+n]
 			rest := p[m[1]+n:] // ")\r\n..."
-			q := fmt.Appendf(nil, "%s* %s FETCH (BODY[] {%d}\r\n%s UID %s%s",
-				p[:m[0]], p[m[2]:m[3]], n, lit, p[m[4]:m[5]], rest)
+			q := fmt.Appendf(nil, "%s* %s FETCH (%sBODY[] {%d}\r\n%s UID %s%s",
+				p[:m[0]], p[m[2]:m[3]], p[m[6]:m[7]], n, lit, p[m[4]:m[5]], rest)
 			if _, err := c.Conn.Write(q); err != nil {
 				return 0, err
 			}
@@ -426,7 +426,9 @@ func openMaildrop(t testing.TB, mds *Maildrops, b *backend, user, password strin
 	if err != nil {
 		t.Fatalf("Open: %v", err)
 	}
-	t.Cleanup(func() { md.Close() })
+	// Close's clean-up runs in the background: wait for it, so that it
+	// neither logs after the test nor outlives the backend.
+	t.Cleanup(func() { md.Close(); mds.Wait() })
 	return md
 }
 

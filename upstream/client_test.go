@@ -45,6 +45,7 @@ func TestOpenEveryTLSMode(t *testing.T) {
 				t.Fatalf("Open: %v", err)
 			}
 			md.Close()
+			mds.Wait()
 			if tc.auth != nil && !b.sawCommand(tc.auth) {
 				t.Errorf("backend never saw %v", tc.auth)
 			}
@@ -76,6 +77,7 @@ func TestLoginBadPassword(t *testing.T) {
 		b := newBackend(t, &backendOptions{noPlain: noPlain})
 		b.addUser("alice", "right")
 		mds := NewMaildrops(testConfig(nil), testLogger(t))
+		t.Cleanup(mds.Wait)
 		_, err := mds.Open(context.Background(), b.target(), fastTimeouts, "alice", "wrong-secret")
 		if !errors.Is(err, ErrAuthFailed) {
 			t.Fatalf("noPlain=%v: err = %v, want ErrAuthFailed", noPlain, err)
@@ -97,6 +99,7 @@ func TestBackendDown(t *testing.T) {
 	cfg.ApplyDefaults()
 	cfg.Validate()
 	mds := NewMaildrops(testConfig(nil), testLogger(t))
+	t.Cleanup(mds.Wait)
 	start := time.Now()
 	_, err = mds.Open(context.Background(), Target{Name: "down", Address: addr, Config: cfg}, fastTimeouts, "alice", "pw")
 	if !errors.Is(err, ErrUnavailable) {
@@ -117,6 +120,7 @@ func TestSilentBackend(t *testing.T) {
 		cfg.ApplyDefaults()
 		cfg.Validate()
 		mds := NewMaildrops(testConfig(nil), testLogger(t))
+		t.Cleanup(mds.Wait)
 		start := time.Now()
 		_, err := mds.Open(context.Background(), Target{Name: "silent", Address: addr, Config: cfg}, to, "alice", "pw")
 		if !errors.Is(err, ErrUnavailable) {
@@ -136,6 +140,7 @@ func TestSilentBackendMidSession(t *testing.T) {
 	b.addUser("alice", "pw", msg(1, 100), msg(2, 100))
 	to := Timeouts{Dial: 2 * time.Second, Command: 300 * time.Millisecond}
 	mds := NewMaildrops(testConfig(nil), testLogger(t))
+	t.Cleanup(mds.Wait)
 	md, err := mds.Open(context.Background(), b.target(), to, "alice", "pw")
 	if err != nil {
 		t.Fatal(err)

@@ -42,6 +42,10 @@ import (
 //	         UID EXPUNGE without MOVE. X is created if the backend says
 //	         TRYCREATE.
 //
+// Without UIDPLUS (expunge, or move:X without MOVE) the messages are left
+// flagged \Deleted and Commit returns a *NotExpungedError, so the client is
+// told.
+//
 // deleted lists message numbers. Messages already expunged elsewhere are not
 // an error (a UID command ignores UIDs that no longer exist). Any failure
 // wraps ErrPartialCommit: the client is told "-ERR some deleted messages not
@@ -57,6 +61,10 @@ func (d *Maildrop) Commit(ctx context.Context, deleted []int) error {
 	}
 	if closing := d.fetch.endAhead(); closing {
 		return fmt.Errorf("%w: %w", ErrPartialCommit, errClosed)
+	}
+	// UPDATE: from here no newer session may take the lock over.
+	if !d.hold.enterUpdate() {
+		return fmt.Errorf("%w: the maildrop was taken over by a newer session", ErrPartialCommit)
 	}
 
 	d.cmdMu.Lock()
@@ -81,6 +89,10 @@ func (d *Maildrop) Commit(ctx context.Context, deleted []int) error {
 	}
 	policy := d.m.cfg.Delete
 	err := d.remove(wd, uids, policy)
+	var ne *NotExpungedError
+	if errors.As(err, &ne) {
+		return err // logged by remove; not a failure of the commit
+	}
 	if err != nil {
 		if wd.stop() {
 			err = fmt.Errorf("%w: timed out after %v", ErrUnavailable, d.to.Command)
@@ -110,7 +122,7 @@ func (d *Maildrop) remove(wd *watchdog, uids imap.UIDSet, policy string) error {
 		if !uidPlus {
 			d.log.Warn("backend lacks UIDPLUS: deleted messages are flagged \\Deleted but not expunged",
 				zap.String("uids", uids.String()))
-			return nil
+			return &NotExpungedError{UIDs: uids.String()}
 		}
 		wd.reset(d.to.Command)
 		_, err := d.c.UIDExpunge(uids).Collect()
@@ -149,7 +161,7 @@ func (d *Maildrop) move(wd *watchdog, uids imap.UIDSet, dest string, uidPlus boo
 	if !uidPlus {
 		d.log.Warn("backend lacks MOVE and UIDPLUS: moved messages are copied and flagged \\Deleted, not expunged",
 			zap.String("uids", uids.String()))
-		return nil
+		return &NotExpungedError{UIDs: uids.String()}
 	}
 	wd.reset(d.to.Command)
 	_, err := d.c.UIDExpunge(uids).Collect()
@@ -185,47 +197,78 @@ func commandErrorIf(op string, err error) error {
 	return commandError(op, err)
 }
 
-// Close ends the maildrop: it stops fetch-ahead, sends the pending \Seen
-// batch, logs out (all within a few seconds), closes the backend connection,
-// removes spooled bodies and releases the lock. It changes nothing else on
-// the backend: a session that ends without Commit deletes nothing (RFC 1939
-// §6). The lock is released last, so that the user's next session sees our
-// \Seen flags. Close is idempotent; readers returned by Retr and Top stay
-// readable after it.
+// Close ends the maildrop. It releases the lock at once, so that a client
+// that reconnects right after a drop is never told [IN-USE] (RFC 1939 §6: a
+// session that ends without QUIT changes nothing, and its lock must go with
+// it, within a second), then does the backend clean-up in the
+// background: it stops fetch-ahead (the batch under way is finished or cut
+// off after closeTimeout), sends the pending \Seen batch and LOGOUT (each
+// within closeTimeout, and only on a connection still alive), closes the
+// backend connection and removes spooled bodies. Maildrops.Wait waits for
+// these clean-ups.
+//
+// It changes nothing else on the backend: a session that ends without
+// Commit deletes nothing (RFC 1939 §6). The user's next session may start
+// before our \Seen flags are set; POP3 does not show \Seen, so it sees the
+// same maildrop. Close is idempotent and never blocks on the backend;
+// readers returned by Retr and Top stay readable after it.
 func (d *Maildrop) Close() error {
-	d.closeOnce.Do(func() { d.closeErr = d.close() })
-	return d.closeErr
+	d.closeOnce.Do(func() {
+		// No new flight after this: nothing can be fetched for a session
+		// that has ended, and Commit refuses.
+		d.fetch.beginStop()
+		d.m.locks.release(d.lock, d.hold)
+		d.m.cleanups.Add(1)
+		go func() {
+			defer d.m.cleanups.Done()
+			d.cleanup()
+		}()
+	})
+	return nil
 }
 
-func (d *Maildrop) close() error {
-	// Queued fetches fail, the batch under way is finished (at most the
-	// fetch-ahead budget) or cut off, and bodies nobody took are dropped.
+// cleanup is the background part of Close.
+func (d *Maildrop) cleanup() {
+	// Queued fetches have failed; the batch under way is finished (at most
+	// the fetch-ahead budget) or cut off, and bodies nobody took are dropped.
 	d.fetch.stop()
 
-	var err error
 	d.cmdMu.Lock()
-	if d.brokenErr() == nil && d.c.State() != imap.ConnStateLogout {
+	if d.alive() {
 		wd := watch(min(closeTimeout, d.to.Command), d.kill)
-		if err = d.flushSeen(wd); err != nil {
+		if err := d.flushSeen(wd); err != nil {
 			d.log.Warn("setting \\Seen failed", zap.Error(err))
 		}
-		wd.reset(min(closeTimeout, d.to.Command))
-		d.c.Logout().Wait() // the answer does not matter
+		if d.alive() && !wd.hasFired() {
+			wd.reset(min(closeTimeout, d.to.Command))
+			d.c.Logout().Wait() // the answer does not matter
+		}
 		wd.stop()
 	} else {
 		d.mu.Lock()
 		lost := d.seen
 		d.mu.Unlock()
 		if len(lost) > 0 {
-			err = fmt.Errorf("%w: \\Seen not set: connection lost", ErrUnavailable)
 			d.log.Warn("\\Seen not set: backend connection lost", zap.String("uids", lost.String()))
 		}
 	}
 	d.kill()
 	d.c.Close()
 	d.cmdMu.Unlock()
-
-	d.m.locks.release(d.lock)
 	d.log.Debug("maildrop closed", zap.Int64("expunged_elsewhere", d.expungedElsewhere.Load()))
-	return err
+}
+
+// alive reports whether the backend connection can still take a command:
+// never send one on a connection already dead (a watchdog or the fetcher's
+// cut-off closed it, or the backend hung up).
+func (d *Maildrop) alive() bool {
+	if d.brokenErr() != nil || d.c.State() == imap.ConnStateLogout {
+		return false
+	}
+	select {
+	case <-d.c.Closed():
+		return false
+	default:
+		return true
+	}
 }

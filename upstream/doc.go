@@ -25,8 +25,16 @@
 //     file) so a slow POP3 client never holds the backend connection; the
 //     cache keeps small bodies for later sessions of the same user; reading
 //     in order fetches ahead with pipelined UID FETCHes.
+//   - Expunges elsewhere: a body is served only for a message the backend
+//     still has (fetch.go: readBody, confirm): \Deleted in the FETCH answer,
+//     an EXPUNGE seen since the last check, a body of another length than
+//     RFC822.SIZE, or an old last answer (NOOP) lead to one UID SEARCH over
+//     the snapshot before +OK; the common cached RETR costs no round trip.
 //   - \Seen: RETR (not TOP) marks, batched into one UID STORE at QUIT or at
 //     the end of the session.
+//   - Lock (lock.go): one per backend and user, case-folded, per pop3.lock
+//     (exclusive, takeover, none); Close releases it at once, Commit marks
+//     UPDATE so a takeover never cuts it.
 //   - Deletions: only at QUIT (Commit), per pop3.delete, never touching a
 //     message the session did not delete.
 //

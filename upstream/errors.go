@@ -22,6 +22,25 @@ var (
 	ErrPartialCommit = errors.New("some deleted messages not removed")
 )
 
+// NotExpungedError is Commit's answer when the deleted messages were flagged
+// \Deleted but not removed, because removing exactly them needs UID EXPUNGE
+// (UIDPLUS, RFC 4315) and a plain EXPUNGE would also remove other clients'
+// \Deleted messages. They are out of every later POP3 session's maildrop
+// (the snapshot leaves \Deleted messages out); the backend's own expiry or
+// an IMAP client's EXPUNGE removes them. The fronts tell the client what
+// happened (NotExpunged).
+type NotExpungedError struct {
+	UIDs string // the UIDs left flagged
+}
+
+func (e *NotExpungedError) Error() string {
+	return "backend lacks UIDPLUS: deleted messages flagged \\Deleted, not expunged: UIDs " + e.UIDs
+}
+
+// NotExpunged marks the error for gateway/pop3, which cannot import this
+// package.
+func (e *NotExpungedError) NotExpunged() bool { return true }
+
 // ErrUnreachable: the server refused or did not answer the TCP connection. It
 // is an ErrUnavailable; routing takes such a server out of its pool for a
 // while, which it must not do for other failures (a wrong password, a

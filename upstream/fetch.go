@@ -21,11 +21,26 @@ package upstream
 // loop holds the connection's cmdMu from the first command of a batch to the
 // last answer, so no other command (STORE, EXPUNGE at QUIT) is sent
 // meanwhile.
+//
+// The maildrop follows the backend: a body is served only for a message the backend still has, with the size the snapshot
+// announced. readBody takes a \Deleted in the FETCH answer for gone (Cyrus
+// sends the body of an expunged message with \Deleted). get then confirms
+// every body before it is served (confirm): when the backend has reported an
+// EXPUNGE since the last check, when the body's length differs from the
+// snapshot's RFC822.SIZE (Courier answers an expunged message with a short
+// placeholder body), or when the last word from the backend is older than
+// staleAfter (a backend reports other clients' expunges only in answer to a
+// command, so a cached body is otherwise never checked), one round trip
+// (NOOP if needed, then UID SEARCH over the snapshot) finds which UIDs are
+// gone. A body of a different length is not cached nor trusted for the size
+// until that check passes. The common cached RETR (no EXPUNGE seen, the
+// size as announced, a recent answer) makes no round trip.
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -90,12 +105,19 @@ type fetcher struct {
 	timeout  time.Duration       // for each answer (Timeouts.Command)
 
 	// Fixed by start, from the snapshot: plain data, read without a lock.
-	uids    []imap.UID // message n is uids[n-1]
-	keyBase CacheKey   // the cache key of this maildrop's bodies, UID aside
+	uids      []imap.UID // message n is uids[n-1]
+	snapSizes []int64    // message n's RFC822.SIZE in the snapshot
+	keyBase   CacheKey   // the cache key of this maildrop's bodies, UID aside
+
+	staleAfter time.Duration // confirm sends a NOOP first when the last answer is older
+	expunges   atomic.Int64  // EXPUNGE responses seen (noteExpunge)
+	checked    atomic.Int64  // expunges as of the last UID SEARCH that found the gone UIDs
+	lastWord   atomic.Int64  // time (UnixNano) of the last answer from the backend
 
 	mu         sync.Mutex
 	pending    map[imap.UID]*flight // fetched or being fetched, not yet taken
 	gone       map[imap.UID]bool    // expunged by another client, as a FETCH found
+	verified   map[imap.UID]bool    // body length differs from RFC822.SIZE, message confirmed present
 	queue      []*flight            // asked for by Retr/Top, not yet sent
 	lastRetr   int                  // message number of the last RETR
 	aheadNext  int                  // next candidate for fetch-ahead; 0 = not reading in order
@@ -125,9 +147,14 @@ func newFetcher(m *Maildrops, sizes sizeModel, conn *imapConn, to Timeouts, log 
 		timeout:  to.Command,
 		pending:  make(map[imap.UID]*flight),
 		gone:     make(map[imap.UID]bool),
-		wake:     make(chan struct{}, 1),
-		quit:     make(chan struct{}),
-		loopDone: make(chan struct{}),
+		verified: make(map[imap.UID]bool),
+		// Dovecot, Cyrus and Courier report others' expunges with the answer
+		// to our next command: a body served from the cache more than this
+		// long after the last answer costs one NOOP first.
+		staleAfter: m.staleAfter,
+		wake:       make(chan struct{}, 1),
+		quit:       make(chan struct{}),
+		loopDone:   make(chan struct{}),
 	}
 }
 
@@ -145,11 +172,21 @@ func (ft *fetcher) unilateralFetch(msg *imapclient.FetchMessageData) {
 	}
 }
 
+// noteExpunge is the connection's UnilateralDataHandler.Expunge: it only
+// counts (it runs on the client's reader goroutine, and a sequence number
+// cannot be mapped to a UID without a round trip); confirm finds which UID
+// went.
+func (ft *fetcher) noteExpunge() { ft.expunges.Add(1) }
+
+func (ft *fetcher) heard() { ft.lastWord.Store(time.Now().UnixNano()) }
+
 // start starts the loop over the snapshot's messages: message n is
-// uids[n-1], and keyBase is the cache key of a body of the maildrop but for
-// its UID. The fetcher never modifies uids.
-func (ft *fetcher) start(uids []imap.UID, keyBase CacheKey) {
-	ft.uids, ft.keyBase = uids, keyBase
+// uids[n-1], with RFC822.SIZE snapSizes[n-1], and keyBase is the cache key of
+// a body of the maildrop but for its UID. The fetcher never modifies uids or
+// snapSizes.
+func (ft *fetcher) start(uids []imap.UID, snapSizes []int64, keyBase CacheKey) {
+	ft.uids, ft.snapSizes, ft.keyBase = uids, snapSizes, keyBase
+	ft.heard() // the snapshot has just been answered
 	go ft.loop()
 }
 
@@ -160,11 +197,10 @@ func (ft *fetcher) key(uid imap.UID) CacheKey {
 	return k
 }
 
-// stop ends the fetcher: no new flights, queued ones fail with errClosed,
-// the loop finishes the batch it has sent (at most the fetch-ahead budget)
-// or is cut off after closeTimeout, and bodies nobody took are dropped. Call
-// it once, after start.
-func (ft *fetcher) stop() {
+// beginStop ends the fetcher's service: no new flights, and queued ones
+// fail with errClosed. It never blocks on the backend. Call it once, after
+// start; stop then finishes the job.
+func (ft *fetcher) beginStop() {
 	ft.mu.Lock()
 	ft.closing = true
 	ft.aheadNext = 0
@@ -174,9 +210,17 @@ func (ft *fetcher) stop() {
 	for _, f := range queued {
 		ft.complete(f, nil, errClosed)
 	}
+}
 
+// stop ends the loop: it finishes the batch it has sent (at most the
+// fetch-ahead budget) or is cut off after closeTimeout, which leaves the
+// connection broken; bodies nobody took are dropped. Call it once, after
+// beginStop.
+func (ft *fetcher) stop() {
 	close(ft.quit)
-	cut := time.AfterFunc(closeTimeout, ft.conn.kill)
+	cut := time.AfterFunc(closeTimeout, func() {
+		ft.conn.setBroken(fmt.Errorf("%w: fetch cut off at close", ErrUnavailable))
+	})
 	<-ft.loopDone
 	cut.Stop()
 
@@ -242,7 +286,129 @@ func (ft *fetcher) get(ctx context.Context, n int, retr bool) (*body, error) {
 		// demand first, or it would fetch the next ones ahead of it.
 		ft.wakeUp()
 	}
-	return b, err
+	if err != nil {
+		return nil, err
+	}
+	if err := ft.confirm(n, b); err != nil {
+		b.discard()
+		return nil, err
+	}
+	return b, nil
+}
+
+// confirm makes sure message n is still there before its body b is served:
+// see the file's comment. It makes no round trip when no EXPUNGE was seen
+// since the last check, b has the snapshot's size (or was confirmed before)
+// and the backend answered within staleAfter.
+func (ft *fetcher) confirm(n int, b *body) error {
+	uid := ft.uids[n-1]
+	ft.mu.Lock()
+	gone := ft.gone[uid]
+	mismatch := b.size != ft.snapSizes[n-1] && !ft.verified[uid]
+	ft.mu.Unlock()
+	if gone {
+		return fmt.Errorf("%w: UID %d", ErrMessageGone, uid)
+	}
+	stale := time.Since(time.Unix(0, ft.lastWord.Load())) > ft.staleAfter
+	if !mismatch && !stale && ft.expunges.Load() == ft.checked.Load() {
+		return nil
+	}
+	if err := ft.recheck(mismatch || stale, mismatch); err != nil {
+		return err
+	}
+	ft.mu.Lock()
+	gone = ft.gone[uid]
+	if mismatch && !gone {
+		ft.verified[uid] = true
+	}
+	ft.mu.Unlock()
+	if gone {
+		if mismatch {
+			ft.log.Info("body of a message expunged meanwhile not served", zap.Uint32("uid", uint32(uid)),
+				zap.Int64("rfc822_size", ft.snapSizes[n-1]), zap.Int64("body", b.size))
+		}
+		return fmt.Errorf("%w: UID %d", ErrMessageGone, uid)
+	}
+	if mismatch {
+		ft.log.Warn("RFC822.SIZE differs from the body; the message is there, serving the body",
+			zap.Uint32("uid", uint32(uid)), zap.Int64("rfc822_size", ft.snapSizes[n-1]), zap.Int64("body", b.size))
+		// Held back by complete until now.
+		if b.shareable() && ft.cache.fits(b.size) {
+			ft.cache.Add(ft.key(uid), b.data)
+		}
+		ft.sizes.learnSize(n, b.size)
+	}
+	return nil
+}
+
+// recheck asks the backend which of the snapshot's messages it still has
+// (not \Deleted), after a NOOP if noop (to collect the EXPUNGEs the backend
+// has not reported yet), and marks the others gone. Unless force, a NOOP
+// that brings no EXPUNGE (none seen since the last check) is enough. It
+// waits for the fetcher's batch under way, if any.
+func (ft *fetcher) recheck(noop, force bool) error {
+	ft.conn.cmdMu.Lock()
+	defer ft.conn.cmdMu.Unlock()
+	if err := ft.conn.brokenErr(); err != nil {
+		return err
+	}
+	wd := watch(ft.timeout, ft.conn.kill)
+	defer wd.stop()
+	fail := func(op string, err error) error {
+		if wd.stop() {
+			err = fmt.Errorf("%w: %s timed out after %v", ErrUnavailable, op, ft.timeout)
+		} else {
+			err = commandError(op, err)
+		}
+		if ft.conn.c.State() == imap.ConnStateLogout {
+			ft.conn.setBroken(err)
+		}
+		return err
+	}
+	if noop {
+		if err := ft.conn.c.Noop().Wait(); err != nil {
+			return fail("NOOP", err)
+		}
+		wd.reset(ft.timeout)
+	}
+	// Every EXPUNGE counted up to here has been answered for by the NOOP,
+	// and the SEARCH below sees its effect.
+	gen := ft.expunges.Load()
+	if !force && gen == ft.checked.Load() {
+		ft.heard()
+		return nil
+	}
+	var set imap.UIDSet
+	ft.mu.Lock()
+	for _, uid := range ft.uids {
+		if !ft.gone[uid] {
+			set.AddNum(uid)
+		}
+	}
+	ft.mu.Unlock()
+	if len(set) == 0 {
+		ft.checked.Store(gen)
+		return nil
+	}
+	data, err := ft.conn.c.UIDSearch(&imap.SearchCriteria{UID: []imap.UIDSet{set},
+		NotFlag: []imap.Flag{imap.FlagDeleted}}, nil).Wait()
+	if err != nil {
+		return fail("UID SEARCH", err)
+	}
+	ft.heard()
+	have := make(map[imap.UID]bool)
+	for _, uid := range data.AllUIDs() {
+		have[uid] = true
+	}
+	ft.mu.Lock()
+	for _, uid := range ft.uids {
+		if !have[uid] {
+			ft.gone[uid] = true
+		}
+	}
+	ft.mu.Unlock()
+	ft.checked.Store(gen)
+	return nil
 }
 
 // find finds message n's body: fetched ahead by this session, in the shared
@@ -474,7 +640,8 @@ func (ft *fetcher) run(batch []*flight) {
 	}
 	// UID first, so that go-imap routes each answer to its command (it
 	// matches FETCH responses by the UID seen before the literal).
-	opts := &imap.FetchOptions{UID: true, BodySection: []*imap.FetchItemBodySection{{Peek: true}}}
+	// FLAGS: a \Deleted there means the message is leaving (readBody).
+	opts := &imap.FetchOptions{UID: true, Flags: true, BodySection: []*imap.FetchItemBodySection{{Peek: true}}}
 	// Armed before the first write: a backend that does not read can block
 	// a write as surely as one that does not answer. Each answer then gets
 	// the full command timeout from the moment the previous one is
@@ -500,6 +667,7 @@ func (ft *fetcher) run(batch []*flight) {
 	for outstanding := len(batch); outstanding > 0; outstanding-- {
 		a := <-answers
 		wd.reset(ft.timeout)
+		ft.heard()
 		err := a.err
 		if err != nil && !errors.Is(err, ErrMessageGone) {
 			op := fmt.Sprintf("UID FETCH %d", a.f.uid)
@@ -539,6 +707,7 @@ func (ft *fetcher) readBody(fc *imapclient.FetchCommand, f *flight) (*body, erro
 	var (
 		b        *body
 		spoolErr error
+		deleted  bool
 	)
 	for msg := fc.Next(); msg != nil; msg = fc.Next() {
 		var uid imap.UID
@@ -546,6 +715,10 @@ func (ft *fetcher) readBody(fc *imapclient.FetchCommand, f *flight) (*body, erro
 			switch it := item.(type) {
 			case imapclient.FetchItemDataUID:
 				uid = it.UID
+			case imapclient.FetchItemDataFlags:
+				if uid == f.uid && slices.Contains(it.Flags, imap.FlagDeleted) {
+					deleted = true
+				}
 			case imapclient.FetchItemDataBodySection:
 				// Never trust routing alone: it must be the UID we asked for.
 				if it.Literal == nil || uid != f.uid || b != nil || spoolErr != nil {
@@ -573,6 +746,11 @@ func (ft *fetcher) readBody(fc *imapclient.FetchCommand, f *flight) (*body, erro
 			err = fmt.Errorf("%w: %w", ErrUnavailable, spoolErr)
 		}
 		return nil, err
+	case b != nil && deleted:
+		// Cyrus answers the UID FETCH of a message another session
+		// expunged with its body and \Deleted: it is gone.
+		b.discard()
+		return nil, fmt.Errorf("%w: UID %d: flagged \\Deleted", ErrMessageGone, f.uid)
 	case b != nil:
 		if err != nil && !isStatus(err) {
 			// The body is complete, the connection is not: deliver it and
@@ -609,7 +787,10 @@ func (ft *fetcher) readBody(fc *imapclient.FetchCommand, f *flight) (*body, erro
 // to spool_memory, else in a file.
 func (ft *fetcher) complete(f *flight, b *body, err error) {
 	keep := b
-	if b != nil {
+	// A body of another length than the snapshot announced is neither
+	// cached nor taken for the size until confirm has checked that the
+	// message is there (it may be a placeholder for an expunged one).
+	if b != nil && b.size == ft.snapSizes[f.n-1] {
 		if b.shareable() && ft.cache.fits(b.size) {
 			ft.cache.Add(ft.key(f.uid), b.data)
 			if f.ahead {

@@ -49,10 +49,17 @@ type Maildrops struct {
 	cache    *Cache
 	locks    lockTable
 	group    singleflight.Group
-	spoolDir string // "" = os.TempDir
+	cleanups sync.WaitGroup // Close's background clean-ups under way
+	spoolDir string         // "" = os.TempDir
 	markSeen bool
 	ahead    int64 // fetch-ahead byte budget per session; 0 = off
+	// staleAfter: a body served more than this after the backend's last
+	// answer is confirmed with a NOOP first (fetcher.confirm).
+	staleAfter time.Duration
 }
+
+// defaultStaleAfter is Maildrops.staleAfter: "a few seconds".
+const defaultStaleAfter = 2 * time.Second
 
 // NewMaildrops makes the maildrop opener. Zero fields of cfg get their
 // defaults (MaildropConfig.ApplyDefaults), and a nil log logs nothing.
@@ -67,8 +74,14 @@ func NewMaildrops(cfg MaildropConfig, log *zap.Logger) *Maildrops {
 		cache:    NewCache(int64(*cfg.Cache.MaxBytes), int64(cfg.Cache.MaxMessageBytes)),
 		markSeen: *cfg.MarkSeen,
 		ahead:    int64(*cfg.FetchAhead),
+
+		staleAfter: defaultStaleAfter,
 	}
 }
+
+// Wait waits for the background clean-ups of closed maildrops (\Seen flush,
+// LOGOUT: see Maildrop.Close). Each is bounded by a few closeTimeouts.
+func (m *Maildrops) Wait() { m.cleanups.Wait() }
 
 // Cache returns the shared body cache (for its Stats).
 func (m *Maildrops) Cache() *Cache { return m.cache }
@@ -91,29 +104,30 @@ func (m *Maildrops) Open(ctx context.Context, t Target, to Timeouts, user, passw
 		user:    user,
 		mailbox: m.cfg.Mailbox,
 		to:      to.withDefaults(),
-		lock:    lockKey{backend: t.Name, user: user},
+		lock:    newLockKey(t.Name, user),
+		hold:    newHolder(),
 	}
 	d.fetch = newFetcher(m, d, &d.imapConn, d.to, log)
 	c, raw, err := openClient(ctx, t, to, user, password, &imapclient.UnilateralDataHandler{
 		// Only record: the handler runs on the client's reader goroutine,
 		// and numbers never shift because everything is by UID.
-		Expunge: func(uint32) { d.expungedElsewhere.Add(1) },
+		Expunge: func(uint32) { d.expungedElsewhere.Add(1); d.fetch.noteExpunge() },
 		Fetch:   d.fetch.unilateralFetch,
 	})
 	if err != nil {
 		return nil, err
 	}
 	d.c, d.raw = c, raw
-	if !m.locks.acquire(d.lock) {
+	if !m.locks.acquire(d.lock, d.hold, m.cfg.Lock, m.cfg.TakeoverAfter) {
 		d.goodbye()
 		return nil, fmt.Errorf("%w: %s on %s", ErrInUse, user, t.Name)
 	}
 	if err := d.snapshot(ctx); err != nil {
 		c.Close()
-		m.locks.release(d.lock)
+		m.locks.release(d.lock, d.hold)
 		return nil, err
 	}
-	d.fetch.start(d.uids, d.key(0))
+	d.fetch.start(d.uids, d.snapSizes, d.key(0))
 	log.Info("maildrop opened", zap.String("mailbox", d.mailbox), zap.Int("messages", len(d.uids)),
 		zap.Uint32("uidvalidity", d.uidValidity), zap.Duration("elapsed", time.Since(start)))
 	return d, nil
@@ -142,7 +156,8 @@ type Maildrop struct {
 	mailbox  string
 	to       Timeouts // of the configuration current at Open
 	lock     lockKey
-	imapConn // the backend connection, shared with fetch
+	hold     *holder // this session's side of the lock
+	imapConn         // the backend connection, shared with fetch
 	caps     imap.CapSet
 	fetch    *fetcher // every body comes from it
 
@@ -153,12 +168,14 @@ type Maildrop struct {
 	// sizes[n-1] is message n's size (see Size). Atomic, not under mu: the
 	// fetcher reads them for its budget while holding its own lock.
 	sizes []atomic.Int64
+	// snapSizes[n-1] is message n's RFC822.SIZE in the snapshot, kept apart
+	// from sizes: a body of another length is checked (fetcher.confirm).
+	snapSizes []int64
 
 	mu   sync.Mutex
 	seen imap.UIDSet // RETRed, \Seen not yet sent
 
 	closeOnce         sync.Once
-	closeErr          error
 	expungedElsewhere atomic.Int64
 }
 
@@ -223,6 +240,7 @@ func (d *Maildrop) snapshot(ctx context.Context) error {
 	d.uids = make([]imap.UID, len(list))
 	d.uidls = make([]string, len(list))
 	d.sizes = make([]atomic.Int64, len(list))
+	d.snapSizes = make([]int64, len(list))
 	for i, e := range list {
 		uidl, err := FormatUIDL(d.m.cfg.UIDLFormat, uint32(e.uid), d.uidValidity)
 		if err != nil {
@@ -230,6 +248,7 @@ func (d *Maildrop) snapshot(ctx context.Context) error {
 		}
 		d.uids[i], d.uidls[i] = e.uid, uidl
 		d.sizes[i].Store(e.size)
+		d.snapSizes[i] = e.size
 		// A cached body is the exact size; the backend's RFC822.SIZE may
 		// not be: a POP3 size counts the CRLF form without dot-stuffing
 		// (RFC 1939 §11), and although RFC 3501 §2.3.4 defines RFC822.SIZE
@@ -320,6 +339,22 @@ func (d *Maildrop) read(ctx context.Context, n int, retr bool) (io.ReadCloser, e
 	}
 	return b.open(), nil
 }
+
+// Waiting tells the lock whether the session is waiting for the client's
+// next command (pop3.lock: takeover ends only such a session). The POP3
+// session calls it around each command read.
+func (d *Maildrop) Waiting(waiting bool) {
+	if waiting {
+		d.hold.idleSince.Store(time.Now().UnixNano())
+	} else {
+		d.hold.idleSince.Store(0)
+	}
+}
+
+// TakenOver is closed when a newer session of the user took the lock
+// (pop3.lock: takeover): the session must end, without UPDATE (RFC 1939 §6);
+// Commit refuses from then on.
+func (d *Maildrop) TakenOver() <-chan struct{} { return d.hold.taken }
 
 // key is the cache and singleflight key of a message of this maildrop.
 func (d *Maildrop) key(uid imap.UID) CacheKey {

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // Deletion policies for POP3 QUIT (`pop3.delete`).
@@ -34,6 +35,14 @@ type MaildropConfig struct {
 	// SpoolMemory is how much of one body a session keeps in memory before it
 	// spools the rest to a temporary file. Default 1MiB.
 	SpoolMemory Size `yaml:"spool_memory"`
+	// Lock is the maildrop lock policy: exclusive (default; RFC 1939 §4, a
+	// second session gets -ERR [IN-USE]), takeover (a new session ends an
+	// older one that has waited for a command for TakeoverAfter, never one
+	// inside UPDATE) or none (no lock, as Dovecot).
+	Lock string `yaml:"lock"`
+	// TakeoverAfter: with lock: takeover, how long an older session must
+	// have waited for a command before a new one may end it. Default 10s.
+	TakeoverAfter time.Duration `yaml:"takeover_after"`
 }
 
 // CacheConfig is `pop3.cache`.
@@ -71,6 +80,12 @@ func (c *MaildropConfig) ApplyDefaults() {
 	if c.SpoolMemory == 0 {
 		c.SpoolMemory = 1 << 20
 	}
+	if c.Lock == "" {
+		c.Lock = DefaultLock
+	}
+	if c.TakeoverAfter == 0 {
+		c.TakeoverAfter = DefaultTakeoverAfter
+	}
 }
 
 // Validate checks the section; each message starts with its key.
@@ -84,6 +99,14 @@ func (c *MaildropConfig) Validate() []error {
 	case strings.HasPrefix(c.Delete, DeleteMovePfx) && len(c.Delete) > len(DeleteMovePfx):
 	default:
 		errs = append(errs, fmt.Errorf("delete: %q is not one of expunge, flag, move:MAILBOX", c.Delete))
+	}
+	switch c.Lock {
+	case LockExclusive, LockTakeover, LockNone:
+	default:
+		errs = append(errs, fmt.Errorf("lock: %q is not one of exclusive, takeover, none", c.Lock))
+	}
+	if c.TakeoverAfter < 0 {
+		errs = append(errs, fmt.Errorf("takeover_after: %v must not be negative", c.TakeoverAfter))
 	}
 	if (c.Cache.MaxBytes != nil && *c.Cache.MaxBytes < 0) || c.Cache.MaxMessageBytes < 0 {
 		errs = append(errs, fmt.Errorf("cache: sizes must not be negative"))

@@ -96,6 +96,7 @@ func TestSnapshotNumbersByUIDAndSkipsDeleted(t *testing.T) {
 	b.addUser("alice", "pw", msgs(5, 200)...)
 	setFlag(t, b, "alice", "pw", 2, imap.FlagDeleted) // another client's pending deletion
 	mds := NewMaildrops(testConfig(nil), testLogger(t))
+	t.Cleanup(mds.Wait)
 	md := openMaildrop(t, mds, b, "alice", "pw")
 	if md.Len() != 4 {
 		t.Fatalf("Len = %d, want 4 (UID 2 is \\Deleted)", md.Len())
@@ -122,6 +123,7 @@ func TestEmptyMailbox(t *testing.T) {
 	b := newBackend(t, nil)
 	b.addUser("alice", "pw")
 	mds := NewMaildrops(testConfig(nil), testLogger(t))
+	t.Cleanup(mds.Wait)
 	md := openMaildrop(t, mds, b, "alice", "pw")
 	if md.Len() != 0 {
 		t.Fatalf("Len = %d", md.Len())
@@ -136,6 +138,7 @@ func TestUIDL(t *testing.T) {
 	b.addUser("alice", "pw", msgs(3, 100)...)
 	for _, format := range []string{"%08Xu%08Xv", "%u.%v", "x%xu"} {
 		mds := NewMaildrops(testConfig(func(c *MaildropConfig) { c.UIDLFormat = format }), testLogger(t))
+		t.Cleanup(mds.Wait)
 		md := openMaildrop(t, mds, b, "alice", "pw")
 		seen := map[string]bool{}
 		for n := 1; n <= md.Len(); n++ {
@@ -169,6 +172,7 @@ func TestRetrExactBytes(t *testing.T) {
 	b.addUser("alice", "pw", odd...)
 	cfg := testConfig(func(c *MaildropConfig) { c.SpoolMemory = 64 << 10; c.Cache.MaxMessageBytes = 32 << 10 })
 	mds := NewMaildrops(cfg, testLogger(t))
+	t.Cleanup(mds.Wait)
 	mds.spoolDir = t.TempDir()
 	md := openMaildrop(t, mds, b, "alice", "pw")
 	for n := 1; n <= md.Len(); n++ {
@@ -198,6 +202,7 @@ func TestSizeFollowsTheBody(t *testing.T) {
 	b := newBackend(t, &backendOptions{sizeLie: 7})
 	b.addUser("alice", "pw", msg(1, 500), msg(2, 500))
 	mds := NewMaildrops(testConfig(nil), testLogger(t))
+	t.Cleanup(mds.Wait)
 	md := openMaildrop(t, mds, b, "alice", "pw")
 	want := int64(len(msg(1, 500)))
 	if md.Size(1) != want+7 {
@@ -222,6 +227,7 @@ func TestSeenOnRetrNotTop(t *testing.T) {
 			b.addUser("alice", "pw", msgs(3, 200)...)
 			cfg := testConfig(func(c *MaildropConfig) { c.FetchAhead = size(0) })
 			mds := NewMaildrops(cfg, testLogger(t))
+			t.Cleanup(mds.Wait)
 			md := openMaildrop(t, mds, b, "alice", "pw")
 			readAll(t)(md.Top(context.Background(), 1))
 			readAll(t)(md.Retr(context.Background(), 2))
@@ -237,6 +243,7 @@ func TestSeenOnRetrNotTop(t *testing.T) {
 			if err := md.Close(); err != nil {
 				t.Fatal(err)
 			}
+			mds.Wait() // the \Seen batch is sent in Close's background clean-up
 			if slices.Contains(flagsOf(t, b, "alice", "pw", 1), imap.FlagSeen) {
 				t.Error("TOP set \\Seen")
 			}
@@ -255,9 +262,11 @@ func TestMarkSeenOff(t *testing.T) {
 	b.addUser("alice", "pw", msgs(2, 200)...)
 	off := false
 	mds := NewMaildrops(testConfig(func(c *MaildropConfig) { c.MarkSeen = &off }), testLogger(t))
+	t.Cleanup(mds.Wait)
 	md := openMaildrop(t, mds, b, "alice", "pw")
 	readAll(t)(md.Retr(context.Background(), 1))
 	md.Close()
+	mds.Wait()
 	if slices.Contains(flagsOf(t, b, "alice", "pw", 1), imap.FlagSeen) {
 		t.Error("mark_seen: false, yet RETR set \\Seen")
 	}
@@ -269,6 +278,7 @@ func TestExpungedElsewhere(t *testing.T) {
 	b := newBackend(t, nil)
 	b.addUser("alice", "pw", msgs(4, 200)...)
 	mds := NewMaildrops(testConfig(nil), testLogger(t))
+	t.Cleanup(mds.Wait)
 	md := openMaildrop(t, mds, b, "alice", "pw")
 
 	other := b.client("alice", "pw")
@@ -304,6 +314,7 @@ func TestLockInUse(t *testing.T) {
 	b.addUser("alice", "pw", msgs(2, 100)...)
 	b.addUser("bob", "pw", msgs(2, 100)...)
 	mds := NewMaildrops(testConfig(nil), testLogger(t))
+	t.Cleanup(mds.Wait)
 	md, err := mds.Open(context.Background(), b.target(), fastTimeouts, "alice", "pw")
 	if err != nil {
 		t.Fatal(err)
@@ -332,6 +343,7 @@ func TestCommitExpungeOnlyOurs(t *testing.T) {
 	b := newBackend(t, nil)
 	b.addUser("alice", "pw", msgs(5, 100)...)
 	mds := NewMaildrops(testConfig(nil), testLogger(t))
+	t.Cleanup(mds.Wait)
 	md := openMaildrop(t, mds, b, "alice", "pw")
 	// Another client marks UID 5 \Deleted after our snapshot: not ours.
 	setFlag(t, b, "alice", "pw", 5, imap.FlagDeleted)
@@ -350,14 +362,20 @@ func TestCommitExpungeOnlyOurs(t *testing.T) {
 	}
 }
 
-// Without UIDPLUS, nothing is expunged: the messages stay \Deleted.
+// Without UIDPLUS, nothing is expunged: the messages stay \Deleted, and
+// Commit says so (*NotExpungedError), so QUIT can tell the client.
 func TestCommitExpungeWithoutUIDPlus(t *testing.T) {
 	b := newBackend(t, &backendOptions{rev1Only: true})
 	b.addUser("alice", "pw", msgs(3, 100)...)
 	mds := NewMaildrops(testConfig(nil), testLogger(t))
+	t.Cleanup(mds.Wait)
 	md := openMaildrop(t, mds, b, "alice", "pw")
-	if err := md.Commit(context.Background(), []int{2}); err != nil {
-		t.Fatal(err)
+	var ne *NotExpungedError
+	if err := md.Commit(context.Background(), []int{2}); !errors.As(err, &ne) || errors.Is(err, ErrPartialCommit) {
+		t.Fatalf("Commit without UIDPLUS: err = %v, want a *NotExpungedError", err)
+	}
+	if ne.UIDs != "2" {
+		t.Errorf("NotExpungedError.UIDs = %q, want 2", ne.UIDs)
 	}
 	md.Close()
 	if got := uidsIn(t, b, "alice", "pw", "INBOX"); !slices.Equal(got, []imap.UID{1, 2, 3}) {
@@ -375,6 +393,7 @@ func TestCommitFlag(t *testing.T) {
 	b := newBackend(t, nil)
 	b.addUser("alice", "pw", msgs(3, 100)...)
 	mds := NewMaildrops(testConfig(func(c *MaildropConfig) { c.Delete = DeleteFlag }), testLogger(t))
+	t.Cleanup(mds.Wait)
 	md := openMaildrop(t, mds, b, "alice", "pw")
 	if err := md.Commit(context.Background(), []int{1}); err != nil {
 		t.Fatal(err)
@@ -410,9 +429,14 @@ func TestCommitMove(t *testing.T) {
 				}
 			}
 			mds := NewMaildrops(testConfig(func(c *MaildropConfig) { c.Delete = "move:Trash" }), testLogger(t))
+			t.Cleanup(mds.Wait)
 			md := openMaildrop(t, mds, b, "alice", "pw")
 			readAll(t)(md.Retr(context.Background(), 2))
-			if err := md.Commit(context.Background(), []int{2}); err != nil {
+			err := md.Commit(context.Background(), []int{2})
+			var ne *NotExpungedError
+			if tc.rev1 && !errors.As(err, &ne) {
+				t.Fatalf("Commit by COPY without UIDPLUS: err = %v, want a *NotExpungedError", err)
+			} else if !tc.rev1 && err != nil {
 				t.Fatal(err)
 			}
 			md.Close()
@@ -445,6 +469,7 @@ func TestCommitBadNumber(t *testing.T) {
 	b := newBackend(t, nil)
 	b.addUser("alice", "pw", msgs(2, 100)...)
 	mds := NewMaildrops(testConfig(nil), testLogger(t))
+	t.Cleanup(mds.Wait)
 	md := openMaildrop(t, mds, b, "alice", "pw")
 	if err := md.Commit(context.Background(), []int{1, 3}); !errors.Is(err, ErrPartialCommit) {
 		t.Fatalf("err = %v, want ErrPartialCommit", err)
@@ -460,11 +485,13 @@ func TestCloseDeletesNothing(t *testing.T) {
 	b := newBackend(t, nil)
 	b.addUser("alice", "pw", msgs(3, 100)...)
 	mds := NewMaildrops(testConfig(nil), testLogger(t))
+	t.Cleanup(mds.Wait)
 	md := openMaildrop(t, mds, b, "alice", "pw")
 	for n := 1; n <= 3; n++ {
 		readAll(t)(md.Retr(context.Background(), n))
 	}
 	md.Close()
+	mds.Wait()
 	if got := uidsIn(t, b, "alice", "pw", "INBOX"); len(got) != 3 {
 		t.Errorf("left %v, want all three", got)
 	}
@@ -480,6 +507,7 @@ func TestCacheTopThenRetrOneFetch(t *testing.T) {
 	b.addUser("alice", "pw", msgs(3, 1000)...)
 	cfg := testConfig(func(c *MaildropConfig) { c.FetchAhead = size(0) })
 	mds := NewMaildrops(cfg, testLogger(t))
+	t.Cleanup(mds.Wait)
 	md := openMaildrop(t, mds, b, "alice", "pw")
 	top := readAll(t)(md.Top(context.Background(), 2))
 	retr := readAll(t)(md.Retr(context.Background(), 2))
@@ -511,6 +539,7 @@ func TestCacheNeverCrossesUsers(t *testing.T) {
 	b.addUser("alice", "pw", "Subject: for alice\r\n\r\nalice's secret\r\n")
 	b.addUser("bob", "pw", "Subject: for bob\r\n\r\nbob's mail\r\n")
 	mds := NewMaildrops(testConfig(nil), testLogger(t))
+	t.Cleanup(mds.Wait)
 	a := openMaildrop(t, mds, b, "alice", "pw")
 	readAll(t)(a.Retr(context.Background(), 1))
 	a.Close()
@@ -533,6 +562,7 @@ func TestConcurrentReadersOneFetch(t *testing.T) {
 	b.addUser("alice", "pw", msgs(2, 2000)...)
 	cfg := testConfig(func(c *MaildropConfig) { c.FetchAhead = size(0) })
 	mds := NewMaildrops(cfg, testLogger(t))
+	t.Cleanup(mds.Wait)
 	md := openMaildrop(t, mds, b, "alice", "pw")
 	var wg sync.WaitGroup
 	errs := make(chan error, 8)
@@ -576,6 +606,7 @@ func TestFetchAhead(t *testing.T) {
 	b := newBackend(t, &backendOptions{latency: 20 * time.Millisecond})
 	b.addUser("alice", "pw", msgs(n, 3000)...)
 	mds := NewMaildrops(testConfig(nil), testLogger(t))
+	t.Cleanup(mds.Wait)
 	md := openMaildrop(t, mds, b, "alice", "pw")
 	start := time.Now()
 	for i := 1; i <= n; i++ {
@@ -614,6 +645,7 @@ func TestFetchAheadBudget(t *testing.T) {
 	budget := int64(len(msg(2, 3000)))*3 + 100 // three messages, not four
 	cfg := testConfig(func(c *MaildropConfig) { c.FetchAhead = size(Size(budget)) })
 	mds := NewMaildrops(cfg, testLogger(t))
+	t.Cleanup(mds.Wait)
 	md := openMaildrop(t, mds, b, "alice", "pw")
 	readAll(t)(md.Retr(context.Background(), 1))
 	deadline := time.Now().Add(2 * time.Second)
@@ -657,6 +689,7 @@ func TestFetchAheadJumpAndClose(t *testing.T) {
 		c.Cache.MaxMessageBytes = 16 << 10 // nothing cached: every body spooled to a file
 	})
 	mds := NewMaildrops(cfg, testLogger(t))
+	t.Cleanup(mds.Wait)
 	mds.spoolDir = t.TempDir()
 	md := openMaildrop(t, mds, b, "alice", "pw")
 	readAll(t)(md.Retr(context.Background(), 1))
@@ -675,6 +708,7 @@ func TestFetchAheadJumpAndClose(t *testing.T) {
 	if err := md.Close(); err != nil {
 		t.Fatal(err)
 	}
+	mds.Wait()
 	if ents, _ := os.ReadDir(mds.spoolDir); len(ents) != 0 {
 		t.Errorf("spool files left behind: %v", ents)
 	}
@@ -684,6 +718,7 @@ func TestRetrContextCancelled(t *testing.T) {
 	b := newBackend(t, &backendOptions{latency: 60 * time.Millisecond})
 	b.addUser("alice", "pw", msgs(2, 100)...)
 	mds := NewMaildrops(testConfig(nil), testLogger(t))
+	t.Cleanup(mds.Wait)
 	md := openMaildrop(t, mds, b, "alice", "pw")
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
 	defer cancel()
@@ -707,6 +742,7 @@ func TestBodyBeforeUIDIsNotGone(t *testing.T) {
 	b := newBackend(t, &backendOptions{bodyFirst: true})
 	b.addUser("alice", "pw", msgs(2, 200)...)
 	mds := NewMaildrops(testConfig(nil), testLogger(t))
+	t.Cleanup(mds.Wait)
 	md := openMaildrop(t, mds, b, "alice", "pw")
 	_, err := md.Retr(context.Background(), 1)
 	if errors.Is(err, ErrMessageGone) || !errors.Is(err, ErrUnavailable) {
@@ -722,8 +758,9 @@ func TestSingleflightAcrossSessions(t *testing.T) {
 	b.addUser("alice", "pw", msgs(2, 5000)...)
 	cfg := testConfig(func(c *MaildropConfig) { c.FetchAhead = size(0) })
 	mds := NewMaildrops(cfg, testLogger(t))
+	t.Cleanup(mds.Wait)
 	md1 := openMaildrop(t, mds, b, "alice", "pw")
-	mds.locks.release(md1.lock)
+	mds.locks.release(md1.lock, md1.hold)
 	md2 := openMaildrop(t, mds, b, "alice", "pw")
 	var wg sync.WaitGroup
 	for _, md := range []*Maildrop{md1, md2} {
@@ -784,5 +821,86 @@ func TestFetchAheadWindowIsTheBudget(t *testing.T) {
 	}
 	if err := <-done; !errors.Is(err, ErrUnavailable) {
 		t.Fatalf("RETR on a silent backend: %v, want ErrUnavailable", err)
+	}
+}
+
+// A session that ends without QUIT releases its lock
+// within a second, even while a body FETCH is stuck on a silent backend:
+// the clean-up (the fetch, \Seen, LOGOUT) runs after the release, in the
+// background, and Maildrops.Wait sees it end within its bounds.
+func TestCloseReleasesTheLockAtOnce(t *testing.T) {
+	b := newBackend(t, nil)
+	b.addUser("alice", "pw", msgs(2, 100)...)
+	mds := NewMaildrops(testConfig(nil), testLogger(t))
+	t.Cleanup(mds.Wait)
+	md := openMaildrop(t, mds, b, "alice", "pw")
+	readAll(t)(md.Retr(context.Background(), 2)) // a \Seen to flush
+	b.opts.stallBody.Store(true)
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if _, err := md.Retr(ctx, 1); err == nil {
+		t.Fatal("RETR from a silent backend succeeded")
+	}
+	// The fetch of message 1 is still under way, for up to the command
+	// timeout.
+	start := time.Now()
+	if err := md.Close(); err != nil {
+		t.Fatal(err)
+	}
+	b.opts.stallBody.Store(false)
+	md2, err := mds.Open(context.Background(), b.target(), fastTimeouts, "alice", "pw")
+	if err != nil {
+		t.Fatalf("Open right after Close: %v", err)
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Errorf("the lock was free %v after Close, want < 1s", d)
+	}
+	md2.Close()
+	waited := time.Now()
+	mds.Wait()
+	if d := time.Since(waited); d > fastTimeouts.Command+closeTimeout+time.Second {
+		t.Errorf("the background clean-up took %v", d)
+	}
+}
+
+// The lock key is the backend identity, case-folded as
+// the backend folds the login name: bob, BOB and Bob share one lock (the
+// test backend keeps them as three users, as if it folded them to one
+// mailbox), other users and other backends do not.
+func TestLockKeyFoldsCase(t *testing.T) {
+	b := newBackend(t, nil)
+	for _, u := range []string{"bob", "BOB", "Bob", "alice"} {
+		b.addUser(u, "pw", msgs(1, 100)...)
+	}
+	mds := NewMaildrops(testConfig(nil), testLogger(t))
+	t.Cleanup(mds.Wait)
+	md := openMaildrop(t, mds, b, "bob", "pw")
+	for _, u := range []string{"BOB", "Bob"} {
+		if _, err := mds.Open(context.Background(), b.target(), fastTimeouts, u, "pw"); !errors.Is(err, ErrInUse) {
+			t.Errorf("Open as %s while bob is open: err = %v, want ErrInUse", u, err)
+		}
+	}
+	openMaildrop(t, mds, b, "alice", "pw").Close()
+	other := b.target()
+	other.Name = "other"
+	md2, err := mds.Open(context.Background(), other, fastTimeouts, "BOB", "pw")
+	if err != nil {
+		t.Fatalf("BOB on another backend: %v", err)
+	}
+	md2.Close()
+	md.Close()
+	md3, err := mds.Open(context.Background(), b.target(), fastTimeouts, "BOB", "pw")
+	if err != nil {
+		t.Fatalf("BOB after bob closed: %v", err)
+	}
+	md3.Close()
+}
+
+func TestLockKey(t *testing.T) {
+	if newLockKey("store", "Bob@Example.ORG") != newLockKey("store", "bob@example.org") {
+		t.Error("the lock key does not fold case")
+	}
+	if newLockKey("store", "bob") == newLockKey("legacy", "bob") {
+		t.Error("one lock key for two backends")
 	}
 }

@@ -75,6 +75,10 @@ type Timeouts struct {
 	BackendDial    time.Duration `yaml:"backend_dial"`    // default 10s: connect, TLS, greeting, login
 	BackendCommand time.Duration `yaml:"backend_command"` // default 60s per backend command
 	Shutdown       time.Duration `yaml:"shutdown"`        // default 30s grace for sessions on SIGTERM
+	// TCPKeepalive is the idle time before TCP keepalive probes on client
+	// connections, so that a half-open connection (a phone that lost its
+	// network) ends its session and frees its maildrop lock. Default 60s.
+	TCPKeepalive time.Duration `yaml:"tcp_keepalive"`
 }
 
 // Limits is the `limits:` section. Limits are per mailgate instance.

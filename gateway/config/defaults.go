@@ -23,6 +23,7 @@ const (
 	DefaultBackendDial    = upstream.DefaultDialTimeout
 	DefaultBackendCommand = upstream.DefaultCommandTimeout
 	DefaultShutdown       = 30 * time.Second
+	DefaultTCPKeepalive   = 60 * time.Second
 
 	DefaultConnections       = 10000
 	DefaultPerIP             = 50
@@ -77,6 +78,7 @@ func (c *Config) ApplyDefaults() {
 	setDuration(&t.BackendDial, DefaultBackendDial)
 	setDuration(&t.BackendCommand, DefaultBackendCommand)
 	setDuration(&t.Shutdown, DefaultShutdown)
+	setDuration(&t.TCPKeepalive, DefaultTCPKeepalive)
 
 	l := &c.Limits
 	setInt(&l.Connections, DefaultConnections)

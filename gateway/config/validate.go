@@ -238,6 +238,7 @@ func (c *Config) validateTimeouts(v *validator) {
 		{"pop3_idle", t.POP3Idle}, {"pop3_preauth", t.POP3Preauth}, {"imap_preauth", t.IMAPPreauth}, {"imap_idle", t.IMAPIdle},
 		{"tls_handshake", t.TLSHandshake}, {"backend_dial", t.BackendDial},
 		{"backend_command", t.BackendCommand}, {"shutdown", t.Shutdown},
+		{"tcp_keepalive", t.TCPKeepalive},
 	} {
 		if d.val < 0 {
 			v.bad("timeouts."+d.key, "%v: must be positive", d.val)

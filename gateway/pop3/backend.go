@@ -30,6 +30,19 @@ type Login struct {
 // the session's logs.
 type namedMaildrop interface{ Backend() string }
 
+// lockHolder is implemented by maildrops whose lock a newer session may take
+// over (pop3.lock: takeover): the session reports when it waits for a
+// command, and ends when TakenOver is closed.
+type lockHolder interface {
+	Waiting(waiting bool)
+	TakenOver() <-chan struct{}
+}
+
+// notExpunged is implemented by Commit's error when the deleted messages were
+// only flagged \Deleted on the backend, not removed (no UIDPLUS): QUIT
+// answers +OK, saying so.
+type notExpunged interface{ NotExpunged() bool }
+
 // publicText is implemented by errors whose text was written for the
 // client, such as an external authentication service's refusal.
 type publicText interface{ PublicText() string }

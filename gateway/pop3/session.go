@@ -22,6 +22,7 @@ import (
 	"io"
 	"net"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -118,6 +119,9 @@ type session struct {
 	md      Maildrop
 	deleted []bool // index: message number
 
+	takenOver atomic.Bool   // a newer session took the maildrop lock
+	stopWatch chan struct{} // closed at the end: stops watchTakeover
+
 	commands    int
 	badCommands int
 	result      connlog.Result // how the session ended, for the "session end" log line
@@ -156,7 +160,9 @@ func (s *session) run() {
 	// no secret and is not advertised as an APOP timestamp).
 	s.w.writeOK("mailgate ready " + s.banner)
 	for {
+		s.waiting(true)
 		cmd, err := s.w.readCommand()
+		s.waiting(false)
 		if err != nil {
 			var se syntaxError
 			switch {
@@ -187,9 +193,41 @@ func (s *session) run() {
 	}
 }
 
+// waiting tells the maildrop's lock whether the session waits for a command.
+func (s *session) waiting(w bool) {
+	if lh, ok := s.md.(lockHolder); ok {
+		lh.Waiting(w)
+	}
+}
+
+// watchTakeover ends the session, without UPDATE (RFC 1939 §6) and without
+// another word, when a newer session of the user takes the maildrop lock
+// over (pop3.lock: takeover). That happens only while the session waits for
+// a command, so the interrupted read is where it ends.
+func (s *session) watchTakeover() {
+	lh, ok := s.md.(lockHolder)
+	if !ok {
+		return
+	}
+	taken := lh.TakenOver()
+	s.stopWatch = make(chan struct{})
+	stop := s.stopWatch
+	go func() {
+		select {
+		case <-taken:
+			s.takenOver.Store(true)
+			s.w.interrupt()
+		case <-stop:
+		}
+	}()
+}
+
 // readFailed ends the session after a failed read.
 func (s *session) readFailed(err error) {
 	switch {
+	case s.takenOver.Load():
+		s.result = connlog.TakenOver
+		s.log.Info("maildrop taken over by a newer session of the user")
 	case errors.Is(err, errShutdown):
 		s.result = connlog.Shutdown
 		s.w.out.timeout = shutdownWriteTimeout
@@ -268,6 +306,7 @@ func (s *session) dispatch(cmd command) (done bool) {
 	case toTransaction:
 		s.state = stateTransaction
 		s.w.readBy = time.Time{} // logged in: only the autologout timer from now on
+		s.watchTakeover()
 		return false
 	case toUpdate:
 		s.state = stateUpdate
@@ -302,12 +341,27 @@ func (s *session) update() {
 	// Release the maildrop (and its lock) before answering, so a client
 	// that reconnects right after +OK is not told [IN-USE].
 	s.closeMaildrop()
-	if err != nil {
+	var ne notExpunged
+	switch {
+	case errors.As(err, &ne) && ne.NotExpunged():
+		// Honest, and +OK: the messages are flagged \Deleted, so no later
+		// POP3 session lists them again, which is all a POP3 client can
+		// observe of a deletion; but the server still holds them (the
+		// backend cannot expunge exactly these without UIDPLUS, RFC 4315,
+		// and a plain EXPUNGE would remove other clients' \Deleted
+		// messages). An -ERR would make clients report a failure, or
+		// retry deletions that did take effect for POP3.
+		s.log.Warn("messages flagged \\Deleted, not removed: the backend cannot expunge them alone",
+			zap.Int("deleted", len(del)), zap.Error(err))
+		s.w.writeOK("mailgate signing off (" + strconv.Itoa(len(del)) +
+			" messages marked deleted; the server keeps them flagged \\Deleted until it expunges them)")
+		s.result = connlog.Quit
+	case err != nil:
 		// RFC 1939 §6: "-ERR some deleted messages not removed".
 		s.log.Warn("commit failed", zap.Int("deleted", len(del)), zap.Error(err))
 		s.w.writeErr(CodeSysTemp, textPartialCommit)
 		s.result = connlog.CommitFailed
-	} else {
+	default:
 		s.w.writeOK("mailgate signing off (" + strconv.Itoa(len(del)) + " messages deleted)")
 		s.result = connlog.Quit
 		if len(del) > 0 {
@@ -330,6 +384,9 @@ func (s *session) closeMaildrop() {
 
 // end releases the maildrop and writes the session's log line.
 func (s *session) end() {
+	if s.stopWatch != nil {
+		close(s.stopWatch)
+	}
 	s.closeMaildrop()
 	if s.result == "" {
 		s.result = connlog.Error

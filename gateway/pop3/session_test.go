@@ -331,6 +331,30 @@ func TestCommitFailure(t *testing.T) {
 	}
 }
 
+// notExpungedErr is what upstream's Commit returns without UIDPLUS.
+type notExpungedErr struct{}
+
+func (notExpungedErr) Error() string     { return "flagged \\Deleted, not expunged" }
+func (notExpungedErr) NotExpunged() bool { return true }
+
+// Without UIDPLUS the deleted messages stay flagged \Deleted on the server:
+// QUIT answers +OK (no POP3 session lists them again) and says what happened
+// instead of "deleted".
+func TestCommitNotExpungedSaysSo(t *testing.T) {
+	b := newFakeBackend()
+	b.commitErr = fmt.Errorf("remove: %w", notExpungedErr{})
+	ts := newTestServer(t, b, nil)
+	c := ts.login()
+	c.Command("DELE 1", "+OK")
+	c.Command("DELE 2", "+OK")
+	c.Command("QUIT", "+OK mailgate signing off (2 messages marked deleted; the server keeps them flagged \\Deleted until it expunges them)")
+	c.ExpectClosed()
+	ts.wait()
+	if commits, closes := ts.b.counts(); !reflect.DeepEqual(commits, [][]int{{1, 2}}) || closes != 1 {
+		t.Fatalf("commits %v closes %d", commits, closes)
+	}
+}
+
 func TestRETRExactBytes(t *testing.T) {
 	ts := newTestServer(t, nil, nil)
 	c := ts.login()

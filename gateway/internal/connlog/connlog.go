@@ -66,6 +66,10 @@ const (
 	// CommitFailed: POP3 QUIT in TRANSACTION, but the UPDATE failed: some
 	// deleted messages were not removed (RFC 1939 §6).
 	CommitFailed Result = "commit_failed"
+	// TakenOver: POP3, a newer session of the user took the maildrop lock
+	// (pop3.lock: takeover) while this one waited for a command; it ended
+	// without UPDATE (RFC 1939 §6).
+	TakenOver Result = "taken_over"
 	// ClientClosed: IMAP relay, the client closed its side first and the
 	// session then ended.
 	ClientClosed Result = "client_closed"
