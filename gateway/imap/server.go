@@ -191,6 +191,8 @@ type session struct {
 	bad      int       // invalid commands and failed logins so far
 	attempts int       // login attempts so far
 	spliced  bool      // the relay owns (and closed) the connections
+
+	loggedPlaintextRefusal bool // the first login refused for lack of TLS was logged
 }
 
 // errLogout and errLoggedIn end the command loop normally.
@@ -279,7 +281,7 @@ func (ss *session) step(ctx context.Context) error {
 	var cl *credentialLiteral
 	if errors.As(err, &cl) {
 		ss.bad++
-		ss.log.Info("imap LOGIN literal refused before TLS")
+		ss.refusedPlaintext("", "LOGIN literal before TLS")
 		ss.w.status(cl.tag, errPrivacy.status, errPrivacy.code, errPrivacy.text)
 		return ss.w.flush()
 	}
@@ -467,6 +469,21 @@ func (ss *session) handshake(ctx context.Context, conn net.Conn) error {
 	return nil
 }
 
+// refusedPlaintext logs, once per session, a login refused because the
+// connection is not encrypted (RFC 9051 §6.2.3 LOGINDISABLED, RFC 8314):
+// otherwise an operator sees only a session that ended without a login.
+func (ss *session) refusedPlaintext(user, reason string) {
+	if ss.loggedPlaintextRefusal {
+		return
+	}
+	ss.loggedPlaintextRefusal = true
+	hint := "connect to the implicit-TLS port"
+	if ss.canStartTLS() {
+		hint = "use STARTTLS first"
+	}
+	ss.log.Warn("login refused: no TLS", zap.String("user", user), zap.String("reason", reason), zap.String("hint", hint))
+}
+
 // login implements LOGIN (RFC 9051 §6.2.3).
 func (ss *session) login(ctx context.Context, cmd *command) error {
 	if len(cmd.args) != 2 {
@@ -478,6 +495,7 @@ func (ss *session) login(ctx context.Context, cmd *command) error {
 		return errArgs
 	}
 	if !ss.authAllowed() {
+		ss.refusedPlaintext(user, "LOGIN before TLS")
 		return errPrivacy
 	}
 	return ss.connect(ctx, cmd.tag, "LOGIN", user, pass)
@@ -501,6 +519,7 @@ func (ss *session) authenticate(ctx context.Context, cmd *command) error {
 		}
 	}
 	if !ss.authAllowed() {
+		ss.refusedPlaintext("", "AUTHENTICATE before TLS")
 		return errPrivacy
 	}
 	creds, srv := saslserver.New(mech)

@@ -581,3 +581,30 @@ func TestEmptyPasswordNeverReachesTheBackend(t *testing.T) {
 		})
 	}
 }
+
+// A login refused for lack of TLS is logged once per session, with the user
+// and the reason.
+func TestPlaintextRefusalLogged(t *testing.T) {
+	core, logs := observer.New(zap.InfoLevel)
+	cfg := testConfig(t, newFakeBackend(nil))
+	cfg.AllowPlaintextAuth = false
+	cfg.Logger = zap.New(core)
+	c := startPipe(t, cfg)
+	c.Expect("* OK")
+	c.Command(`a LOGIN "alice" "secret"`, "a NO [PRIVACYREQUIRED]")
+	c.Command(`b LOGIN "alice" "secret"`, "b NO [PRIVACYREQUIRED]")
+	c.Command("c LOGOUT", "* BYE")
+	c.Expect("c OK")
+	refusals := logs.FilterMessage("login refused: no TLS")
+	if refusals.Len() != 1 {
+		t.Fatalf("%d refusal lines, want 1", refusals.Len())
+	}
+	if m := refusals.All()[0].ContextMap(); m["user"] != "alice" || m["reason"] != "LOGIN before TLS" {
+		t.Fatalf("refusal line %v", m)
+	}
+	for _, e := range logs.All() {
+		if strings.Contains(fmt.Sprint(e.ContextMap()), "secret") {
+			t.Fatalf("a log line carries the password: %v", e.ContextMap())
+		}
+	}
+}

@@ -23,10 +23,17 @@ func (s *session) plaintextAllowed() bool { return s.tls || s.cfg.AllowPlaintext
 
 // refusePlaintext answers USER/PASS/AUTH on a cleartext connection. It
 // counts as a bad command, so a client cannot loop on it forever.
-func (s *session) refusePlaintext() (transition, error) {
+// The first refusal of a session is logged with the user it named (if any)
+// and why: otherwise an operator sees only a session that ended without a
+// login.
+func (s *session) refusePlaintext(user, cmd string) (transition, error) {
 	hint := "plaintext authentication disallowed on an unencrypted connection; use a TLS connection"
 	if s.cfg.TLSConfig != nil {
 		hint = "plaintext authentication disallowed on an unencrypted connection; use STLS first"
+	}
+	if !s.loggedPlaintextRefusal {
+		s.loggedPlaintextRefusal = true
+		s.log.Warn("login refused: no TLS", zap.String("user", user), zap.String("reason", cmd+" before TLS"), zap.String("hint", hint))
 	}
 	s.badCommands++
 	if s.badCommands >= s.cfg.BadCommandLimit {
@@ -38,7 +45,7 @@ func (s *session) refusePlaintext() (transition, error) {
 
 func (s *session) cmdUSER(cmd command) (transition, error) {
 	if !s.plaintextAllowed() {
-		return s.refusePlaintext()
+		return s.refusePlaintext(cmd.args[0], "USER")
 	}
 	// Whether the mailbox exists is not revealed: PASS fails the same way.
 	s.pendingUser = cmd.args[0]
@@ -50,7 +57,7 @@ func (s *session) cmdUSER(cmd command) (transition, error) {
 // spaces in it.
 func (s *session) cmdPASS(cmd command) (transition, error) {
 	if !s.plaintextAllowed() {
-		return s.refusePlaintext()
+		return s.refusePlaintext("", "PASS")
 	}
 	if s.pendingUser == "" {
 		return stay, syntaxError("USER first")
@@ -77,7 +84,7 @@ func (s *session) cmdAUTH(cmd command) (transition, error) {
 		return stay, nil
 	}
 	if !s.plaintextAllowed() {
-		return s.refusePlaintext()
+		return s.refusePlaintext("", "AUTH")
 	}
 	s.pendingUser = ""
 	mech := strings.ToUpper(cmd.args[0])

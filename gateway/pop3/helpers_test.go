@@ -285,7 +285,7 @@ func (c *countingConn) Write(p []byte) (int, error) {
 func (ts *testServer) dial() *transcript.Conn {
 	ts.t.Helper()
 	c := ts.dialRaw()
-	c.Expect("+OK mailgate ready <")
+	c.Expect("+OK mailgate ready")
 	return c
 }
 

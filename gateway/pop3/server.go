@@ -173,7 +173,7 @@ func (s *Server) Serve(ctx context.Context, conn net.Conn) {
 		conn:    conn,
 		w:       newWire(ctx, conn, cfg.IdleTimeout, cfg.IdleTimeout),
 		state:   stateAuthorization,
-		banner:  "<" + hex.EncodeToString(nonce[:]) + "." + itoa(int64(id)) + "@mailgate>",
+		banner:  hex.EncodeToString(nonce[:]) + "." + itoa(int64(id)),
 		started: time.Now(),
 		log: cfg.Logger.With(
 			zap.Uint64("conn", id),

@@ -105,10 +105,12 @@ type session struct {
 	w    *wire
 	log  *zap.Logger
 
-	state   state
-	tls     bool
-	banner  string
-	started time.Time
+	state  state
+	tls    bool
+	banner string
+
+	loggedPlaintextRefusal bool // the first login refused for lack of TLS was logged
+	started                time.Time
 
 	// AUTHORIZATION
 	pendingUser  string // from USER, waiting for PASS; forgotten at STLS
@@ -156,9 +158,11 @@ func (s *session) run() {
 		return
 	}
 
-	// RFC 1939 §4; the banner is unique per connection (no APOP: it carries
-	// no secret and is not advertised as an APOP timestamp).
-	s.w.writeOK("mailgate ready " + s.banner)
+	// RFC 1939 §4. The banner is unique per connection, for logs and
+	// support, but not in the form of an APOP timestamp (RFC 1939 §7: a
+	// msg-id "<...@...>"): APOP is not offered, and a client that sees one
+	// (curl) tries APOP and fails.
+	s.w.writeOK("mailgate ready, session " + s.banner)
 	for {
 		s.waiting(true)
 		cmd, err := s.w.readCommand()

@@ -3,6 +3,7 @@ package pop3
 import (
 	"fmt"
 	"reflect"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -19,7 +20,12 @@ func TestGreetingBannerUnique(t *testing.T) {
 	ts := newTestServer(t, nil, nil)
 	seen := map[string]bool{}
 	for range 3 {
-		g := ts.dialRaw().Expect("+OK mailgate ready <")
+		g := ts.dialRaw().Expect("+OK mailgate ready, session ")
+		// RFC 1939 §7: "<...@...>" in the greeting is an APOP timestamp,
+		// and APOP is not offered: a client that sees one tries it.
+		if regexp.MustCompile(`<[^>]*@[^>]*>`).MatchString(g) {
+			t.Fatalf("greeting %q carries an APOP timestamp", g)
+		}
 		if seen[g] {
 			t.Fatalf("greeting %q repeated", g)
 		}
@@ -615,4 +621,26 @@ func TestPreauthTimeoutCountsFromConnect(t *testing.T) {
 	time.Sleep(preauth + 200*time.Millisecond)
 	c.Command("STAT", "+OK")
 	c.Command("QUIT", "+OK")
+}
+
+// A login refused for lack of TLS is logged once per session, with the user
+// and the reason; the session end alone would not say why nobody logged in.
+func TestPlaintextRefusalLogged(t *testing.T) {
+	core, logs := observer.New(zap.InfoLevel)
+	ts := newTestServer(t, nil, func(c *Config) {
+		c.AllowPlaintextAuth = false
+		c.Logger = zap.New(core)
+	})
+	c := ts.dial()
+	c.Command("USER alice@example.org", "-ERR [AUTH]")
+	c.Command("USER alice@example.org", "-ERR [AUTH]")
+	c.Command("QUIT", "+OK")
+	refusals := logs.FilterMessage("login refused: no TLS")
+	if refusals.Len() != 1 {
+		t.Fatalf("%d refusal lines, want 1: %v", refusals.Len(), logs.All())
+	}
+	m := refusals.All()[0].ContextMap()
+	if m["user"] != "alice@example.org" || m["reason"] != "USER before TLS" || m["listener"] == nil {
+		t.Fatalf("refusal line %v", m)
+	}
 }
