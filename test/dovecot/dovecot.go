@@ -73,6 +73,14 @@ type Options struct {
 	// CIDRs): clients from there may forward the real client's address with
 	// ID x-originating-ip, as mailgate's forward_client_ip does. Empty: none.
 	TrustedNetworks string
+	// IMAPC makes the instance a proxy over IMAP instead of a store: its
+	// mail_location is imapc:~/imapc against the IMAP server at this
+	// host:port (cleartext), logging in with each user's own name and
+	// password (passdb default_fields userdb_imapc_password=%w), with imapc_features rfc822.size
+	// fetch-headers. Users must exist on both (AddUser on each). With POP3
+	// it is Dovecot's own POP3-over-IMAP, the peer mailbench compares
+	// mailgate with.
+	IMAPC string
 	// Binary is the dovecot executable; empty means DefaultBinary.
 	Binary string
 	// StartTimeout bounds waiting for the IMAP greeting; zero means 15s.
@@ -345,12 +353,24 @@ service anvil {
 passdb {
   driver = passwd-file
   args = scheme=PLAIN username_format=%u {{.Dir}}/users/%u
+{{- if .IMAPCHost}}
+  # imapc logs in to the backend with the password the client gave.
+  default_fields = userdb_imapc_password=%w
+{{- end}}
 }
 userdb {
   driver = static
   args = uid={{.UID}} gid={{.GID}} home={{.Dir}}/home/%d/%n
 }
+{{if .IMAPCHost -}}
+mail_location = imapc:~/imapc
+imapc_host = {{.IMAPCHost}}
+imapc_port = {{.IMAPCPort}}
+imapc_user = %u
+imapc_features = rfc822.size fetch-headers
+{{- else -}}
 mail_location = maildir:~/Maildir
+{{- end}}
 mail_uid = {{.UID}}
 mail_gid = {{.GID}}
 first_valid_uid = {{.UID}}
@@ -405,11 +425,19 @@ func (s *Server) start(bin string, opts Options, mu mailUser, timeout time.Durat
 		TLS                           bool
 		UID, GID                      int
 		IMAPPort, IMAPSPort, POP3Port int
+		IMAPCHost, IMAPCPort          string
 	}{Instance: "mailgate-" + filepath.Base(s.Dir), Dir: s.Dir, Protocols: "imap", TLS: opts.TLS,
 		TrustedNetworks: opts.TrustedNetworks,
 		UID:             mu.uid, GID: mu.gid, IMAPPort: ports[0]}
 	ports = ports[1:]
 	s.IMAPAddr = addr(vars.IMAPPort)
+	if opts.IMAPC != "" {
+		host, port, err := net.SplitHostPort(opts.IMAPC)
+		if err != nil {
+			return fmt.Errorf("Options.IMAPC: %w", err)
+		}
+		vars.IMAPCHost, vars.IMAPCPort = host, port
+	}
 	if opts.TLS {
 		vars.IMAPSPort, ports = ports[0], ports[1:]
 		s.IMAPSAddr = addr(vars.IMAPSPort)

@@ -1,26 +1,42 @@
-// Command mailbench measures mailgate's POP3 throughput against Dovecot's
-// own POP3 server and against a bulk IMAP fetch, in one run, on the same
-// mail store:
+// Command mailbench measures mailgate's POP3 against Dovecot's own POP3
+// server and against Dovecot's POP3 over imapc, in one run, on the same mail
+// store, and prints the rows of issue 14 with every figure and its ratio to
+// Dovecot's native POP3 of the same run:
 //
-//	go run ./test/mailbench                      # 8 sessions x 1000 messages, realistic sizes
+//	go run ./test/mailbench                      # near: 8 users x 1000 messages, realistic sizes
+//	go run ./test/mailbench -far 5ms             # far: backend behind a relay, 5 ms each way
 //	go run ./test/mailbench -sessions 50 -messages 200 -size 64KiB
 //	go run ./test/mailbench -memory              # RSS while 200 sessions fetch 10 MB messages
 //
 // It starts its own Dovecot (test/dovecot; needs root and dovecot-imapd,
 // dovecot-pop3d), seeds one user per session by IMAP APPEND (the first user;
-// the others get hard-linked clones with the same UIDs), and starts mailgate
-// in process in front of it. Then it runs, each with N concurrent sessions,
-// one user per session:
+// the others get hard-linked clones with the same UIDs), starts mailgate in
+// process in front of it with the body cache off (pop3.cache.max_bytes 0B),
+// and a second Dovecot whose POP3 reads the first one over IMAP (imapc,
+// imapc_features rfc822.size fetch-headers; -imapc=false leaves it out; if it
+// cannot start, the run says so and goes on without it). Each row measures
+// mailgate, native POP3 and imapc POP3 one after the other:
 //
-//  1. mailgate POP3, cold: a fresh gateway, empty body cache;
-//  2. Dovecot's own POP3 on the same store;
-//  3. mailgate POP3, warm: the same gateway again, cache filled by pass 1;
-//  4. IMAP UID FETCH 1:* BODY.PEEK[] straight to Dovecot: the ceiling.
+// Near mode (mailgate and imapc straight to Dovecot's IMAP):
 //
-// A POP3 session is what a downloading client does: USER/PASS, UIDL, LIST,
+//  1. full download, 1 session, body cache off;
+//  2. full download, one session per user at once, body cache off;
+//  3. logins/s: one loop per user at once for -login-time, each login
+//     connect, USER/PASS, STAT, QUIT;
+//  4. (-warm, default on) a mailgate with the cache on (-cache), cold then
+//     warm, and IMAP UID FETCH 1:* BODY.PEEK[] straight to Dovecot: the
+//     ceiling.
+//
+// Far mode (-far D): mailgate and the imapc peer reach Dovecot's IMAP through
+// a latency relay built into the tool (relay.go: a TCP proxy on 127.0.0.1
+// that delays each direction by D and charges one round trip for connection
+// setup); native POP3 is read directly, the reference. Rows: full download,
+// 1 session, cache off; login p50 over -logins logins in turn (to STAT's
+// answer, and to QUIT's).
+//
+// A POP3 download is what a downloading client does: USER/PASS, UIDL, LIST,
 // RETR of every message in order, QUIT (no DELE). Each RETR is checked
-// against its LIST size. It prints messages/s and MB/s (10^6 bytes) for each
-// and the ratios mailgate/dovecot-pop3 and mailgate/imap.
+// against its LIST size. MB/s are 10^6 bytes.
 //
 // -memory instead measures the process's resident memory (VmRSS, and the Go
 // heap) while -memory-sessions sessions each RETR one -memory-size message
@@ -68,6 +84,10 @@ type options struct {
 	memSessions        int
 	memSize            upstream.Size
 	timeout            time.Duration
+	far                time.Duration // 0: near mode
+	imapc, warm        bool
+	loginTime          time.Duration
+	logins             int
 }
 
 func main() {
@@ -76,12 +96,17 @@ func main() {
 	flag.IntVar(&o.sessions, "sessions", 8, "concurrent POP3 sessions (one user each)")
 	flag.IntVar(&o.messages, "messages", 1000, "messages per mailbox")
 	flag.Var((*sizeFlag)(&o.size), "size", "size of every message (e.g. 64KiB); 0: a realistic mix averaging about 40 KiB")
-	flag.Var((*sizeFlag)(&o.cache), "cache", "mailgate's pop3.cache.max_bytes; 0: enough to hold every mailbox (so the warm pass can hit), at least 256MiB")
+	flag.Var((*sizeFlag)(&o.cache), "cache", "pop3.cache.max_bytes of the cached mailgate (-warm, -memory); 0: enough to hold every mailbox (so the warm pass can hit), at least 256MiB; the rows always run with the cache off")
 	flag.Var((*sizeFlag)(&o.fetchAhead), "fetch-ahead", "mailgate's pop3.fetch_ahead (0B: off); default: mailgate's default")
 	flag.BoolVar(&o.memory, "memory", false, "measure resident memory while -memory-sessions sessions download -memory-size messages")
 	flag.IntVar(&o.memSessions, "memory-sessions", 200, "sessions for -memory")
 	flag.Var((*sizeFlag)(&o.memSize), "memory-size", "message size for -memory")
 	flag.DurationVar(&o.timeout, "timeout", 5*time.Minute, "give up after this long")
+	flag.DurationVar(&o.far, "far", 0, "far mode: put mailgate and the imapc peer behind a relay delaying each direction this long (5ms: a 10 ms RTT)")
+	flag.BoolVar(&o.imapc, "imapc", true, "measure Dovecot's POP3 over imapc as a peer")
+	flag.BoolVar(&o.warm, "warm", true, "near mode: also a cached mailgate (cold, warm) and a bulk IMAP fetch")
+	flag.DurationVar(&o.loginTime, "login-time", 3*time.Second, "near mode: how long each peer's logins/s loop runs")
+	flag.IntVar(&o.logins, "logins", 40, "far mode: logins in turn for the latency rows")
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the whole run (clients, mailgate) to this file")
 	flag.Parse()
 	if *cpuProfile != "" {
@@ -93,8 +118,8 @@ func main() {
 		pprof.StartCPUProfile(f)
 		defer pprof.StopCPUProfile()
 	}
-	if o.sessions < 1 || o.messages < 1 || o.memSessions < 1 {
-		fmt.Fprintln(os.Stderr, "mailbench: -sessions, -messages and -memory-sessions must be positive")
+	if o.sessions < 1 || o.messages < 1 || o.memSessions < 1 || o.logins < 1 || o.far < 0 {
+		fmt.Fprintln(os.Stderr, "mailbench: -sessions, -messages, -memory-sessions and -logins must be positive, -far not negative")
 		os.Exit(2)
 	}
 	if err := run(o); err != nil {
@@ -172,86 +197,6 @@ func seedUsers(dc *dovecot.Server, n int, msgs [][]byte) ([]user, error) {
 	return users, nil
 }
 
-func runThroughput(ctx context.Context, o options, dc *dovecot.Server) error {
-	msgs := make([][]byte, o.messages)
-	rng := rand.New(rand.NewPCG(1, 2))
-	var total int64
-	for i := range msgs {
-		size := int(o.size)
-		if size == 0 {
-			size = realisticSize(rng)
-		}
-		msgs[i] = makeMessage(rng, i, size)
-		total += int64(len(msgs[i]))
-	}
-	if o.cache == 0 {
-		need := total * int64(o.sessions) * 11 / 10
-		o.cache = max(256<<20, upstream.Size((need>>20+1)<<20)) // whole MiB
-	}
-	fmt.Printf("%d sessions x %d messages, %s per mailbox (mean %s per message); mailgate cache %s, fetch-ahead %s\n",
-		o.sessions, o.messages, mb(total), kib(total/int64(o.messages)), o.cache, (*sizeFlag)(&o.fetchAhead))
-	users, err := seedUsers(dc, o.sessions, msgs)
-	if err != nil {
-		return err
-	}
-
-	gw, err := startGateway(ctx, dc, o)
-	if err != nil {
-		return err
-	}
-	defer shutdown(gw)
-	gwAddr := gw.Addr("pop3").String()
-
-	var results []result
-	add := func(name string, f func() (result, error)) error {
-		r, err := f()
-		if err != nil {
-			return fmt.Errorf("%s: %w", name, err)
-		}
-		r.name = name
-		results = append(results, r)
-		fmt.Printf("  %-30s done in %v\n", name, r.elapsed.Round(time.Millisecond))
-		return nil
-	}
-	pop := func(addr string) func() (result, error) {
-		return func() (result, error) { return popPass(ctx, addr, users) }
-	}
-	if err := add("mailgate POP3 (cold)", pop(gwAddr)); err != nil {
-		return err
-	}
-	if err := add("dovecot POP3", pop(dc.POP3Addr)); err != nil {
-		return err
-	}
-	if err := add("mailgate POP3 (warm cache)", pop(gwAddr)); err != nil {
-		return err
-	}
-	if err := add("dovecot IMAP UID FETCH 1:*", func() (result, error) { return imapPass(ctx, dc.IMAPAddr, users) }); err != nil {
-		return err
-	}
-
-	fmt.Printf("\n%-30s %9s %10s %9s %10s\n", "target", "time", "msgs/s", "MB/s", "errors")
-	for _, r := range results {
-		fmt.Printf("%-30s %9s %10.0f %9.1f %10d\n", r.name, r.elapsed.Round(time.Millisecond),
-			float64(r.messages)/r.elapsed.Seconds(), float64(r.bytes)/1e6/r.elapsed.Seconds(), r.errors)
-	}
-	cold, dpop, warm, bulk := results[0], results[1], results[2], results[3]
-	fmt.Printf("\nratios (throughput):\n")
-	fmt.Printf("  mailgate cold / dovecot POP3 = %.2f\n", ratio(cold, dpop))
-	fmt.Printf("  mailgate warm / dovecot POP3 = %.2f\n", ratio(warm, dpop))
-	fmt.Printf("  mailgate cold / IMAP bulk    = %.2f\n", ratio(cold, bulk))
-	fmt.Printf("  mailgate warm / IMAP bulk    = %.2f\n", ratio(warm, bulk))
-	for _, r := range results {
-		if r.errors > 0 {
-			return fmt.Errorf("%s: %d errors (first: %v)", r.name, r.errors, r.firstErr)
-		}
-	}
-	return nil
-}
-
-func ratio(a, b result) float64 {
-	return (float64(a.bytes) / a.elapsed.Seconds()) / (float64(b.bytes) / b.elapsed.Seconds())
-}
-
 // realisticSize draws from a mix like a personal mailbox: mostly short text
 // mails, some with small attachments, a few large ones (mean about 40 KiB).
 func realisticSize(rng *rand.Rand) int {
@@ -299,10 +244,12 @@ func makeMessage(rng *rand.Rand, i, size int) []byte {
 }
 
 // startGateway runs mailgate in process with one cleartext POP3 listener.
-func startGateway(ctx context.Context, dc *dovecot.Server, o options) (*gateway.Server, error) {
-	pop3 := fmt.Sprintf("{cache: {max_bytes: %d}}", int64(o.cache))
+// backend is Dovecot's IMAP address, or the far relay's; cache is
+// pop3.cache.max_bytes (0: the body cache is off).
+func startGateway(ctx context.Context, backend string, cache upstream.Size, o options) (*gateway.Server, error) {
+	pop3 := fmt.Sprintf("{cache: {max_bytes: %dB}}", int64(cache))
 	if o.fetchAhead >= 0 {
-		pop3 = fmt.Sprintf("{cache: {max_bytes: %d}, fetch_ahead: %dB}", int64(o.cache), int64(o.fetchAhead))
+		pop3 = fmt.Sprintf("{cache: {max_bytes: %dB}, fetch_ahead: %dB}", int64(cache), int64(o.fetchAhead))
 	}
 	yaml := fmt.Sprintf(`log: {level: warn}
 listeners:
@@ -313,7 +260,7 @@ routing: {default: dovecot}
 pop3: %s
 limits: {connections: 100000, per_ip: 100000, auth_failures_per_ip: 100000/min}
 timeouts: {backend_dial: 30s, backend_command: 120s, shutdown: 5s}
-`, dc.IMAPAddr, pop3)
+`, backend, pop3)
 	cfg, err := config.Parse([]byte(yaml))
 	if err != nil {
 		return nil, fmt.Errorf("mailgate config: %w", err)
@@ -497,7 +444,7 @@ func runMemory(ctx context.Context, o options, dc *dovecot.Server) error {
 	if err != nil {
 		return err
 	}
-	gw, err := startGateway(ctx, dc, o)
+	gw, err := startGateway(ctx, dc.IMAPAddr, o.cache, o)
 	if err != nil {
 		return err
 	}
