@@ -7,6 +7,11 @@ package imap
 //     are cleartext TCP (io.CopyN between *net.TCPConn), else a Read/Write
 //     loop over a pooled buffer. Deadlines are refreshed at most once a
 //     second per direction.
+//   - Nothing is held while a direction waits: when its source is a socket
+//     (syscall.Conn) it waits for readability through the RawConn, and only
+//     then takes a pooled buffer, or a splice pipe for exactly the bytes
+//     queued (SIOCINQ), and gives it back after the write. A *tls.Conn or
+//     net.Pipe source blocks in Read and holds its buffer meanwhile.
 //   - Idle: the connection is closed when no byte moved in either direction
 //     for the idle timeout (a direction that finds itself quiet asks the
 //     other one to look at its clock; the one that sees both quiet cuts).
@@ -24,6 +29,7 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"mailgate/gateway/internal/connlog"
@@ -53,6 +59,7 @@ const (
 
 type direction struct {
 	src, dst net.Conn
+	raw      syscall.RawConn // src's, to wait for readability holding nothing; nil: block in Read
 	splice   bool
 	state    atomic.Int32
 	poked    atomic.Bool // the other direction asks us to look at our clock
@@ -79,6 +86,7 @@ type ending struct {
 }
 
 type relayer struct {
+	up, down  direction // one allocation for the relay's state
 	idle      time.Duration
 	closeOnce sync.Once
 	client    net.Conn
@@ -98,11 +106,19 @@ func (r *relayer) cut(result connlog.Result, err error) {
 // relay copies bytes between client and backend until the session ends,
 // then closes both. Cancelling ctx ends it at once.
 func relay(ctx context.Context, client, backend net.Conn, idle time.Duration) relayStats {
+	return relayMode(ctx, client, backend, idle, true)
+}
+
+// relayMode is relay; without allowSplice TCP pairs take the pooled-buffer
+// path too (tests cover both).
+func relayMode(ctx context.Context, client, backend net.Conn, idle time.Duration, allowSplice bool) relayStats {
 	r := &relayer{idle: idle, client: client, backend: backend}
 	_, tcp1 := client.(*net.TCPConn)
 	_, tcp2 := backend.(*net.TCPConn)
-	up := &direction{src: client, dst: backend, splice: tcp1 && tcp2}
-	down := &direction{src: backend, dst: client, splice: tcp1 && tcp2}
+	splice := allowSplice && tcp1 && tcp2
+	up, down := &r.up, &r.down
+	*up = direction{src: client, dst: backend, raw: rawConn(client), splice: splice}
+	*down = direction{src: backend, dst: client, raw: rawConn(backend), splice: splice}
 
 	stop := context.AfterFunc(ctx, func() { r.cut(connlog.Shutdown, nil) })
 	defer stop()
@@ -152,7 +168,7 @@ var (
 // pump copies d.src to d.dst until EOF (nil), an error, or the idle cut.
 func (r *relayer) pump(d, other *direction) error {
 	var buf *[]byte
-	if !d.splice {
+	if d.raw == nil {
 		buf = bufPool.Get().(*[]byte)
 		defer bufPool.Put(buf)
 	}
@@ -181,10 +197,24 @@ func (r *relayer) pump(d, other *direction) error {
 		var n int64
 		var err error
 		writeFailed := false
-		if d.splice {
-			n, err = io.CopyN(d.dst, d.src, spliceChunk)
-		} else {
+		switch {
+		case d.raw == nil:
 			n, err, writeFailed = copyOnce(d.dst, d.src, *buf)
+		default:
+			var queued int
+			if queued, err = waitReadable(d.raw); err != nil {
+				break // a deadline (or a poke), or a closed conn
+			}
+			switch {
+			case queued == 0:
+				err = io.EOF
+			case d.splice:
+				n, err = io.CopyN(d.dst, d.src, int64(min(queued, spliceChunk)))
+			default:
+				b := bufPool.Get().(*[]byte)
+				n, err, writeFailed = copyOnce(d.dst, d.src, *b)
+				bufPool.Put(b)
+			}
 		}
 		if n > 0 {
 			d.n.Add(n)

@@ -204,7 +204,7 @@ func run(o options) (bool, error) {
 			addrs["nginx"] = ng.Addr()
 		}
 	}
-	mg, err := startMailgate(dc.IMAPAddr, o.cpuprofile, fileLimit(o.idle))
+	mg, err := startMailgate(dc.IMAPAddr, o.cpuprofile, fileLimit(o.idle), 0)
 	if err != nil {
 		return false, err
 	}

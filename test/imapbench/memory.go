@@ -52,7 +52,11 @@ func idleMemory(ctx context.Context, name, backend string, users, n int, o optio
 	case "nginx":
 		p, err = startNginx(backend, runtime.GOMAXPROCS(0), fileLimit(n))
 	case "mailgate":
-		mg, err = startMailgate(backend, "", fileLimit(n))
+		rate := 0
+		if o.heapprofile != "" {
+			rate = 64 // every allocation of the idle connections, nearly
+		}
+		mg, err = startMailgate(backend, "", fileLimit(n), rate)
 		p = mg
 	default:
 		err = fmt.Errorf("no proxy %q", name)

@@ -58,6 +58,7 @@ const (
 	envBackend    = "IMAPBENCH_BACKEND"
 	envCPUProfile = "IMAPBENCH_CPUPROFILE"
 	envNoFile     = "IMAPBENCH_NOFILE"
+	envHeapRate   = "IMAPBENCH_HEAPRATE" // runtime.MemProfileRate, for an exact heap profile
 )
 
 // mailgateProc is mailgate in a child process. It talks over the child's
@@ -71,14 +72,14 @@ type mailgateProc struct {
 	addr string
 }
 
-func startMailgate(backend, cpuprofile string, nofile uint64) (*mailgateProc, error) {
+func startMailgate(backend, cpuprofile string, nofile uint64, heapRate int) (*mailgateProc, error) {
 	self, err := os.Executable()
 	if err != nil {
 		return nil, err
 	}
 	cmd := exec.Command(self)
 	cmd.Env = append(os.Environ(), envRole+"="+roleMailgate, envBackend+"="+backend,
-		envCPUProfile+"="+cpuprofile, envNoFile+"="+strconv.FormatUint(nofile, 10))
+		envCPUProfile+"="+cpuprofile, envNoFile+"="+strconv.FormatUint(nofile, 10), envHeapRate+"="+strconv.Itoa(heapRate))
 	cmd.Stderr = os.Stderr
 	in, err := cmd.StdinPipe()
 	if err != nil {
@@ -161,6 +162,9 @@ func (p *mailgateProc) Stop() {
 // listener in front of IMAPBENCH_BACKEND (backend tls: none, so after login
 // the relay is between two TCP sockets).
 func mailgateChild() error {
+	if r, err := strconv.Atoi(os.Getenv(envHeapRate)); err == nil && r > 0 {
+		runtime.MemProfileRate = r
+	}
 	if n, err := strconv.ParseUint(os.Getenv(envNoFile), 10, 64); err == nil && n > 0 {
 		if err := raiseFileLimit(n); err != nil {
 			return err

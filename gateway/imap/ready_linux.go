@@ -1,0 +1,56 @@
+package imap
+
+import (
+	"net"
+	"os"
+	"syscall"
+	"unsafe"
+)
+
+// rawConn returns c's RawConn when c is a socket, else nil.
+func rawConn(c net.Conn) syscall.RawConn {
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return nil
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	return rc
+}
+
+// waitReadable parks until rc's socket has bytes queued, its peer's EOF or
+// an error, or its read deadline passes; it holds no buffer meanwhile. It
+// returns how many bytes are queued, 0 at EOF, or the socket's error.
+func waitReadable(rc syscall.RawConn) (queued int, err error) {
+	var perr error
+	err = rc.Read(func(fd uintptr) bool {
+		var b [1]byte
+		for {
+			n, _, e := syscall.RawSyscall6(syscall.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&b[0])), 1,
+				syscall.MSG_PEEK|syscall.MSG_DONTWAIT, 0, 0)
+			switch {
+			case e == syscall.EINTR:
+				continue
+			case e == syscall.EAGAIN:
+				return false // wait for the poller
+			case e != 0:
+				perr = os.NewSyscallError("recvfrom", e)
+				return true
+			case n == 0:
+				return true // EOF
+			}
+			var q int32
+			if _, _, e := syscall.RawSyscall(syscall.SYS_IOCTL, fd, syscall.TIOCINQ /* SIOCINQ */, uintptr(unsafe.Pointer(&q))); e != 0 || q < 1 {
+				q = 1 // the peek saw a byte
+			}
+			queued = int(q)
+			return true
+		}
+	})
+	if err == nil {
+		err = perr
+	}
+	return queued, err
+}
