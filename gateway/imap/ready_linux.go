@@ -24,6 +24,16 @@ func rawConn(c net.Conn) syscall.RawConn {
 // an error, or its read deadline passes; it holds no buffer meanwhile. It
 // returns how many bytes are queued, 0 at EOF, or the socket's error.
 func waitReadable(rc syscall.RawConn) (queued int, err error) {
+	queued, _, err = peek(rc, true)
+	return queued, err
+}
+
+// peekQueued is waitReadable without the wait: empty when nothing is queued.
+func peekQueued(rc syscall.RawConn) (queued int, empty bool, err error) {
+	return peek(rc, false)
+}
+
+func peek(rc syscall.RawConn, wait bool) (queued int, empty bool, err error) {
 	var perr error
 	err = rc.Read(func(fd uintptr) bool {
 		var b [1]byte
@@ -34,13 +44,15 @@ func waitReadable(rc syscall.RawConn) (queued int, err error) {
 			case e == syscall.EINTR:
 				continue
 			case e == syscall.EAGAIN:
-				return false // wait for the poller
+				empty = true
+				return !wait // false: wait for the poller
 			case e != 0:
 				perr = os.NewSyscallError("recvfrom", e)
 				return true
 			case n == 0:
 				return true // EOF
 			}
+			empty = false
 			var q int32
 			if _, _, e := syscall.RawSyscall(syscall.SYS_IOCTL, fd, syscall.TIOCINQ /* SIOCINQ */, uintptr(unsafe.Pointer(&q))); e != 0 || q < 1 {
 				q = 1 // the peek saw a byte
@@ -52,5 +64,5 @@ func waitReadable(rc syscall.RawConn) (queued int, err error) {
 	if err == nil {
 		err = perr
 	}
-	return queued, err
+	return queued, empty, err
 }

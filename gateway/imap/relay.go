@@ -12,6 +12,9 @@ package imap
 //     then takes a pooled buffer, or a splice pipe for exactly the bytes
 //     queued (SIOCINQ), and gives it back after the write. A *tls.Conn or
 //     net.Pipe source blocks in Read and holds its buffer meanwhile.
+//   - An idle relay parks one goroutine, not two: the client-to-backend
+//     direction, finding nothing queued, waits in the process's epoll lot
+//     (lot_linux.go) with no goroutine, and readability starts one.
 //   - Idle: the connection is closed when no byte moved in either direction
 //     for the idle timeout (a direction that finds itself quiet asks the
 //     other one to look at its clock; the one that sees both quiet cuts).
@@ -61,8 +64,11 @@ type direction struct {
 	src, dst net.Conn
 	raw      syscall.RawConn // src's, to wait for readability holding nothing; nil: block in Read
 	splice   bool
+	lot      bool // finding nothing queued, leave (errPark) rather than wait
 	state    atomic.Int32
-	poked    atomic.Bool // the other direction asks us to look at our clock
+	poked    atomic.Bool  // the other direction asks us to look at our clock
+	inLot    atomic.Bool  // parked in the lot: no goroutine reads
+	active   atomic.Int64 // UnixNano of the last bytes moved this way
 	n        atomic.Int64
 }
 
@@ -92,6 +98,14 @@ type relayer struct {
 	client    net.Conn
 	backend   net.Conn
 	end       atomic.Pointer[ending]
+
+	// The client-to-backend direction runs in turns when it uses the lot.
+	mu       sync.Mutex
+	parked   bool          // up waits in the lot; no goroutine runs it
+	ending   bool          // down has stopped: up may not park any more
+	finished chan struct{} // closed when up has stopped for good
+	lotID    uint64        // the lot's name for us; 0 until the first park
+	lotArmed bool          // our client socket is in the lot's epoll set
 }
 
 // cut closes both connections, recording the first reason.
@@ -119,23 +133,17 @@ func relayMode(ctx context.Context, client, backend net.Conn, idle time.Duration
 	up, down := &r.up, &r.down
 	*up = direction{src: client, dst: backend, raw: rawConn(client), splice: splice}
 	*down = direction{src: backend, dst: client, raw: rawConn(backend), splice: splice}
+	now := time.Now().UnixNano()
+	up.active.Store(now)
+	down.active.Store(now)
+	useLot := up.raw != nil && parkingLot.acquire()
+	up.lot = useLot
 
 	stop := context.AfterFunc(ctx, func() { r.cut(connlog.Shutdown, nil) })
 	defer stop()
 
-	finished := make(chan struct{})
-	go func() {
-		defer close(finished)
-		if err := r.pump(up, down); err != nil {
-			r.failed(err, up)
-			return
-		}
-		// The client is done sending (RFC 9051 allows it to await the
-		// backend's last replies): pass the EOF on, keep the other way open.
-		if cw, ok := backend.(interface{ CloseWrite() error }); !ok || cw.CloseWrite() != nil {
-			r.cut(connlog.ClientClosed, nil)
-		}
-	}()
+	r.finished = make(chan struct{})
+	go r.runUp()
 	if err := r.pump(down, up); err != nil {
 		r.failed(err, down)
 	} else if up.state.Load() == stDone {
@@ -143,9 +151,78 @@ func relayMode(ctx context.Context, client, backend net.Conn, idle time.Duration
 	} else {
 		r.cut(connlog.BackendClosed, nil) // the server ended the session: nothing more to say
 	}
-	<-finished
+	r.mu.Lock()
+	r.ending = true
+	wasParked := r.parked
+	r.parked = false
+	r.mu.Unlock()
+	if useLot {
+		parkingLot.forget(r)
+	}
+	if wasParked {
+		close(r.finished) // up has no goroutine to stop
+	}
+	<-r.finished
+	if useLot {
+		parkingLot.release()
+	}
 	end := r.end.Load()
 	return relayStats{up: up.n.Load(), down: down.n.Load(), result: end.result, err: end.err}
+}
+
+// runUp runs the client-to-backend direction until it parks in the lot or
+// stops for good.
+func (r *relayer) runUp() {
+	err := r.pump(&r.up, &r.down)
+	if errors.Is(err, errPark) {
+		if r.park() {
+			return // the lot's goroutine calls wake
+		}
+		r.up.lot = false // wait the ordinary way from now on
+		err = r.pump(&r.up, &r.down)
+	}
+	defer close(r.finished)
+	if err != nil {
+		r.failed(err, &r.up)
+		return
+	}
+	// The client is done sending (RFC 9051 allows it to await the
+	// backend's last replies): pass the EOF on, keep the other way open.
+	if cw, ok := r.backend.(interface{ CloseWrite() error }); !ok || cw.CloseWrite() != nil {
+		r.cut(connlog.ClientClosed, nil)
+	}
+}
+
+// park hands the up direction to the lot; false when the relay is ending
+// or the socket cannot be armed.
+func (r *relayer) park() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.ending {
+		return false
+	}
+	ok := false
+	if err := r.up.raw.Control(func(fd uintptr) { ok = parkingLot.park(r, int(fd)) }); err != nil || !ok {
+		return false
+	}
+	r.parked = true
+	r.up.inLot.Store(true)
+	return true
+}
+
+// wake is the lot's call: the client socket is readable (or at EOF, or in
+// error). A relay that has ended meanwhile is not woken.
+func (r *relayer) wake() {
+	r.mu.Lock()
+	if !r.parked {
+		r.mu.Unlock()
+		return
+	}
+	r.parked = false
+	r.up.inLot.Store(false)
+	r.up.poked.Store(false) // a poke while parked asked a goroutine that was not there
+	r.mu.Unlock()
+	go r.runUp()
 }
 
 // failed cuts the relay after pump(d) returned err.
@@ -161,6 +238,7 @@ func (r *relayer) failed(err error, d *direction) {
 }
 
 var (
+	errPark       = errors.New("nothing queued: park in the lot")
 	errIdle       = errors.New("idle timeout")
 	errWriteStall = errors.New("peer not reading")
 )
@@ -173,8 +251,8 @@ func (r *relayer) pump(d, other *direction) error {
 		defer bufPool.Put(buf)
 	}
 	var (
-		active        = time.Now() // last time bytes were seen moving this way
-		refreshed     time.Time    // last deadline update
+		active        = time.Unix(0, d.active.Load()) // last time bytes were seen moving this way
+		refreshed     time.Time                       // last deadline update
 		readDeadline  time.Time
 		writeDeadline time.Time
 	)
@@ -202,7 +280,15 @@ func (r *relayer) pump(d, other *direction) error {
 			n, err, writeFailed = copyOnce(d.dst, d.src, *buf)
 		default:
 			var queued int
-			if queued, err = waitReadable(d.raw); err != nil {
+			if d.lot {
+				var empty bool
+				if queued, empty, err = peekQueued(d.raw); err == nil && empty {
+					return errPark
+				}
+			} else {
+				queued, err = waitReadable(d.raw)
+			}
+			if err != nil {
 				break // a deadline (or a poke), or a closed conn
 			}
 			switch {
@@ -219,6 +305,7 @@ func (r *relayer) pump(d, other *direction) error {
 		if n > 0 {
 			d.n.Add(n)
 			active = time.Now()
+			d.active.Store(active.UnixNano())
 			d.state.CompareAndSwap(stQuiet, stActive)
 			d.poked.Store(false) // activity is the answer to a poke
 		}
@@ -242,6 +329,13 @@ func (r *relayer) pump(d, other *direction) error {
 			continue
 		}
 		d.state.Store(stQuiet)
+		if other.inLot.Load() {
+			// No goroutine to ask: its clock is here.
+			if now.Sub(time.Unix(0, other.active.Load())) >= r.idle {
+				return errIdle
+			}
+			continue
+		}
 		switch other.state.Load() {
 		case stDone:
 			return errIdle

@@ -277,8 +277,9 @@ func TestRelayByteExactBothWays(t *testing.T) {
 	})
 }
 
-// An idle relay between sockets waits for readability holding neither a
-// buffer nor a splice pipe: both directions park in waitReadable.
+// An idle relay between sockets holds neither a buffer nor a splice pipe:
+// the backend-to-client direction parks in waitReadable and the other one
+// in the lot, with no goroutine.
 func TestRelayIdleHoldsNoBuffer(t *testing.T) {
 	for _, splice := range []bool{true, false} {
 		f := startRelayMode(t, true, splice, time.Minute)
@@ -289,8 +290,9 @@ func TestRelayIdleHoldsNoBuffer(t *testing.T) {
 			buf := make([]byte, 1<<20)
 			stacks := string(buf[:runtime.Stack(buf, true)])
 			parked := strings.Count(stacks, "imap.waitReadable")
-			busy := strings.Contains(stacks, "imap.copyOnce") || strings.Contains(stacks, "poll.Splice")
-			if parked == 2 && !busy {
+			busy := strings.Contains(stacks, "imap.copyOnce") || strings.Contains(stacks, "poll.Splice") ||
+				strings.Contains(stacks, "imap.(*relayer).runUp")
+			if parked == 1 && !busy {
 				break
 			}
 			if time.Now().After(deadline) {
@@ -300,5 +302,38 @@ func TestRelayIdleHoldsNoBuffer(t *testing.T) {
 		}
 		f.cancel()
 		f.wait(t, 5*time.Second)
+	}
+}
+
+// A relay whose client direction waits in the lot still ends on shutdown,
+// and the lot's goroutine stops with the last relay.
+func TestRelayShutdownWhileParked(t *testing.T) {
+	f := startRelayMode(t, true, true, time.Minute)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		buf := make([]byte, 1<<20)
+		stacks := string(buf[:runtime.Stack(buf, true)])
+		if strings.Contains(stacks, "imap.(*lot).serve") && !strings.Contains(stacks, "imap.(*relayer).runUp") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the client direction never parked:\n%s", stacks)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	f.cancel()
+	if st := f.wait(t, 5*time.Second); st.result != connlog.Shutdown {
+		t.Fatalf("result %q", st.result)
+	}
+	for {
+		buf := make([]byte, 1<<20)
+		stacks := string(buf[:runtime.Stack(buf, true)])
+		if !strings.Contains(stacks, "imap.(*lot).serve") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the lot's goroutine outlived the last relay:\n%s", stacks)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
