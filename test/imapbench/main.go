@@ -4,6 +4,7 @@
 //	go run ./test/imapbench                  # the four rows of issue 13, 5 rounds
 //	go run ./test/imapbench -inmem 8000      # memory per idle connection, 8,000 held, in-memory backend
 //	go run ./test/imapbench -cpuprofile cpu.out -heapprofile heap.out
+//	go run ./test/imapbench -other /tmp/imapbench-main -idle 0   # A/B: another build's mailgate as a peer
 //
 // It starts its own Dovecot (test/dovecot; needs root and dovecot-imapd),
 // seeds one user per session by IMAP APPEND (the first user; the others get
@@ -79,6 +80,7 @@ type options struct {
 	bare, nginx, check                         bool
 	timeout                                    time.Duration
 	cpuprofile, heapprofile, goroutineprofile  string
+	other                                      string
 }
 
 // The child process that holds the idle connections is this program with
@@ -121,6 +123,7 @@ func main() {
 	flag.StringVar(&o.cpuprofile, "cpuprofile", "", "write mailgate's CPU profile of the throughput rows to this file")
 	flag.StringVar(&o.heapprofile, "heapprofile", "", "write mailgate's heap profile with the idle connections held to this file")
 	flag.StringVar(&o.goroutineprofile, "goroutineprofile", "", "write mailgate's goroutine profile with the idle connections held to this file")
+	flag.StringVar(&o.other, "other", "", "an imapbench binary built from another commit: its mailgate joins the throughput rows as peer \"other\"")
 	flag.Parse()
 	if o.sessions < 1 || o.messages < 1 || o.rounds < 1 || o.repeat < 1 || o.logins < 1 || o.idle < 0 || o.inmem < 0 || o.size < 200 {
 		fmt.Fprintln(os.Stderr, "imapbench: -sessions, -messages, -rounds, -repeat and -logins must be positive, -idle and -inmem not negative, -size at least 200B")
@@ -155,7 +158,7 @@ func (f *sizeFlag) Set(s string) error {
 
 // fileLimit is what a process holding n proxied connections needs: two
 // sockets each, and room.
-func fileLimit(n int) uint64 { return uint64(2*n + 4096) }
+func fileLimit(n int) uint64 { return uint64(2*n + 512) }
 
 func header() {
 	up, _ := os.ReadFile("/proc/loadavg")
@@ -167,7 +170,7 @@ func header() {
 func run(o options) (bool, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), o.timeout)
 	defer cancel()
-	if err := raiseFileLimit(fileLimit(o.idle) + uint64(o.idle)); err != nil {
+	if err := raiseFileLimit(fileLimit(o.idle)); err != nil {
 		return false, err
 	}
 	header()
@@ -204,13 +207,22 @@ func run(o options) (bool, error) {
 			addrs["nginx"] = ng.Addr()
 		}
 	}
-	mg, err := startMailgate(dc.IMAPAddr, o.cpuprofile, fileLimit(o.idle), 0)
+	mg, err := startMailgate("", dc.IMAPAddr, o.cpuprofile, fileLimit(o.idle), 0)
 	if err != nil {
 		return false, err
 	}
 	defer mg.Stop()
 	peers = append(peers, "mailgate")
 	addrs["mailgate"] = mg.Addr()
+	if o.other != "" {
+		om, err := startMailgate(o.other, dc.IMAPAddr, "", fileLimit(o.idle), 0)
+		if err != nil {
+			return false, fmt.Errorf("-other: %w", err)
+		}
+		defer om.Stop()
+		peers = append(peers, "other")
+		addrs["other"] = om.Addr()
+	}
 	if o.bare {
 		bare, err := startBareProxy(ctx, dc.IMAPAddr)
 		if err != nil {
@@ -269,7 +281,7 @@ func run(o options) (bool, error) {
 	var mem []memResult
 	if o.idle > 0 {
 		for _, name := range peers[1:] {
-			if name == "bare" {
+			if name == "bare" || name == "other" {
 				continue
 			}
 			m, err := idleMemory(ctx, name, dc.IMAPAddr, len(users), o.idle, o)

@@ -56,7 +56,7 @@ func idleMemory(ctx context.Context, name, backend string, users, n int, o optio
 		if o.heapprofile != "" {
 			rate = 64 // every allocation of the idle connections, nearly
 		}
-		mg, err = startMailgate(backend, "", fileLimit(n), rate)
+		mg, err = startMailgate("", backend, "", fileLimit(n), rate)
 		p = mg
 	default:
 		err = fmt.Errorf("no proxy %q", name)

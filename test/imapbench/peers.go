@@ -72,12 +72,16 @@ type mailgateProc struct {
 	addr string
 }
 
-func startMailgate(backend, cpuprofile string, nofile uint64, heapRate int) (*mailgateProc, error) {
-	self, err := os.Executable()
-	if err != nil {
-		return nil, err
+// startMailgate runs bin (this program when "") in the mailgate role.
+func startMailgate(bin, backend, cpuprofile string, nofile uint64, heapRate int) (*mailgateProc, error) {
+	if bin == "" {
+		self, err := os.Executable()
+		if err != nil {
+			return nil, err
+		}
+		bin = self
 	}
-	cmd := exec.Command(self)
+	cmd := exec.Command(bin)
 	cmd.Env = append(os.Environ(), envRole+"="+roleMailgate, envBackend+"="+backend,
 		envCPUProfile+"="+cpuprofile, envNoFile+"="+strconv.FormatUint(nofile, 10), envHeapRate+"="+strconv.Itoa(heapRate))
 	cmd.Stderr = os.Stderr
