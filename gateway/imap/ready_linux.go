@@ -36,6 +36,13 @@ func peekQueued(rc syscall.RawConn) (queued int, empty bool, err error) {
 func peek(rc syscall.RawConn, wait bool) (queued int, empty bool, err error) {
 	var perr error
 	err = rc.Read(func(fd uintptr) bool {
+		// What is queued, first: while bytes flow that is the only call.
+		var q int32
+		if _, _, e := syscall.RawSyscall(syscall.SYS_IOCTL, fd, syscall.TIOCINQ /* SIOCINQ */, uintptr(unsafe.Pointer(&q))); e == 0 && q > 0 {
+			queued, empty = int(q), false
+			return true
+		}
+		// Nothing queued: no data yet, the peer's EOF, or an error.
 		var b [1]byte
 		for {
 			n, _, e := syscall.RawSyscall6(syscall.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&b[0])), 1,
@@ -53,11 +60,7 @@ func peek(rc syscall.RawConn, wait bool) (queued int, empty bool, err error) {
 				return true // EOF
 			}
 			empty = false
-			var q int32
-			if _, _, e := syscall.RawSyscall(syscall.SYS_IOCTL, fd, syscall.TIOCINQ /* SIOCINQ */, uintptr(unsafe.Pointer(&q))); e != 0 || q < 1 {
-				q = 1 // the peek saw a byte
-			}
-			queued = int(q)
+			queued = 1 // arrived since the ioctl: the next turn sees the rest
 			return true
 		}
 	})

@@ -4,7 +4,7 @@
 //	go run ./test/imapbench                  # the four rows of issue 13, 5 rounds
 //	go run ./test/imapbench -inmem 8000      # memory per idle connection, 8,000 held, in-memory backend
 //	go run ./test/imapbench -cpuprofile cpu.out -heapprofile heap.out
-//	go run ./test/imapbench -other /tmp/imapbench-main -idle 0   # A/B: another build's mailgate as a peer
+//	go run ./test/imapbench -other /tmp/imapbench-main -idle 0   # A/B: other builds' mailgates as peers
 //
 // It starts its own Dovecot (test/dovecot; needs root and dovecot-imapd),
 // seeds one user per session by IMAP APPEND (the first user; the others get
@@ -123,7 +123,7 @@ func main() {
 	flag.StringVar(&o.cpuprofile, "cpuprofile", "", "write mailgate's CPU profile of the throughput rows to this file")
 	flag.StringVar(&o.heapprofile, "heapprofile", "", "write mailgate's heap profile with the idle connections held to this file")
 	flag.StringVar(&o.goroutineprofile, "goroutineprofile", "", "write mailgate's goroutine profile with the idle connections held to this file")
-	flag.StringVar(&o.other, "other", "", "an imapbench binary built from another commit: its mailgate joins the throughput rows as peer \"other\"")
+	flag.StringVar(&o.other, "other", "", "imapbench binaries built from other commits, comma-separated: their mailgates join the throughput rows as peers other1, other2...")
 	flag.Parse()
 	if o.sessions < 1 || o.messages < 1 || o.rounds < 1 || o.repeat < 1 || o.logins < 1 || o.idle < 0 || o.inmem < 0 || o.size < 200 {
 		fmt.Fprintln(os.Stderr, "imapbench: -sessions, -messages, -rounds, -repeat and -logins must be positive, -idle and -inmem not negative, -size at least 200B")
@@ -214,14 +214,16 @@ func run(o options) (bool, error) {
 	defer mg.Stop()
 	peers = append(peers, "mailgate")
 	addrs["mailgate"] = mg.Addr()
-	if o.other != "" {
-		om, err := startMailgate(o.other, dc.IMAPAddr, "", fileLimit(o.idle), 0)
+	for i, bin := range strings.FieldsFunc(o.other, func(r rune) bool { return r == ',' }) {
+		om, err := startMailgate(bin, dc.IMAPAddr, "", fileLimit(o.idle), 0)
 		if err != nil {
-			return false, fmt.Errorf("-other: %w", err)
+			return false, fmt.Errorf("-other %s: %w", bin, err)
 		}
 		defer om.Stop()
-		peers = append(peers, "other")
-		addrs["other"] = om.Addr()
+		name := fmt.Sprintf("other%d", i+1)
+		fmt.Printf("%s: mailgate of %s\n", name, bin)
+		peers = append(peers, name)
+		addrs[name] = om.Addr()
 	}
 	if o.bare {
 		bare, err := startBareProxy(ctx, dc.IMAPAddr)
@@ -281,7 +283,7 @@ func run(o options) (bool, error) {
 	var mem []memResult
 	if o.idle > 0 {
 		for _, name := range peers[1:] {
-			if name == "bare" || name == "other" {
+			if name == "bare" || strings.HasPrefix(name, "other") {
 				continue
 			}
 			m, err := idleMemory(ctx, name, dc.IMAPAddr, len(users), o.idle, o)
