@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"runtime"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -20,6 +21,7 @@ type memResult struct {
 	rssPer, pssPer    float64
 	heapPer, stackPer float64
 	goroutinesPer     float64
+	tcpMemPer         float64 // kernel socket buffers: /proc/net/sockstat TCP mem growth, machine-wide
 }
 
 func (m memResult) tableLine() string {
@@ -34,6 +36,7 @@ func (m memResult) detail() string {
 	s := fmt.Sprintf("idle %s: %d connections logged in in %v; RSS %s -> %s, PSS %s -> %s: %s RSS, %s PSS per connection",
 		m.name, m.n, m.loggedIn.Round(time.Millisecond), mb(m.before.rss), mb(m.after.rss), mb(m.before.pss), mb(m.after.pss),
 		kb(int64(m.rssPer)), kb(int64(m.pssPer)))
+	s += fmt.Sprintf("; kernel TCP buffers %s per connection (machine-wide, both ends)", kb(int64(m.tcpMemPer)))
 	if m.after.goRuntimeReported {
 		s += fmt.Sprintf("; Go heap %s, stacks %s, %.2f goroutines per connection (%d -> %d)",
 			kb(int64(m.heapPer)), kb(int64(m.stackPer)), m.goroutinesPer, m.before.goroutines, m.after.goroutines)
@@ -70,6 +73,7 @@ func idleMemory(ctx context.Context, name, backend string, users, n int, o optio
 	if err != nil {
 		return memResult{}, err
 	}
+	tcpMem0 := tcpMemBytes()
 
 	self, err := os.Executable()
 	if err != nil {
@@ -105,6 +109,7 @@ func idleMemory(ctx context.Context, name, backend string, users, n int, o optio
 	if m.after, err = p.Mem(); err != nil {
 		return memResult{}, err
 	}
+	m.tcpMemPer = float64(tcpMemBytes()-tcpMem0) / float64(n)
 	if mg != nil {
 		if o.heapprofile != "" {
 			if err := mg.Profile("heap", o.heapprofile); err != nil {
@@ -131,4 +136,26 @@ func idleMemory(ctx context.Context, name, backend string, users, n int, o optio
 	}
 	fmt.Println(m.detail())
 	return m, nil
+}
+
+// tcpMemBytes is the kernel's TCP buffer memory, machine-wide: the "mem"
+// pages of /proc/net/sockstat's TCP line. It is in no process's RSS.
+func tcpMemBytes() int64 {
+	b, err := os.ReadFile("/proc/net/sockstat")
+	if err != nil {
+		return 0
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		f := strings.Fields(l)
+		if len(f) == 0 || f[0] != "TCP:" {
+			continue
+		}
+		for i := 1; i+1 < len(f); i += 2 {
+			if f[i] == "mem" {
+				pages, _ := strconv.ParseInt(f[i+1], 10, 64)
+				return pages * int64(os.Getpagesize())
+			}
+		}
+	}
+	return 0
 }
