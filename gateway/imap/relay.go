@@ -259,8 +259,11 @@ func (r *relayer) pump(d, other *direction) error {
 	for {
 		if now := time.Now(); now.Sub(refreshed) >= refreshEvery {
 			readDeadline = active.Add(r.idle)
-			if d.state.Load() == stQuiet {
-				readDeadline = now.Add(r.idle) // wait for data or the next look
+			if d.state.Load() == stQuiet || d.lot {
+				// Wait for data or the next look. (A direction that parks in
+				// the lot never waits in a read: its deadline only carries
+				// pokes, and a turn after a long quiet must not time out.)
+				readDeadline = now.Add(r.idle)
 			}
 			writeDeadline = now.Add(r.idle + writeGrace)
 			// Errors here mean a closed conn; the Read or Write says so next.

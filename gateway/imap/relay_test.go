@@ -337,3 +337,32 @@ func TestRelayShutdownWhileParked(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// A client quiet for longer than the idle timeout while the backend pushes
+// (IDLE), then sending DONE: its bytes pass and the session lives on.
+func TestRelayClientSpeaksAfterLongQuiet(t *testing.T) {
+	modes(t, func(t *testing.T, newRelay func(*testing.T, time.Duration) *relayFixture, tcp bool) {
+		idle := 200 * time.Millisecond
+		f := newRelay(t, idle)
+		go io.Copy(io.Discard, f.client)
+		for range 8 { // 0.4 s: two idle periods of client silence
+			if _, err := f.backend.Write([]byte("* 1 EXISTS\r\n")); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		if _, err := f.client.Write([]byte("DONE\r\n")); err != nil {
+			t.Fatal(err)
+		}
+		got := make([]byte, 6)
+		f.backend.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.ReadFull(f.backend, got); err != nil || string(got) != "DONE\r\n" {
+			t.Fatalf("backend got %q %v", got, err)
+		}
+		select {
+		case st := <-f.done:
+			t.Fatalf("relay ended: %+v", st)
+		default:
+		}
+	})
+}
