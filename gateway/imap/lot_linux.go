@@ -15,6 +15,9 @@ import (
 	"unsafe"
 )
 
+// An epoll_event's 64-bit data is syscall.EpollEvent's Fd and Pad together
+// on every Linux port (at offset 4 where the kernel packs the struct, as on
+// amd64; at 8 after padding, as on arm64): the lot keeps a relay's id there.
 type lot struct {
 	mu      sync.Mutex
 	running bool

@@ -45,15 +45,15 @@ func peek(rc syscall.RawConn, wait bool) (queued int, empty bool, err error) {
 		// Nothing queued: no data yet, the peer's EOF, or an error.
 		var b [1]byte
 		for {
-			n, _, e := syscall.RawSyscall6(syscall.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&b[0])), 1,
-				syscall.MSG_PEEK|syscall.MSG_DONTWAIT, 0, 0)
+			// A connected TCP socket reports no source address: no allocation.
+			n, _, e := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
 			switch {
 			case e == syscall.EINTR:
 				continue
 			case e == syscall.EAGAIN:
 				empty = true
 				return !wait // false: wait for the poller
-			case e != 0:
+			case e != nil:
 				perr = os.NewSyscallError("recvfrom", e)
 				return true
 			case n == 0:
