@@ -5,6 +5,8 @@ import (
 	"context"
 	"io"
 	"net"
+	"runtime"
+	"strings"
 	"testing"
 	"time"
 
@@ -45,6 +47,13 @@ type relayFixture struct {
 
 func startRelay(t *testing.T, tcp bool, idle time.Duration) *relayFixture {
 	t.Helper()
+	return startRelayMode(t, tcp, true, idle)
+}
+
+// startRelayMode: with tcp and !splice, two TCP pairs on the pooled-buffer
+// path (readiness first, then a buffer).
+func startRelayMode(t *testing.T, tcp, splice bool, idle time.Duration) *relayFixture {
+	t.Helper()
 	var client, cSide, backend, bSide net.Conn
 	if tcp {
 		client, cSide = tcpPair(t)
@@ -55,7 +64,7 @@ func startRelay(t *testing.T, tcp bool, idle time.Duration) *relayFixture {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	f := &relayFixture{client: client, backend: backend, done: make(chan relayStats, 1), cancel: cancel}
-	go func() { f.done <- relay(ctx, cSide, bSide, idle) }()
+	go func() { f.done <- relayMode(ctx, cSide, bSide, idle, splice) }()
 	t.Cleanup(func() {
 		cancel()
 		client.Close()
@@ -81,14 +90,23 @@ func (f *relayFixture) wait(t *testing.T, within time.Duration) relayStats {
 	return relayStats{}
 }
 
-func modes(t *testing.T, fn func(t *testing.T, tcp bool)) {
-	t.Run("splice", func(t *testing.T) { fn(t, true) })
-	t.Run("buffered", func(t *testing.T) { fn(t, false) })
+// modes runs fn over TCP (splice, or readiness then a pooled buffer) and
+// over net.Pipe (a blocking Read into a held buffer, as for TLS).
+func modes(t *testing.T, fn func(t *testing.T, f func(t *testing.T, idle time.Duration) *relayFixture, tcp bool)) {
+	t.Run("splice", func(t *testing.T) {
+		fn(t, func(t *testing.T, idle time.Duration) *relayFixture { return startRelayMode(t, true, true, idle) }, true)
+	})
+	t.Run("tcp-buffered", func(t *testing.T) {
+		fn(t, func(t *testing.T, idle time.Duration) *relayFixture { return startRelayMode(t, true, false, idle) }, true)
+	})
+	t.Run("pipe", func(t *testing.T) {
+		fn(t, func(t *testing.T, idle time.Duration) *relayFixture { return startRelayMode(t, false, false, idle) }, false)
+	})
 }
 
 func TestRelayCopiesBothWaysAndHalfCloses(t *testing.T) {
-	modes(t, func(t *testing.T, tcp bool) {
-		f := startRelay(t, tcp, time.Minute)
+	modes(t, func(t *testing.T, newRelay func(*testing.T, time.Duration) *relayFixture, tcp bool) {
+		f := newRelay(t, time.Minute)
 		big := bytes.Repeat([]byte("0123456789abcdef"), 200<<10/16) // 200 KiB
 		go f.backend.Write(big)
 		got := make([]byte, len(big))
@@ -125,9 +143,9 @@ func TestRelayCopiesBothWaysAndHalfCloses(t *testing.T) {
 }
 
 func TestRelayIdleTimeoutClosesBoth(t *testing.T) {
-	modes(t, func(t *testing.T, tcp bool) {
+	modes(t, func(t *testing.T, newRelay func(*testing.T, time.Duration) *relayFixture, tcp bool) {
 		idle := 200 * time.Millisecond
-		f := startRelay(t, tcp, idle)
+		f := newRelay(t, idle)
 		start := time.Now()
 		st := f.wait(t, 5*time.Second)
 		if d := time.Since(start); d < idle || st.result != connlog.IdleTimeout {
@@ -143,9 +161,9 @@ func TestRelayIdleTimeoutClosesBoth(t *testing.T) {
 // A client in IDLE sends nothing while the backend pushes updates: the
 // connection lives.
 func TestRelayOneActiveDirectionKeepsConnection(t *testing.T) {
-	modes(t, func(t *testing.T, tcp bool) {
+	modes(t, func(t *testing.T, newRelay func(*testing.T, time.Duration) *relayFixture, tcp bool) {
 		idle := 300 * time.Millisecond
-		f := startRelay(t, tcp, idle)
+		f := newRelay(t, idle)
 		go io.Copy(io.Discard, f.client)
 		for i := 0; i < 12; i++ { // 1.2 s, four idle periods
 			if _, err := f.backend.Write([]byte("* 1 EXISTS\r\n")); err != nil {
@@ -164,8 +182,8 @@ func TestRelayOneActiveDirectionKeepsConnection(t *testing.T) {
 }
 
 func TestRelayShutdown(t *testing.T) {
-	modes(t, func(t *testing.T, tcp bool) {
-		f := startRelay(t, tcp, time.Minute)
+	modes(t, func(t *testing.T, newRelay func(*testing.T, time.Duration) *relayFixture, tcp bool) {
+		f := newRelay(t, time.Minute)
 		f.cancel()
 		if st := f.wait(t, 5*time.Second); st.result != connlog.Shutdown {
 			t.Fatalf("result %q", st.result)
@@ -174,8 +192,8 @@ func TestRelayShutdown(t *testing.T) {
 }
 
 func TestRelayBackendCloseEndsSession(t *testing.T) {
-	modes(t, func(t *testing.T, tcp bool) {
-		f := startRelay(t, tcp, time.Minute)
+	modes(t, func(t *testing.T, newRelay func(*testing.T, time.Duration) *relayFixture, tcp bool) {
+		f := newRelay(t, time.Minute)
 		f.backend.Close()
 		if st := f.wait(t, 5*time.Second); st.result != connlog.BackendClosed {
 			t.Fatalf("result %q", st.result)
@@ -184,8 +202,8 @@ func TestRelayBackendCloseEndsSession(t *testing.T) {
 }
 
 func TestRelayClientCloseEndsSession(t *testing.T) {
-	modes(t, func(t *testing.T, tcp bool) {
-		f := startRelay(t, tcp, time.Minute)
+	modes(t, func(t *testing.T, newRelay func(*testing.T, time.Duration) *relayFixture, tcp bool) {
+		f := newRelay(t, time.Minute)
 		f.client.Close()
 		if tcp {
 			// The EOF is passed on: the backend, like an IMAP server, closes.
@@ -219,4 +237,132 @@ func TestRelayStalledClientIsDropped(t *testing.T) {
 	if st := f.wait(t, writeGrace+5*time.Second); st.result != connlog.Dropped || st.err == nil {
 		t.Fatalf("result %q, err %v", st.result, st.err)
 	}
+}
+
+// Both directions at once, in odd-sized writes: every byte arrives, in
+// order (the readiness path moves exactly what the socket has queued).
+func TestRelayByteExactBothWays(t *testing.T) {
+	modes(t, func(t *testing.T, newRelay func(*testing.T, time.Duration) *relayFixture, tcp bool) {
+		f := newRelay(t, time.Minute)
+		mk := func(seed byte, n int) []byte {
+			b := make([]byte, n)
+			for i := range b {
+				b[i] = seed + byte(i*7+i/251)
+			}
+			return b
+		}
+		up, down := mk(1, 3<<20+17), mk(9, 5<<20+3)
+		send := func(c net.Conn, b []byte) {
+			for len(b) > 0 {
+				n := min(len(b), 1+len(b)%40000)
+				if _, err := c.Write(b[:n]); err != nil {
+					return
+				}
+				b = b[n:]
+			}
+		}
+		go send(f.client, up)
+		go send(f.backend, down)
+		check := func(c net.Conn, want []byte, what string) {
+			got := make([]byte, len(want))
+			c.SetReadDeadline(time.Now().Add(20 * time.Second))
+			if _, err := io.ReadFull(c, got); err != nil || !bytes.Equal(got, want) {
+				t.Errorf("%s: %v, equal %v", what, err, bytes.Equal(got, want))
+			}
+		}
+		done := make(chan struct{})
+		go func() { check(f.backend, up, "client->backend"); close(done) }()
+		check(f.client, down, "backend->client")
+		<-done
+	})
+}
+
+// An idle relay between sockets holds neither a buffer nor a splice pipe:
+// the backend-to-client direction parks in waitReadable and the other one
+// in the lot, with no goroutine.
+func TestRelayIdleHoldsNoBuffer(t *testing.T) {
+	for _, splice := range []bool{true, false} {
+		f := startRelayMode(t, true, splice, time.Minute)
+		f.client.Write([]byte("a NOOP\r\n")) // one round of traffic first
+		io.ReadFull(f.backend, make([]byte, 8))
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			buf := make([]byte, 1<<20)
+			stacks := string(buf[:runtime.Stack(buf, true)])
+			parked := strings.Count(stacks, "imap.waitReadable")
+			busy := strings.Contains(stacks, "imap.copyOnce") || strings.Contains(stacks, "poll.Splice") ||
+				strings.Contains(stacks, "imap.(*relayer).runUp")
+			if parked == 1 && !busy {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("splice %v: %d directions parked in waitReadable, busy %v:\n%s", splice, parked, busy, stacks)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		f.cancel()
+		f.wait(t, 5*time.Second)
+	}
+}
+
+// A relay whose client direction waits in the lot still ends on shutdown,
+// and the lot's goroutine stops with the last relay.
+func TestRelayShutdownWhileParked(t *testing.T) {
+	f := startRelayMode(t, true, true, time.Minute)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		buf := make([]byte, 1<<20)
+		stacks := string(buf[:runtime.Stack(buf, true)])
+		if strings.Contains(stacks, "imap.(*lot).serve") && !strings.Contains(stacks, "imap.(*relayer).runUp") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the client direction never parked:\n%s", stacks)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	f.cancel()
+	if st := f.wait(t, 5*time.Second); st.result != connlog.Shutdown {
+		t.Fatalf("result %q", st.result)
+	}
+	for {
+		buf := make([]byte, 1<<20)
+		stacks := string(buf[:runtime.Stack(buf, true)])
+		if !strings.Contains(stacks, "imap.(*lot).serve") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the lot's goroutine outlived the last relay:\n%s", stacks)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// A client quiet for longer than the idle timeout while the backend pushes
+// (IDLE), then sending DONE: its bytes pass and the session lives on.
+func TestRelayClientSpeaksAfterLongQuiet(t *testing.T) {
+	modes(t, func(t *testing.T, newRelay func(*testing.T, time.Duration) *relayFixture, tcp bool) {
+		idle := 200 * time.Millisecond
+		f := newRelay(t, idle)
+		go io.Copy(io.Discard, f.client)
+		for range 8 { // 0.4 s: two idle periods of client silence
+			if _, err := f.backend.Write([]byte("* 1 EXISTS\r\n")); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		if _, err := f.client.Write([]byte("DONE\r\n")); err != nil {
+			t.Fatal(err)
+		}
+		got := make([]byte, 6)
+		f.backend.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.ReadFull(f.backend, got); err != nil || string(got) != "DONE\r\n" {
+			t.Fatalf("backend got %q %v", got, err)
+		}
+		select {
+		case st := <-f.done:
+			t.Fatalf("relay ended: %+v", st)
+		default:
+		}
+	})
 }

@@ -159,19 +159,29 @@ func (s *Server) Reconfigure(cfg Config) {
 // closes the connection (shutdown).
 func (s *Server) Serve(ctx context.Context, conn net.Conn) {
 	cfg := s.cfg.Load()
+	id := connlog.NextID()
 	log := cfg.Logger.With(zap.String("proto", "imap"), zap.String("listener", cfg.Listener),
-		zap.Uint64("conn", connlog.NextID()), zap.Stringer("remote", conn.RemoteAddr()))
+		zap.Uint64("conn", id), zap.Stringer("remote", conn.RemoteAddr()))
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	defer stop()
 	ss := &session{
 		cfg:      cfg,
 		log:      log,
+		connID:   id,
 		conn:     conn,
 		preauthT: time.Now().Add(cfg.PreauthTimeout),
 	}
 	result := ss.run(ctx)
 	if ctx.Err() != nil {
 		result = connlog.Shutdown
+	}
+	if h := ss.handoff; h != nil {
+		// The relay runs here, not under the login's frames: a session that
+		// idles for days keeps only this shallow stack (the runtime shrinks
+		// it) and the handoff, not the session, its loggers or its wire.
+		stop()
+		relaySession(ctx, cfg, h)
+		return
 	}
 	if !ss.spliced {
 		conn.Close()
@@ -184,6 +194,7 @@ func (s *Server) Serve(ctx context.Context, conn net.Conn) {
 type session struct {
 	cfg      *Config
 	log      *zap.Logger
+	connID   uint64   // the connection's, in log
 	conn     net.Conn // the client; a *tls.Conn after STARTTLS
 	w        *wire
 	tls      bool
@@ -191,8 +202,44 @@ type session struct {
 	bad      int       // invalid commands and failed logins so far
 	attempts int       // login attempts so far
 	spliced  bool      // the relay owns (and closed) the connections
+	handoff  *handoff  // after a login: what the relay needs
 
 	loggedPlaintextRefusal bool // the first login refused for lack of TLS was logged
+}
+
+// handoff is what a logged-in session keeps for its relay: nothing of the
+// not-authenticated state.
+type handoff struct {
+	client, backend         net.Conn
+	id                      uint64 // for the log of the session's end
+	user, mech, backendName string
+	start                   time.Time
+}
+
+// relaySession relays h's connections until the session ends, and logs its
+// end.
+func relaySession(ctx context.Context, cfg *Config, h *handoff) {
+	logEnd(cfg, h, relay(ctx, h.client, h.backend, cfg.IdleTimeout))
+}
+
+// logEnd logs a relayed session's end. It is not inlined: its fields would
+// sit in the frame of relay, on the stack of every idle session.
+//
+//go:noinline
+func logEnd(cfg *Config, h *handoff, st relayStats) {
+	fields := []zap.Field{
+		zap.String("proto", "imap"), zap.String("listener", cfg.Listener),
+		zap.Uint64("conn", h.id), zap.Stringer("remote", h.client.RemoteAddr()),
+		zap.String("user", h.user), zap.String("mech", h.mech), zap.String("backend", h.backendName),
+		st.result.Field(),
+		zap.Int64("bytes_from_client", st.up),
+		zap.Int64("bytes_to_client", st.down),
+		zap.Duration("duration", time.Since(h.start)),
+	}
+	if st.err != nil {
+		fields = append(fields, zap.Error(st.err))
+	}
+	cfg.Logger.Info("session end", fields...)
 }
 
 // errLogout and errLoggedIn end the command loop normally.
@@ -580,7 +627,7 @@ func (ss *session) connect(ctx context.Context, tag, mech, user, pass string) er
 	if err != nil {
 		return err
 	}
-	return ss.splice(ctx, log, tag, up)
+	return ss.splice(log, user, mech, tag, up)
 }
 
 // backendLogin asks the Backend to log the user in. A wrong password is
@@ -627,9 +674,10 @@ func (ss *session) failed(ctx context.Context, log *zap.Logger, err error) error
 }
 
 // splice answers the login's OK with the backend's capabilities, hands over
-// what the client pipelined, and relays both ways until the session ends.
-// From its start the relay owns both connections and closes them.
-func (ss *session) splice(ctx context.Context, log *zap.Logger, tag string, up Upstream) error {
+// what the client pipelined, and leaves the relay both ways to Serve
+// (ss.handoff). From its start the relay owns both connections and closes
+// them.
+func (ss *session) splice(log *zap.Logger, user, mech, tag string, up Upstream) error {
 	backend, caps := up.Conn, up.Caps
 	ss.spliced = true
 	now := time.Now()
@@ -655,23 +703,13 @@ func (ss *session) splice(ctx context.Context, log *zap.Logger, tag string, up U
 		log.Info("session end", connlog.Dropped.Field(), zap.Error(err))
 		return errLoggedIn
 	}
-	log = log.With(zap.String("backend", up.Name))
-	log.Info("logged in, relaying", zap.Int("backend_caps", len(caps)))
+	log.Info("logged in, relaying", zap.String("backend", up.Name), zap.Int("backend_caps", len(caps)))
 	// The pre-login reader and writer are done with (takeBuffered handed
 	// over what the client had pipelined): let their buffers go for the
 	// rest of what may be a days-long session.
 	ss.w = nil
-	st := relay(ctx, ss.conn, backend, ss.cfg.IdleTimeout)
-	fields := []zap.Field{
-		st.result.Field(),
-		zap.Int64("bytes_from_client", st.up),
-		zap.Int64("bytes_to_client", st.down),
-		zap.Duration("duration", time.Since(now)),
-	}
-	if st.err != nil {
-		fields = append(fields, zap.Error(st.err))
-	}
-	log.Info("session end", fields...)
+	ss.handoff = &handoff{client: ss.conn, backend: backend, id: ss.connID, user: user, mech: mech,
+		backendName: up.Name, start: now}
 	return errLoggedIn
 }
 
