@@ -112,6 +112,7 @@ func (s *Server) routeAndOpen(ctx context.Context, l login, routed func(routing.
 		t := upstream.Target{Name: d.Backend, Address: addr, Config: b, ClientAddr: l.remote, LocalAddr: l.local}
 		err = open(t, d.User, password, st.timeouts)
 		if err == nil {
+			st.router.Confirm(d) // a lookup answer is cached only now
 			if s.health.Up(addr) {
 				s.log.Info("backend server answers again", zap.String("backend", d.Backend), zap.String("server", addr))
 			}

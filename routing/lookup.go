@@ -57,6 +57,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	lru "github.com/hashicorp/golang-lru/v2"
@@ -117,7 +118,9 @@ func (e *RejectError) Unwrap() error { return ErrRejected }
 // shows it too); empty when the service gave none.
 func (e *RejectError) PublicText() string { return e.Text }
 
-// lookup asks the auth_http service and caches its OK answers. Its
+// lookup asks the auth_http service and caches its OK answers that led to a
+// successful backend login (Router.Confirm); expired answers are purged on a
+// timer. Its
 // configuration is fixed at creation; the cache is internally synchronized.
 type lookup struct {
 	url      string // may hold credentials: never in messages
@@ -134,6 +137,16 @@ type lookup struct {
 	salt     []byte                               // HMAC key for the password in cache keys
 
 	now func() time.Time // the clock; tests replace it
+
+	purgeMu    sync.Mutex
+	purgeTimer *time.Timer // pending purge of expired answers; nil: none scheduled
+	closed     bool        // no more purges are scheduled
+}
+
+// pendingAnswer is a fresh answer waiting for Router.Confirm.
+type pendingAnswer struct {
+	l   *lookup
+	key cacheKey
 }
 
 type cacheKey struct {
@@ -188,7 +201,52 @@ func newLookup(cfg LookupConfig, backend string) *lookup {
 	return l
 }
 
-func (l *lookup) close() { l.tr.CloseIdleConnections() }
+func (l *lookup) close() {
+	l.tr.CloseIdleConnections()
+	l.purgeMu.Lock()
+	defer l.purgeMu.Unlock()
+	l.closed = true
+	if l.purgeTimer != nil {
+		l.purgeTimer.Stop()
+		l.purgeTimer = nil
+	}
+}
+
+// store caches d under key until lookup.cache from now, and makes sure a
+// purge of expired answers is scheduled.
+func (l *lookup) store(key cacheKey, d Decision) {
+	d.confirm = nil
+	l.cache.Add(key, cachedDecision{d: d, expires: l.now().Add(l.cacheFor)})
+	l.schedulePurge()
+}
+
+// schedulePurge arms the purge timer unless one is pending. A timer, not a
+// goroutine: nothing runs while the cache is empty.
+func (l *lookup) schedulePurge() {
+	l.purgeMu.Lock()
+	defer l.purgeMu.Unlock()
+	if l.closed || l.purgeTimer != nil {
+		return
+	}
+	l.purgeTimer = time.AfterFunc(l.cacheFor, l.purge)
+}
+
+// purge removes the expired answers, so that they do not hold memory until
+// the same login comes again, and re-arms while answers remain.
+func (l *lookup) purge() {
+	now := l.now()
+	for _, k := range l.cache.Keys() {
+		if c, ok := l.cache.Peek(k); ok && !now.Before(c.expires) {
+			l.cache.Remove(k)
+		}
+	}
+	l.purgeMu.Lock()
+	l.purgeTimer = nil
+	l.purgeMu.Unlock()
+	if l.cache.Len() > 0 {
+		l.schedulePurge()
+	}
+}
 
 // route asks the service (or its cache) where login goes.
 func (l *lookup) route(ctx context.Context, login Login) (Decision, error) {
@@ -230,7 +288,8 @@ func (l *lookup) route(ctx context.Context, login Login) (Decision, error) {
 			d.User = login.User
 		}
 		if l.cache != nil {
-			l.cache.Add(key, cachedDecision{d: d, expires: l.now().Add(l.cacheFor)})
+			// Cached only when the backend accepts the login (Confirm).
+			d.confirm = &pendingAnswer{l: l, key: key}
 		}
 		return d, nil
 	}

@@ -353,6 +353,7 @@ func TestLookupCache(t *testing.T) {
 				if got := svc.requests.Load(); got != wantRequests {
 					t.Fatalf("after Route(%s/%s): %d requests, want %d", l.User, l.Protocol, got, wantRequests)
 				}
+				r.Confirm(d) // the backend accepted each of these logins
 			}
 			route(alice, 1)
 			again := alice
@@ -383,6 +384,51 @@ func TestLookupCache(t *testing.T) {
 			}
 		})
 	}
+}
+
+// Only answers whose login the backend accepted are cached, so failed logins
+// (guessed passwords, names the backend does not know) cannot fill the
+// cache; expired answers are purged without waiting for the same login.
+func TestLookupCachesOnlyConfirmedAndPurges(t *testing.T) {
+	svc := newAuthService(t, answerWith("Auth-Status", "OK", "Auth-Server", "198.51.100.1", "Auth-Port", "143"))
+	r := newLookupRouter(t, LookupConfig{URL: svc.URL, Cache: time.Minute})
+	clk := newFakeClock()
+	r.lookup.now = clk.now
+	ctx := context.Background()
+	for i := range 3 {
+		if _, err := r.Route(ctx, Login{User: fmt.Sprintf("guess%d@example.org", i), Protocol: "pop3"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := r.lookup.cache.Len(); n != 0 {
+		t.Fatalf("%d answers cached for logins nobody confirmed", n)
+	}
+	d, err := r.Route(ctx, alice)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Confirm(d)
+	r.Confirm(d) // twice is harmless
+	if n := r.lookup.cache.Len(); n != 1 {
+		t.Fatalf("%d answers cached after one confirmed login, want 1", n)
+	}
+	hit, err := r.Route(ctx, alice)
+	if err != nil || svc.requests.Load() != 4 {
+		t.Fatalf("confirmed answer not served from the cache: %v, %d requests", err, svc.requests.Load())
+	}
+	r.Confirm(hit) // a cached decision: nothing to do
+	r.lookup.purgeMu.Lock()
+	scheduled := r.lookup.purgeTimer != nil
+	r.lookup.purgeMu.Unlock()
+	if !scheduled {
+		t.Fatal("no purge scheduled with an answer in the cache")
+	}
+	clk.advance(time.Minute)
+	r.lookup.purge() // what the timer runs
+	if n := r.lookup.cache.Len(); n != 0 {
+		t.Fatalf("%d expired answers still held after the purge", n)
+	}
+	r.Close() // stops the timer
 }
 
 func TestLookupPasswordOnlyWhenConfigured(t *testing.T) {

@@ -46,6 +46,10 @@ type Decision struct {
 	// Source says what decided, for logs: "user", "domain", "lookup" or
 	// "default".
 	Source string
+
+	// confirm, for a fresh answer of a caching lookup, is what Confirm
+	// caches once the backend has accepted the login.
+	confirm *pendingAnswer
 }
 
 // Sources of a Decision.
@@ -125,6 +129,17 @@ func New(cfg Config) (*Router, error) {
 		rt.lookup = newLookup(*cfg.Lookup, backend)
 	}
 	return rt, nil
+}
+
+// Confirm tells the router that the backend accepted the login d was decided
+// for. Only then does a lookup answer enter the cache (lookup.cache): an
+// answer for a login that then failed (a guessed password, a name that does
+// not exist at the backend) is never kept, so failed logins cannot fill the
+// cache. Confirm of any other decision does nothing.
+func (r *Router) Confirm(d Decision) {
+	if p := d.confirm; p != nil {
+		p.l.store(p.key, d)
+	}
 }
 
 // Close releases the lookup client's idle connections. It is safe to call
