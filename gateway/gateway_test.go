@@ -310,3 +310,36 @@ func TestConnectionIDsUniqueAcrossProtocols(t *testing.T) {
 		t.Fatalf("results %v, want pop3 quit and imap logout", results)
 	}
 }
+
+// One vocabulary of field names for every line about a login (README, Logs):
+// proto and remote as in the session lines, client_ip for fail2ban, and the
+// routed backend user on the line of a successful backend login.
+func TestLoginLinesShareTheSessionVocabulary(t *testing.T) {
+	srv, logs := startGateway(t, baseConfig, memBackend(t, testMessage))
+	c := dialPOP3(t, srv.Addr("pop3"), "127.0.0.4")
+	c.Expect("+OK")
+	c.Command("USER alice", "+OK")
+	c.Command("PASS wrong", "-ERR [AUTH]")
+	c.Command("USER alice", "+OK")
+	c.Command("PASS secret", "+OK")
+	c.Command("QUIT", "+OK")
+	for _, msg := range []string{"login failed", "backend login"} {
+		lines := logs.FilterMessage(msg).All()
+		if len(lines) != 1 {
+			t.Fatalf("%d %q lines, want 1", len(lines), msg)
+		}
+		m := lines[0].ContextMap()
+		if m["proto"] != "pop3" || !strings.HasPrefix(fmt.Sprint(m["remote"]), "127.0.0.4:") || m["user"] != "alice" {
+			t.Errorf("%q line %v: want proto, remote and user as in session lines", msg, m)
+		}
+		if _, old := m["protocol"]; old {
+			t.Errorf("%q line still names the protocol \"protocol\": %v", msg, m)
+		}
+	}
+	if m := logs.FilterMessage("login failed").All()[0].ContextMap(); m["client_ip"] != "127.0.0.4" {
+		t.Errorf("login failed line without client_ip for fail2ban: %v", m)
+	}
+	if m := logs.FilterMessage("backend login").All()[0].ContextMap(); m["backend_user"] != "alice" || m["backend"] != "mem" {
+		t.Errorf("backend login line %v: want backend mem, backend_user alice", m)
+	}
+}

@@ -45,9 +45,13 @@ type login struct {
 func (s *Server) authenticate(ctx context.Context, l login, open func(upstream.Target, string, string, upstream.Timeouts) error) (string, error) {
 	ip := addrIP(l.remote)
 	network := clientNetwork(ip, s.ipv6Prefix())
+	// The fields every line about this login carries, named as in the
+	// fronts' session lines (README, Logs); client_ip is remote without
+	// the port, for fail2ban.
+	log := s.log.With(zap.String("proto", l.protocol), zap.Stringer("remote", l.remote),
+		zap.String("client_ip", ip.String()), zap.String("user", l.user))
 	if !s.auth.allowed(network) {
-		s.log.Warn("login refused: too many failures", zap.String("protocol", l.protocol),
-			zap.String("client_ip", ip.String()), zap.Stringer("client_network", network), zap.String("user", l.user))
+		log.Warn("login refused: too many failures", zap.Stringer("client_network", network))
 		return "", errTooManyFailures
 	}
 	accounts := []string{nameAccount(l.user)}
@@ -56,8 +60,7 @@ func (s *Server) authenticate(ctx context.Context, l login, open func(upstream.T
 	routed := func(d routing.Decision) {
 		accounts = append(accounts, routedAccount(d.Backend, d.User))
 		if w := s.auth.accountDelay(network, accounts...); w > 0 {
-			s.log.Info("login delayed: account has many recent failures", zap.String("protocol", l.protocol),
-				zap.String("client_ip", ip.String()), zap.String("user", l.user),
+			log.Info("login delayed: account has many recent failures",
 				zap.String("backend", d.Backend), zap.String("backend_user", d.User), zap.Duration("delay", w))
 			s.sleep(ctx, w)
 		}
@@ -66,8 +69,7 @@ func (s *Server) authenticate(ctx context.Context, l login, open func(upstream.T
 	switch {
 	case errors.Is(err, upstream.ErrAuthFailed):
 		// fail2ban: failregex = "msg":"login failed".*"client_ip":"<HOST>"
-		s.log.Warn("login failed", zap.String("protocol", l.protocol),
-			zap.String("client_ip", ip.String()), zap.String("user", l.user))
+		log.Warn("login failed")
 		s.sleep(ctx, s.auth.failed(network, accounts...))
 	case err == nil:
 		s.auth.succeeded(network, accounts...)
@@ -113,6 +115,10 @@ func (s *Server) routeAndOpen(ctx context.Context, l login, routed func(routing.
 		err = open(t, d.User, password, st.timeouts)
 		if err == nil {
 			st.router.Confirm(d) // a lookup answer is cached only now
+			// The one line that says who the user became at the backend.
+			s.log.Info("backend login", zap.String("proto", l.protocol), zap.Stringer("remote", l.remote),
+				zap.String("user", l.user), zap.String("backend", d.Backend), zap.String("backend_user", d.User),
+				zap.String("server", addr), zap.String("route", d.Source))
 			if s.health.Up(addr) {
 				s.log.Info("backend server answers again", zap.String("backend", d.Backend), zap.String("server", addr))
 			}
