@@ -1,0 +1,102 @@
+package imap
+
+import (
+	"strconv"
+	"strings"
+	"testing"
+)
+
+// maximalIDKey is the i-th of maxIDPairs distinct keys of maxIDKeyLen
+// octets, each a '"' or a '\\' (so that every octet is escaped when quoted).
+func maximalIDKey(i int) string {
+	var b strings.Builder
+	for j := 0; j < maxIDKeyLen; j++ {
+		if i>>j&1 == 1 {
+			b.WriteByte('\\')
+		} else {
+			b.WriteByte('"')
+		}
+	}
+	return b.String()
+}
+
+func maximalIDValue() string { return strings.Repeat(`\`, maxIDValueLen) }
+
+func quoteIMAP(s string) string {
+	return `"` + strings.NewReplacer(`\`, `\\`, `"`, `\"`).Replace(s) + `"`
+}
+
+// TestMaximalIDAccepted: RFC 2971's largest ID (30 pairs, 30-octet keys,
+// 1024-octet values), as one line of quoted strings with every octet
+// escaped, as LITERAL+ and as synchronizing literals, is answered OK, and
+// the session goes on (finding 8 of issue 11: it was "* BYE Command too
+// long").
+func TestMaximalIDAccepted(t *testing.T) {
+	b := newFakeBackend(nil)
+	c := startPipe(t, testConfig(t, b))
+	c.Expect("* OK")
+
+	var q strings.Builder
+	q.WriteString("q ID (")
+	for i := range maxIDPairs {
+		if i > 0 {
+			q.WriteByte(' ')
+		}
+		q.WriteString(quoteIMAP(maximalIDKey(i)) + " " + quoteIMAP(maximalIDValue()))
+	}
+	q.WriteString(")")
+	if n := len(q.String()); n <= 16<<10 || n > maxLine {
+		t.Fatalf("quoted ID of %d octets: want over the old 16 KiB cap and within maxLine %d", n, maxLine)
+	}
+	c.Send(q.String())
+	c.Expect(`* ID ("name" "mailgate")`)
+	c.Expect("q OK ID completed")
+
+	// LITERAL+: the whole command at once.
+	var l strings.Builder
+	l.WriteString("l ID (")
+	for i := range maxIDPairs {
+		if i > 0 {
+			l.WriteByte(' ')
+		}
+		k, v := maximalIDKey(i), maximalIDValue()
+		l.WriteString("{" + strconv.Itoa(len(k)) + "+}\r\n" + k + " {" + strconv.Itoa(len(v)) + "+}\r\n" + v)
+	}
+	l.WriteString(")\r\n")
+	c.SendRaw(l.String())
+	c.Expect(`* ID ("name" "mailgate")`)
+	c.Expect("l OK ID completed")
+
+	// Synchronizing literals: one continuation request per literal.
+	c.SendRaw("s ID (")
+	for i := range maxIDPairs {
+		sep := " "
+		if i == 0 {
+			sep = ""
+		}
+		k, v := maximalIDKey(i), maximalIDValue()
+		c.SendRaw(sep + "{" + strconv.Itoa(len(k)) + "}\r\n")
+		c.Expect("+ ")
+		c.SendRaw(k + " {" + strconv.Itoa(len(v)) + "}\r\n")
+		c.Expect("+ ")
+		c.SendRaw(v)
+	}
+	c.SendRaw(")\r\n")
+	c.Expect(`* ID ("name" "mailgate")`)
+	c.Expect("s OK ID completed")
+
+	c.Send("a LOGIN alice secret")
+	c.Expect("a OK")
+	if len(b.logins) != 1 {
+		t.Fatalf("backend saw %d logins, want 1", len(b.logins))
+	}
+}
+
+// TestOverlongIDStillBounded: one line past maxLine still ends the session.
+func TestOverlongIDStillBounded(t *testing.T) {
+	c := startPipe(t, testConfig(t, newFakeBackend(nil)))
+	c.Expect("* OK")
+	go c.NetConn().Write([]byte("a ID (\"k\" \"" + strings.Repeat("v", maxLine) + "\")\r\n"))
+	c.Expect("* BYE Command too long")
+	c.ExpectClosed()
+}
