@@ -100,3 +100,44 @@ func TestOverlongIDStillBounded(t *testing.T) {
 	c.Expect("* BYE Command too long")
 	c.ExpectClosed()
 }
+
+// TestLongUserNameRefusedLocally: a user name over 255 octets (LOGIN quoted
+// and as a literal, AUTHENTICATE PLAIN and LOGIN) is answered as a wrong
+// password without reaching the Backend, and counts as a failure of the
+// connection (issue 11, finding 5).
+func TestLongUserNameRefusedLocally(t *testing.T) {
+	b := newFakeBackend(nil)
+	cfg := testConfig(t, b)
+	cfg.BadCommandLimit = 4
+	c := startPipe(t, cfg)
+	c.Expect("* OK")
+	long := strings.Repeat("u", 256)
+	c.Send("a LOGIN " + long + " secret")
+	c.Expect("a NO [AUTHENTICATIONFAILED]")
+	c.SendRaw("b LOGIN {8000+}\r\n" + strings.Repeat("x", 8000) + " secret\r\n")
+	c.Expect("b NO [AUTHENTICATIONFAILED]")
+	c.Send("c AUTHENTICATE PLAIN " + b64("\x00"+long+"\x00secret"))
+	c.Expect("c NO [AUTHENTICATIONFAILED]")
+	c.Send("d AUTHENTICATE LOGIN")
+	c.Expect("+ ")
+	c.Send(b64(long))
+	c.Expect("+ ")
+	c.Send(b64("secret"))
+	c.Expect("d NO [AUTHENTICATIONFAILED]")
+	c.Expect("* BYE Too many invalid commands")
+	c.ExpectClosed()
+	select {
+	case l := <-b.logins:
+		t.Fatalf("a %d-octet user name reached the backend", len(l.User))
+	default:
+	}
+
+	// 255 octets is still a user name.
+	c = startPipe(t, testConfig(t, b))
+	c.Expect("* OK")
+	c.Send("a LOGIN " + strings.Repeat("u", 255) + " secret")
+	c.Expect("a OK")
+	if l := <-b.logins; len(l.User) != 255 {
+		t.Fatalf("backend got a %d-octet name", len(l.User))
+	}
+}
