@@ -4,6 +4,12 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
+
+	"mailgate/gateway/internal/connlog"
 )
 
 // maximalIDKey is the i-th of maxIDPairs distinct keys of maxIDKeyLen
@@ -140,4 +146,35 @@ func TestLongUserNameRefusedLocally(t *testing.T) {
 	if l := <-b.logins; len(l.User) != 255 {
 		t.Fatalf("backend got a %d-octet name", len(l.User))
 	}
+}
+
+// TestHTTPRequestEndsConnection: an HTTP request line as a pre-auth command
+// closes the connection at once, unanswered, logged with result
+// protocol_mismatch (issue 11, finding 10: ALPACA).
+func TestHTTPRequestEndsConnection(t *testing.T) {
+	for _, line := range []string{"GET / HTTP/1.1", "POST /login HTTP/1.1", "HEAD ", "CONNECT mail.example.org:443 HTTP/1.1", "OPTIONS * HTTP/1.1", "PUT /x HTTP/1.1"} {
+		t.Run(line, func(t *testing.T) {
+			core, logs := observer.New(zap.InfoLevel)
+			cfg := testConfig(t, newFakeBackend(nil))
+			cfg.Logger = zap.New(core)
+			c := startPipe(t, cfg)
+			c.Expect("* OK")
+			c.Send("a NOOP")
+			c.Expect("a OK")
+			go c.NetConn().Write([]byte(line + "\r\nHost: mail.example.org\r\n\r\n"))
+			c.ExpectClosed()
+			deadline := time.Now().Add(5 * time.Second)
+			for logs.FilterMessage("session end").Len() == 0 && time.Now().Before(deadline) {
+				time.Sleep(10 * time.Millisecond)
+			}
+			if ends := logs.FilterMessage("session end"); ends.Len() != 1 || ends.FilterField(connlog.ProtocolMismatch.Field()).Len() != 1 {
+				t.Fatalf("session end lines %v, want one with result %s", ends.All(), connlog.ProtocolMismatch)
+			}
+		})
+	}
+	// An IMAP tag that only starts like a method is IMAP.
+	c := startPipe(t, testConfig(t, newFakeBackend(nil)))
+	c.Expect("* OK")
+	c.Send("GETX NOOP")
+	c.Expect("GETX OK")
 }

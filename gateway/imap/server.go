@@ -292,6 +292,11 @@ func (ss *session) run(ctx context.Context) connlog.Result {
 			return connlog.ProxyRefused
 		case errors.Is(err, errTLSFailed):
 			return connlog.TLSFailed
+		case errors.Is(err, errHTTPRequest):
+			// Not answered: another protocol's client gets not one byte it
+			// could take for its own (ALPACA).
+			ss.log.Info("imap client spoke HTTP: connection closed")
+			return connlog.ProtocolMismatch
 		case errors.Is(err, errLineTooLong), errors.Is(err, errLiteralTooLong):
 			ss.bye("Command too long")
 			ss.log.Info("imap client disconnected", zap.Error(err))

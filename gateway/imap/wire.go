@@ -21,6 +21,8 @@ import (
 	"io"
 	"strconv"
 	"strings"
+
+	"mailgate/gateway/internal/preauth"
 )
 
 // Size caps before authentication, so that a hostile client costs bounded
@@ -43,6 +45,9 @@ const (
 var (
 	errLineTooLong    = errors.New("imap: command line too long")
 	errLiteralTooLong = errors.New("imap: non-synchronizing literal too large")
+	// errHTTPRequest: the client's command is an HTTP request line (a
+	// browser, or an ALPACA-style cross-protocol attack).
+	errHTTPRequest = errors.New("imap: HTTP request on the IMAP port")
 )
 
 // syntaxError is a malformed command, answered with BAD; the session goes on.
@@ -169,6 +174,9 @@ func (w *wire) readCommand() (*command, error) {
 		line, err := w.readLine()
 		if err != nil {
 			return nil, err
+		}
+		if toks == nil && preauth.IsHTTPRequest(line) {
+			return nil, errHTTPRequest
 		}
 		total += len(line)
 		var lit *literalSpec
