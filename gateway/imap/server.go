@@ -27,6 +27,7 @@ import (
 	"go.uber.org/zap"
 
 	"mailgate/gateway/internal/connlog"
+	"mailgate/gateway/internal/preauth"
 	"mailgate/gateway/internal/saslserver"
 )
 
@@ -291,6 +292,11 @@ func (ss *session) run(ctx context.Context) connlog.Result {
 			return connlog.ProxyRefused
 		case errors.Is(err, errTLSFailed):
 			return connlog.TLSFailed
+		case errors.Is(err, errHTTPRequest):
+			// Not answered: another protocol's client gets not one byte it
+			// could take for its own (ALPACA).
+			ss.log.Info("imap client spoke HTTP: connection closed")
+			return connlog.ProtocolMismatch
 		case errors.Is(err, errLineTooLong), errors.Is(err, errLiteralTooLong):
 			ss.bye("Command too long")
 			ss.log.Info("imap client disconnected", zap.Error(err))
@@ -542,7 +548,7 @@ func (ss *session) login(ctx context.Context, cmd *command) error {
 		return errArgs
 	}
 	if !ss.authAllowed() {
-		ss.refusedPlaintext(user, "LOGIN before TLS")
+		ss.refusedPlaintext(preauth.LogUser(user), "LOGIN before TLS")
 		return errPrivacy
 	}
 	return ss.connect(ctx, cmd.tag, "LOGIN", user, pass)
@@ -613,10 +619,14 @@ func (ss *session) saslExchange(srv sasl.Server, resp []byte) error {
 // connection until it ends (errLoggedIn). A refused login is returned for
 // reply to answer.
 func (ss *session) connect(ctx context.Context, tag, mech, user, pass string) error {
-	log := ss.log.With(zap.String("user", user), zap.String("mech", mech))
+	log := ss.log.With(zap.String("user", preauth.LogUser(user)), zap.String("mech", mech))
 	var up Upstream
 	var err error
-	if user == "" || pass == "" || strings.ContainsAny(user, "\x00\r\n") || strings.ContainsAny(pass, "\x00\r\n") {
+	if preauth.UserTooLong(user) {
+		// Refused before routing and the limiters see it: a hostile name
+		// costs no memory in their tables (issue 11, finding 5).
+		err = ss.failed(ctx, log, fmt.Errorf("%w: user name over %d octets", ErrAuthFailed, preauth.MaxUserLen))
+	} else if user == "" || pass == "" || strings.ContainsAny(user, "\x00\r\n") || strings.ContainsAny(pass, "\x00\r\n") {
 		// Never forwarded: an LDAP-bind backend may take an empty password
 		// as an anonymous bind (RFC 4513 §5.1.2). Answered as a wrong
 		// password, after the same delay.

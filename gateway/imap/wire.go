@@ -21,21 +21,33 @@ import (
 	"io"
 	"strconv"
 	"strings"
+
+	"mailgate/gateway/internal/preauth"
 )
 
 // Size caps before authentication, so that a hostile client costs bounded
-// memory whatever it sends. Credentials and ID fields (RFC 2971 §3.3: values
-// of at most 1024 octets) fit well within them.
+// memory whatever it sends. Every valid RFC 2971 ID fits (session.id's
+// bounds: maxIDPairs pairs, keys of maxIDKeyLen and values of maxIDValueLen
+// octets): the longest is one line of quoted strings in which every octet is
+// escaped (maxQuotedID, about 62 KiB); the same ID as literals is shorter
+// (each string costs its octets and a "{1024}" announcement, not twice its
+// octets). Dovecot's IMAP compliance tester sends such an ID before login.
 const (
-	maxLine    = 8 << 10  // one line, without literals
-	maxLiteral = 8 << 10  // one literal
-	maxCommand = 16 << 10 // a whole command: lines and literals
+	// maxQuotedID: `ID (` + pairs of `"key" "value"`, every octet escaped
+	// ("\\" or "\""), with a space between pairs, and `)`.
+	maxQuotedID = len("ID (") + maxIDPairs*(2+2*maxIDKeyLen+1+2+2*maxIDValueLen+1) + len(")")
+	maxLine     = maxQuotedID + 1<<10 // one line, without literals; 1 KiB for the tag and spacing
+	maxLiteral  = 8 << 10             // one literal
+	maxCommand  = maxLine + 1<<10     // a whole command: lines and literals
 )
 
 // Fatal wire errors: the connection cannot be resynchronised.
 var (
 	errLineTooLong    = errors.New("imap: command line too long")
 	errLiteralTooLong = errors.New("imap: non-synchronizing literal too large")
+	// errHTTPRequest: the client's command is an HTTP request line (a
+	// browser, or an ALPACA-style cross-protocol attack).
+	errHTTPRequest = errors.New("imap: HTTP request on the IMAP port")
 )
 
 // syntaxError is a malformed command, answered with BAD; the session goes on.
@@ -162,6 +174,9 @@ func (w *wire) readCommand() (*command, error) {
 		line, err := w.readLine()
 		if err != nil {
 			return nil, err
+		}
+		if toks == nil && preauth.IsHTTPRequest(line) {
+			return nil, errHTTPRequest
 		}
 		total += len(line)
 		var lit *literalSpec

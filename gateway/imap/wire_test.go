@@ -58,7 +58,7 @@ func TestReadCommand(t *testing.T) {
 		{name: "non-sync literal too large is fatal", in: "a LOGIN {9000+}\r\n", fatal: errLiteralTooLong},
 		{name: "control char", in: "a LOG\x01IN\r\n", synErr: "control character", synTag: "a"},
 		{name: "line too long", in: "a LOGIN " + strings.Repeat("x", maxLine+10) + "\r\n", fatal: errLineTooLong},
-		{name: "many literals exceed command cap", in: "a ID (" + strings.Repeat("{4000+}\r\n"+strings.Repeat("v", 4000)+" ", 5) + ")\r\n", fatal: errLiteralTooLong},
+		{name: "many literals exceed command cap", in: "a ID (" + strings.Repeat("{8000+}\r\n"+strings.Repeat("v", 8000)+" ", maxCommand/8000+1) + ")\r\n", fatal: errLiteralTooLong},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap"
 
 	"mailgate/gateway/internal/connlog"
+	"mailgate/gateway/internal/preauth"
 	"mailgate/gateway/internal/saslserver"
 )
 
@@ -102,7 +103,7 @@ func (s *session) cmdAUTH(cmd command) (transition, error) {
 	for {
 		challenge, done, err := srv.Next(resp)
 		if err != nil {
-			return s.authFailed(mech, creds.User, err)
+			return s.authFailed(mech, preauth.LogUser(creds.User), err)
 		}
 		if done {
 			break
@@ -111,7 +112,7 @@ func (s *session) cmdAUTH(cmd command) (transition, error) {
 		line, err := s.w.readSASLLine()
 		switch {
 		case errors.Is(err, errLineTooLong):
-			return s.authFailed(mech, creds.User, err)
+			return s.authFailed(mech, preauth.LogUser(creds.User), err)
 		case err != nil:
 			s.readFailed(err)
 			return abort, nil
@@ -120,7 +121,7 @@ func (s *session) cmdAUTH(cmd command) (transition, error) {
 			return stay, &Error{Text: "authentication cancelled"}
 		}
 		if resp, err = saslserver.Decode(line, false); err != nil {
-			return s.authFailed(mech, creds.User, err)
+			return s.authFailed(mech, preauth.LogUser(creds.User), err)
 		}
 	}
 	return s.login(mech, creds.User, creds.Pass)
@@ -128,6 +129,11 @@ func (s *session) cmdAUTH(cmd command) (transition, error) {
 
 // login opens the user's maildrop with the credentials the client gave.
 func (s *session) login(mech, user, pass string) (transition, error) {
+	if preauth.UserTooLong(user) {
+		// Refused before routing and the limiters see it: a hostile name
+		// costs no memory in their tables (issue 11, finding 5).
+		return s.authFailed(mech, preauth.LogUser(user), errors.New("user name too long"))
+	}
 	if user == "" || pass == "" || strings.ContainsAny(user, "\x00\r\n") {
 		return s.authFailed(mech, user, errors.New("empty or malformed credentials"))
 	}

@@ -307,3 +307,34 @@ func TestLogsNeverContainCredentials(t *testing.T) {
 		t.Fatalf("%d session end lines with user and result quit, want 2", quits.Len())
 	}
 }
+
+// TestLongUserNameRefusedLocally: a user name over 255 octets (AUTH PLAIN
+// and AUTH LOGIN; USER cannot carry one within the 255-octet command line)
+// is answered as a wrong password without reaching the Backend, and counts
+// as a failure of the connection (issue 11, finding 5).
+func TestLongUserNameRefusedLocally(t *testing.T) {
+	ts := newTestServer(t, nil, nil)
+	long := strings.Repeat("u", 256) + "@example.org"
+	c := ts.dial()
+	c.Command("AUTH PLAIN", "+ ")
+	c.Command(b64("\x00"+long+"\x00"+testPass), "-ERR [AUTH] authentication failed")
+	c.Command("AUTH LOGIN", "+ ")
+	c.Command(b64(long), "+ ")
+	c.Command(b64(testPass), "-ERR [AUTH] authentication failed")
+	c.Command("AUTH PLAIN", "+ ")
+	c.Command(b64("\x00"+strings.Repeat("x", 8000)+"\x00"+testPass), "-ERR [AUTH] authentication failed; too many failures")
+	c.ExpectClosed()
+	if logins, _, _ := ts.b.calls(); len(logins) != 0 {
+		t.Fatalf("a long user name reached the backend: %d logins", len(logins))
+	}
+
+	// 255 octets is still a user name: it reaches the Backend.
+	c = ts.dial()
+	c.Command("AUTH PLAIN", "+ ")
+	c.Command(b64("\x00"+strings.Repeat("u", 255)+"\x00"+testPass), "-ERR [AUTH]")
+	c.Command("QUIT", "+OK")
+	ts.wait()
+	if logins, _, _ := ts.b.calls(); len(logins) != 1 || len(logins[0].User) != 255 {
+		t.Fatalf("a 255-octet name: backend logins %d, want 1", len(logins))
+	}
+}

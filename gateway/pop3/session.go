@@ -28,6 +28,7 @@ import (
 	"go.uber.org/zap"
 
 	"mailgate/gateway/internal/connlog"
+	"mailgate/gateway/internal/preauth"
 )
 
 // state is the RFC 1939 §3 session state. The values are bits so that a
@@ -281,6 +282,13 @@ func (s *session) dispatch(cmd command) (done bool) {
 		s.w.writeErr("", "PROXY protocol not accepted from this address")
 		s.w.flush()
 		s.result = connlog.ProxyRefused
+		return true
+	case s.state == stateAuthorization && preauth.IsHTTPMethod(cmd.name):
+		// An HTTP request line (a browser, or an ALPACA-style
+		// cross-protocol attack): closed at once, without an answer another
+		// protocol's client could take for its own.
+		s.log.Info("pop3 client spoke HTTP: connection closed")
+		s.result = connlog.ProtocolMismatch
 		return true
 	case !ok:
 		return s.bad("unknown command")

@@ -644,3 +644,26 @@ func TestPlaintextRefusalLogged(t *testing.T) {
 		t.Fatalf("refusal line %v", m)
 	}
 }
+
+// TestHTTPRequestEndsConnection: an HTTP request line as a pre-auth command
+// closes the connection at once, unanswered, logged with result
+// protocol_mismatch (issue 11, finding 10: ALPACA).
+func TestHTTPRequestEndsConnection(t *testing.T) {
+	for _, line := range []string{"GET / HTTP/1.1", "POST /login HTTP/1.1", "HEAD ", "CONNECT mail.example.org:443 HTTP/1.1", "OPTIONS * HTTP/1.1", "PUT /x HTTP/1.1"} {
+		t.Run(line, func(t *testing.T) {
+			core, logs := observer.New(zap.InfoLevel)
+			ts := newTestServer(t, nil, func(c *Config) { c.Logger = zap.New(core) })
+			c := ts.dial()
+			c.Command("NOOP", "-ERR")
+			c.SendRaw(line + "\r\nHost: mail.example.org\r\n\r\n")
+			c.ExpectClosed()
+			ts.wait()
+			if logins, _, _ := ts.b.calls(); len(logins) != 0 {
+				t.Fatal("backend called")
+			}
+			if ends := logs.FilterMessage("session end"); ends.Len() != 1 || ends.FilterField(connlog.ProtocolMismatch.Field()).Len() != 1 {
+				t.Fatalf("session end lines %v, want one with result %s", ends.All(), connlog.ProtocolMismatch)
+			}
+		})
+	}
+}

@@ -54,6 +54,10 @@ const (
 	// CommandTooLong: IMAP, a command line or literal over the pre-login
 	// size caps (POP3 answers a long line -ERR and goes on).
 	CommandTooLong Result = "command_too_long"
+	// ProtocolMismatch: before login the client spoke another protocol (an
+	// HTTP request line: a browser, or an ALPACA-style cross-protocol
+	// attack); the connection was ended at once.
+	ProtocolMismatch Result = "protocol_mismatch"
 	// TLSFailed: the TLS handshake (implicit, STLS or STARTTLS) failed.
 	TLSFailed Result = "tls_failed"
 	// ProxyRefused: a PROXY protocol header from a peer the listener does
