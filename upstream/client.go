@@ -66,9 +66,9 @@ func openClient(ctx context.Context, t Target, to Timeouts, user, password strin
 	conn := &readAheadConn{Conn: s.Conn, ahead: []byte(greeting)}
 	// Never set DebugWriter: it copies the raw wire, passwords included.
 	c := imapclient.New(conn, &imapclient.Options{UnilateralDataHandler: unilateral})
-	wd := watch(to.withDefaults().Dial, func() { raw.Close() })
+	// The greeting is read from memory (conn's first bytes): no network,
+	// so no watchdog.
 	err = c.WaitGreeting()
-	wd.stop()
 	if err == nil && c.State() != imap.ConnStateAuthenticated {
 		err = fmt.Errorf("state %v after the synthesized greeting", c.State())
 	}

@@ -255,7 +255,7 @@ func (d *Maildrop) cleanup() {
 	d.kill()
 	d.c.Close()
 	d.cmdMu.Unlock()
-	d.log.Debug("maildrop closed", zap.Int64("expunged_elsewhere", d.expungedElsewhere.Load()))
+	d.log.Debug("maildrop closed", zap.Int64("expunged_elsewhere", d.fetch.expunges.Load()))
 }
 
 // alive reports whether the backend connection can still take a command:

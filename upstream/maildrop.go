@@ -111,7 +111,7 @@ func (m *Maildrops) Open(ctx context.Context, t Target, to Timeouts, user, passw
 	c, raw, err := openClient(ctx, t, to, user, password, &imapclient.UnilateralDataHandler{
 		// Only record: the handler runs on the client's reader goroutine,
 		// and numbers never shift because everything is by UID.
-		Expunge: func(uint32) { d.expungedElsewhere.Add(1); d.fetch.noteExpunge() },
+		Expunge: func(uint32) { d.fetch.noteExpunge() },
 		Fetch:   d.fetch.unilateralFetch,
 	})
 	if err != nil {
@@ -175,8 +175,7 @@ type Maildrop struct {
 	mu   sync.Mutex
 	seen imap.UIDSet // RETRed, \Seen not yet sent
 
-	closeOnce         sync.Once
-	expungedElsewhere atomic.Int64
+	closeOnce sync.Once
 }
 
 // snapshot selects the mailbox and fixes the message list: RFC 1939 §4.

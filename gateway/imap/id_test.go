@@ -10,27 +10,8 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 
 	"mailgate/gateway/internal/connlog"
+	"mailgate/test/transcript"
 )
-
-// maximalIDKey is the i-th of maxIDPairs distinct keys of maxIDKeyLen
-// octets, each a '"' or a '\\' (so that every octet is escaped when quoted).
-func maximalIDKey(i int) string {
-	var b strings.Builder
-	for j := 0; j < maxIDKeyLen; j++ {
-		if i>>j&1 == 1 {
-			b.WriteByte('\\')
-		} else {
-			b.WriteByte('"')
-		}
-	}
-	return b.String()
-}
-
-func maximalIDValue() string { return strings.Repeat(`\`, maxIDValueLen) }
-
-func quoteIMAP(s string) string {
-	return `"` + strings.NewReplacer(`\`, `\\`, `"`, `\"`).Replace(s) + `"`
-}
 
 // TestMaximalIDAccepted: RFC 2971's largest ID (30 pairs, 30-octet keys,
 // 1024-octet values), as one line of quoted strings with every octet
@@ -48,7 +29,7 @@ func TestMaximalIDAccepted(t *testing.T) {
 		if i > 0 {
 			q.WriteByte(' ')
 		}
-		q.WriteString(quoteIMAP(maximalIDKey(i)) + " " + quoteIMAP(maximalIDValue()))
+		q.WriteString(transcript.QuoteIMAP(transcript.MaximalIDKey(i)) + " " + transcript.QuoteIMAP(transcript.MaximalIDValue()))
 	}
 	q.WriteString(")")
 	if n := len(q.String()); n <= 16<<10 || n > maxLine {
@@ -65,7 +46,7 @@ func TestMaximalIDAccepted(t *testing.T) {
 		if i > 0 {
 			l.WriteByte(' ')
 		}
-		k, v := maximalIDKey(i), maximalIDValue()
+		k, v := transcript.MaximalIDKey(i), transcript.MaximalIDValue()
 		l.WriteString("{" + strconv.Itoa(len(k)) + "+}\r\n" + k + " {" + strconv.Itoa(len(v)) + "+}\r\n" + v)
 	}
 	l.WriteString(")\r\n")
@@ -80,7 +61,7 @@ func TestMaximalIDAccepted(t *testing.T) {
 		if i == 0 {
 			sep = ""
 		}
-		k, v := maximalIDKey(i), maximalIDValue()
+		k, v := transcript.MaximalIDKey(i), transcript.MaximalIDValue()
 		c.SendRaw(sep + "{" + strconv.Itoa(len(k)) + "}\r\n")
 		c.Expect("+ ")
 		c.SendRaw(k + " {" + strconv.Itoa(len(v)) + "}\r\n")

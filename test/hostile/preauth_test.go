@@ -11,31 +11,6 @@ import (
 	"mailgate/test/transcript"
 )
 
-// RFC 2971 §3.3's bounds on an ID.
-const (
-	idPairs    = 30
-	idKeyLen   = 30
-	idValueLen = 1024
-)
-
-// idKey is the i-th of idPairs distinct keys of idKeyLen octets, each a '"'
-// or a '\\', so that every octet is escaped when quoted.
-func idKey(i int) string {
-	var b strings.Builder
-	for j := 0; j < idKeyLen; j++ {
-		if i>>j&1 == 1 {
-			b.WriteByte('\\')
-		} else {
-			b.WriteByte('"')
-		}
-	}
-	return b.String()
-}
-
-func imapQuote(s string) string {
-	return `"` + strings.NewReplacer(`\`, `\\`, `"`, `\"`).Replace(s) + `"`
-}
-
 func dialIMAP(t *testing.T, addr string) *transcript.Conn {
 	t.Helper()
 	conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
@@ -57,17 +32,17 @@ func dialIMAP(t *testing.T, addr string) *transcript.Conn {
 // it works. Before the fix: "* BYE Command too long".
 func TestMaximalIDBeforeLogin(t *testing.T) {
 	e := start(t)
-	value := strings.Repeat(`\`, idValueLen)
+	value := transcript.MaximalIDValue()
 
 	t.Run("quoted", func(t *testing.T) {
 		c := dialIMAP(t, e.g.Addr("imap"))
 		var q strings.Builder
 		q.WriteString("i ID (")
-		for i := range idPairs {
+		for i := range transcript.IDMaxPairs {
 			if i > 0 {
 				q.WriteByte(' ')
 			}
-			q.WriteString(imapQuote(idKey(i)) + " " + imapQuote(value))
+			q.WriteString(transcript.QuoteIMAP(transcript.MaximalIDKey(i)) + " " + transcript.QuoteIMAP(value))
 		}
 		q.WriteString(")")
 		c.Send(q.String())
@@ -78,12 +53,12 @@ func TestMaximalIDBeforeLogin(t *testing.T) {
 	t.Run("literals", func(t *testing.T) {
 		c := dialIMAP(t, e.g.Addr("imap"))
 		c.SendRaw("i ID (")
-		for i := range idPairs {
+		for i := range transcript.IDMaxPairs {
 			sep := " "
 			if i == 0 {
 				sep = ""
 			}
-			k := idKey(i)
+			k := transcript.MaximalIDKey(i)
 			c.SendRaw(sep + "{" + strconv.Itoa(len(k)) + "}\r\n")
 			c.Expect("+ ")
 			c.SendRaw(k + " {" + strconv.Itoa(len(value)) + "}\r\n")
