@@ -285,7 +285,7 @@ func TestReloadAppliesFrontSettings(t *testing.T) {
 	before := dialPOP3(t, srv.Addr("pop3"), "")
 	before.Expect("+OK")
 	cfg, err := config.Parse([]byte(strings.ReplaceAll(strings.Replace(baseConfig,
-		"limits: {", "limits: {bad_commands: 1, ", 1), "BACKEND", "127.0.0.1:1")))
+		"limits: {", "limits: {preauth_bad_commands: 1, ", 1), "BACKEND", "127.0.0.1:1")))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -27,6 +27,7 @@ func TestCleartextRefusesLoginWithPrivacyRequired(t *testing.T) {
 	cfg := testConfig(t, b)
 	cfg.AllowPlaintextAuth = false
 	cfg.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}}
+	cfg.BadCommandLimit = 10 // each refusal counts; this test makes three
 	c := startPipe(t, cfg)
 	g := c.Expect("* OK [CAPABILITY ")
 	for _, want := range []string{"STARTTLS", "LOGINDISABLED"} {
@@ -59,7 +60,9 @@ func TestCleartextRefusesLoginWithPrivacyRequired(t *testing.T) {
 }
 
 func TestNotAuthenticatedCommands(t *testing.T) {
-	c := startPipe(t, testConfig(t, newFakeBackend(nil)))
+	cfg := testConfig(t, newFakeBackend(nil))
+	cfg.BadCommandLimit = 10 // this test makes three mistakes on purpose
+	c := startPipe(t, cfg)
 	c.Expect("* OK [CAPABILITY IMAP4rev1 SASL-IR LITERAL+ ID AUTH=PLAIN AUTH=LOGIN] mailgate ready")
 	c.Send("a NOOP")
 	c.Expect("a OK")
@@ -243,6 +246,24 @@ func TestBadCommandLimitDisconnects(t *testing.T) {
 	c.Expect("b NO [AUTHENTICATIONFAILED]")
 	c.Send("c LIST \"\" *")
 	c.Expect("c BAD")
+	c.Expect("* BYE Too many invalid commands")
+	c.ExpectClosed()
+}
+
+// The default pre-login allowance is small (issue 11, finding 10): the third
+// mistake ends the connection, as in Dovecot's login processes. A mail
+// client errs once or twice; another protocol's client errs on every line.
+func TestDefaultPreauthAllowanceIsThree(t *testing.T) {
+	c := startPipe(t, testConfig(t, newFakeBackend(nil)))
+	c.Expect("* OK")
+	c.Send("EHLO attacker.example")
+	c.Expect("EHLO BAD")
+	c.Send("a FETCH 1 BODY[]")
+	c.Expect("a BAD")
+	c.Send("b NOOP")
+	c.Expect("b OK") // a good command does not reset the count, nor add to it
+	c.Send("MAIL FROM:<a@example.org>")
+	c.Expect("MAIL BAD")
 	c.Expect("* BYE Too many invalid commands")
 	c.ExpectClosed()
 }

@@ -23,6 +23,7 @@ func TestPlaintextRefusedWithoutTLS(t *testing.T) {
 		t.Run(map[bool]string{true: "STLS offered", false: "no TLS"}[withSTLS], func(t *testing.T) {
 			ts := newTestServer(t, nil, func(c *Config) {
 				c.AllowPlaintextAuth = false
+				c.PreauthBadCommandLimit = 10 // each refusal counts; this test makes four
 				if withSTLS {
 					c.TLSConfig = testTLSConfig(t)
 				}

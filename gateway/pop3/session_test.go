@@ -81,7 +81,7 @@ func TestCAPA(t *testing.T) {
 }
 
 func TestCommandsRejectedInWrongState(t *testing.T) {
-	ts := newTestServer(t, nil, func(c *Config) { c.BadCommandLimit = 100 })
+	ts := newTestServer(t, nil, func(c *Config) { c.BadCommandLimit, c.PreauthBadCommandLimit = 100, 100 })
 	c := ts.dial()
 	for _, cmd := range []string{"STAT", "LIST", "LIST 1", "UIDL", "RETR 1", "TOP 1 1", "DELE 1", "RSET", "NOOP"} {
 		c.Command(cmd, "-ERR command not valid in AUTHORIZATION state")
@@ -93,6 +93,29 @@ func TestCommandsRejectedInWrongState(t *testing.T) {
 	}
 	c.Command("NOOP", "+OK")
 	for _, cmd := range []string{"LAST", "APOP a b", "XTND", "RETR", "RETR 1 2", "TOP 1", "DELE", "STAT 1", "NOOP x"} {
+		c.Command(cmd, "-ERR")
+	}
+	c.Command("STAT", "+OK 3 ")
+}
+
+// The default allowance before login is three mistakes (issue 11, finding
+// 10), as in Dovecot's login processes; a logged-in client keeps the larger
+// limits.bad_commands, so probing LAST or XTND a few times is no offence.
+func TestDefaultBadCommandAllowanceByState(t *testing.T) {
+	ts := newTestServer(t, nil, nil)
+	c := ts.dial()
+	c.Command("EHLO attacker.example", "-ERR unknown command")
+	c.Command("NOOP", "-ERR command not valid in AUTHORIZATION state")
+	c.Command("CAPA", "+OK")
+	c.Lines()
+	c.Command("MAIL FROM:<a@example.org>", "-ERR unknown command; too many invalid commands")
+	c.ExpectClosed()
+
+	c = ts.dial()
+	c.Command("BOGUS", "-ERR")
+	c.Command("USER "+testUser, "+OK")
+	c.Command("PASS "+testPass, "+OK")
+	for _, cmd := range []string{"LAST", "XTND XMIT", "APOP a b", "BOGUS"} {
 		c.Command(cmd, "-ERR")
 	}
 	c.Command("STAT", "+OK 3 ")
@@ -504,7 +527,7 @@ func TestPipelinedCommandsAnsweredInOrderWithOneFlush(t *testing.T) {
 }
 
 func TestCommandLineLimit(t *testing.T) {
-	ts := newTestServer(t, nil, nil)
+	ts := newTestServer(t, nil, func(c *Config) { c.PreauthBadCommandLimit = 10 })
 	c := ts.dial()
 	// 255 octets including CRLF is allowed (RFC 2449 §4).
 	user := strings.Repeat("u", 255-len("USER \r\n"))
@@ -517,7 +540,7 @@ func TestCommandLineLimit(t *testing.T) {
 }
 
 func TestGarbageDisconnects(t *testing.T) {
-	ts := newTestServer(t, nil, func(c *Config) { c.BadCommandLimit = 5 })
+	ts := newTestServer(t, nil, func(c *Config) { c.PreauthBadCommandLimit = 5 })
 	c := ts.dial()
 	c.SendRaw("\x00\xff\xfe garbage\r\n\r\n" + strings.Repeat("z", 300) + "\nHELO x\r\n")
 	for range 3 {
