@@ -57,6 +57,23 @@ func newAccount(t testing.TB) account {
 	return a
 }
 
+// seededAccount makes a user of the test's own whose INBOX holds n
+// messages tagged tag0, tag1, ..., the i-th of about base+i*step octets. It
+// returns the messages and their UIDs, in order.
+func seededAccount(t testing.TB, tag string, n, base, step int) (account, [][]byte, []uint32) {
+	t.Helper()
+	a := newAccount(t)
+	msgs := make([][]byte, n)
+	for i := range msgs {
+		msgs[i] = message(fmt.Sprintf("%s%d", tag, i), base+i*step)
+	}
+	uids, err := dovecotServer(t).Append(a.User, a.Pass, "INBOX", msgs...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a, msgs, uids
+}
+
 // message builds a distinct message of about size octets, CRLF line ends,
 // with lines starting with "." to exercise dot-stuffing.
 func message(tag string, size int) []byte {

@@ -1,5 +1,9 @@
 package faults
 
+// Sessions against Dovecot through the fault proxy: drops that must release
+// the lock at once, a maildrop that follows the backend, and regressions
+// TestModel found.
+
 import (
 	"crypto/tls"
 	"errors"
@@ -8,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"mailgate/test/dovecot"
 	"mailgate/test/harness"
 	"mailgate/test/pop3client"
 )
@@ -25,14 +30,7 @@ import (
 // release that waited for the clean-up would be seconds late.
 func TestReconnectAfterDropNeverInUse(t *testing.T) {
 	dc := dovecotServer(t)
-	a := newAccount(t)
-	var msgs [][]byte
-	for i := range 4 {
-		msgs = append(msgs, message(fmt.Sprintf("drop%d", i), 3000+i*5000))
-	}
-	if _, err := dc.Append(a.User, a.Pass, "INBOX", msgs...); err != nil {
-		t.Fatal(err)
-	}
+	a, msgs, _ := seededAccount(t, "drop", 4, 3000, 5000)
 	verify := leakCheck(t)
 	p := Listen(t, dc.IMAPAddr)
 	p.Set(Faults{Triggers: []Trigger{
@@ -127,5 +125,105 @@ timeouts: {backend_dial: %s, backend_command: %s, shutdown: 2s}
 	}
 	g.Stop(5 * time.Second)
 	p.Close()
+	verify()
+}
+
+// TestExpungedMidSessionAgainstDovecot: a body is served only for a message
+// the backend still has. With the cache and fetch-ahead on (the defaults), a message
+// another IMAP client expunges mid-session answers -ERR on RETR and TOP
+// whether its body was cached (by TOP), fetched ahead (by reading in order)
+// or not fetched at all, and the session goes on: the other messages are
+// served exactly and QUIT deletes only what was DELEted. Dovecot reports the
+// expunges only in answer to a command; the gateway learns of them with its
+// next body FETCH or, for a body it holds, with a NOOP once the backend's
+// last word is a few seconds old (the wait below).
+func TestExpungedMidSessionAgainstDovecot(t *testing.T) {
+	dc := dovecotServer(t)
+	a, msgs, uids := seededAccount(t, "follow", 5, 2000, 3000)
+	g := harness.Start(t, gatewayYAML(dc.IMAPAddr, "{}"))
+	c := dialPOP3(t, g.Addr("pop3"), a, 0)
+	defer c.Close()
+	if _, err := c.Top(4, 0); err != nil { // 4's body is now cached
+		t.Fatal(err)
+	}
+	if _, err := c.Retr(1); err != nil { // 2 and 3 are fetched ahead
+		t.Fatal(err)
+	}
+	time.Sleep(200 * time.Millisecond)
+	// 2 fetched ahead, 4 cached, 5 never fetched.
+	if err := dc.Expunge(a.User, a.Pass, "INBOX", uids[1], uids[3], uids[4]); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(2500 * time.Millisecond) // older than the gateway's staleAfter
+	gone := func(what string, err error) {
+		t.Helper()
+		var re *pop3client.ReplyError
+		if !errors.As(err, &re) || re.Code() == "SYS/TEMP" {
+			t.Errorf("%s of a message expunged elsewhere: err = %v, want a plain -ERR", what, err)
+		}
+	}
+	_, err := c.Retr(2)
+	gone("RETR 2 (fetched ahead)", err)
+	_, err = c.Top(4, 0)
+	gone("TOP 4 (cached)", err)
+	_, err = c.Retr(4)
+	gone("RETR 4 (cached)", err)
+	_, err = c.Retr(5)
+	gone("RETR 5 (never fetched)", err)
+	got, err := c.Retr(3) // fetched ahead, still there
+	if err != nil {
+		t.Fatalf("RETR 3: %v", err)
+	}
+	if ok, where := dovecot.Equal(got, msgs[2]); !ok {
+		t.Errorf("RETR 3: %s", where)
+	}
+	if err := c.Dele(3); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Quit(); err != nil {
+		t.Fatal(err)
+	}
+	st := mailboxState(t, a, false)
+	if got := st.UIDs(); len(got) != 1 || got[0] != uids[0] {
+		t.Errorf("left %v, want only UID %d", got, uids[0])
+	}
+}
+
+// TestRegressionFetchAheadAgainstDovecot: reading a maildrop in order makes
+// the gateway pipeline one UID FETCH per message (fetch-ahead). Dovecot
+// answers such a pipeline with the next commands' FETCH data before the
+// tagged OK of the first (observed: "* 1 FETCH ... * 4 FETCH, f0 OK, f1 OK
+// ..."). The fetcher used to wait for each command's tagged OK before
+// reading the next command's body, while go-imap's reader waited for that
+// body's literal to be consumed: a deadlock that no watchdog could break
+// (closing the socket does not wake a reader blocked on a channel), so RETR
+// hung forever and so did the gateway's Shutdown. Found by TestModel (seed
+// 1795458787436448271).
+func TestRegressionFetchAheadAgainstDovecot(t *testing.T) {
+	dc := dovecotServer(t)
+	a, msgs, _ := seededAccount(t, "ahead", 8, 5000, 7000)
+	verify := leakCheck(t)
+	// The default pop3 section: cache and fetch-ahead on.
+	g := harness.Start(t, gatewayYAML(dc.IMAPAddr, "{}"))
+	c, err := pop3client.Dial(g.Addr("pop3"), backendCommand+slack)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Login(a.User, a.Pass); err != nil {
+		t.Fatal(err)
+	}
+	for n := 1; n <= len(msgs); n++ {
+		got, err := c.Retr(n)
+		if err != nil {
+			t.Fatalf("RETR %d (reading in order, fetch-ahead pipelined): %v", n, err)
+		}
+		if ok, where := dovecot.Equal(got, msgs[n-1]); !ok {
+			t.Fatalf("RETR %d: %s", n, where)
+		}
+	}
+	if err := c.Quit(); err != nil {
+		t.Fatal(err)
+	}
+	g.Stop(5 * time.Second)
 	verify()
 }
