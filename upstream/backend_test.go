@@ -29,6 +29,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
 
+	"mailgate/test/loopback"
 	"mailgate/test/testca"
 )
 
@@ -346,44 +347,12 @@ func (r *delayReader) Read(p []byte) (int, error) {
 // silentServer greets (if greet) and then reads and ignores everything.
 func silentServer(t testing.TB, greet bool) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var conns []net.Conn
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns = append(conns, c)
-			mu.Unlock()
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				if greet {
-					io.WriteString(c, "* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN] silent\r\n")
-				}
-				io.Copy(io.Discard, bufio.NewReader(c))
-			}()
+	return loopback.Serve(t, func(c net.Conn) {
+		if greet {
+			io.WriteString(c, "* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN] silent\r\n")
 		}
-	}()
-	t.Cleanup(func() {
-		ln.Close()
-		mu.Lock()
-		for _, c := range conns {
-			c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
+		io.Copy(io.Discard, bufio.NewReader(c))
 	})
-	return ln.Addr().String()
 }
 
 // testCert issues a certificate for 127.0.0.1 and localhost from a new

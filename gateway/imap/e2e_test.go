@@ -8,7 +8,6 @@ import (
 	"io"
 	"net"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -16,6 +15,7 @@ import (
 	"github.com/emersion/go-imap/v2/imapclient"
 	"go.uber.org/zap/zaptest"
 
+	"mailgate/test/loopback"
 	"mailgate/upstream"
 	"mailgate/upstream/imaptest"
 )
@@ -53,27 +53,11 @@ func memBackend(t *testing.T) string {
 // startGateway serves cfg on 127.0.0.1:0 until the test ends.
 func startGateway(t *testing.T, cfg Config) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
 	srv := NewServer(cfg)
 	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() { defer wg.Done(); srv.Serve(ctx, c) }()
-		}
-	}()
-	t.Cleanup(func() { ln.Close(); cancel(); wg.Wait() })
-	return ln.Addr().String()
+	addr := loopback.Serve(t, func(c net.Conn) { srv.Serve(ctx, c) })
+	t.Cleanup(cancel) // runs first: sessions end, then loopback waits for them
+	return addr
 }
 
 func targetFor(t *testing.T, addr string) upstream.Target {

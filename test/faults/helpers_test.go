@@ -27,11 +27,7 @@ import (
 // One Dovecot serves the package; every test uses users of its own.
 var backend = dovecot.Shared{}
 
-func TestMain(m *testing.M) {
-	code := backend.Run(m)
-	harness.RemoveCAFiles()
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { harness.Main(m, &backend) }
 
 func dovecotServer(t testing.TB) *dovecot.Server {
 	t.Helper()
