@@ -359,14 +359,8 @@ func silentServer(t testing.TB, greet bool) string {
 // test/testca root and writes the root to a file for BackendConfig.CA.
 func testCert(t testing.TB) (*tls.Config, string) {
 	t.Helper()
-	ca, err := testca.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := ca.TLSCertificate("localhost", "127.0.0.1")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ca := testca.NewT(t)
+	cert := ca.CertificateT(t, "localhost", "127.0.0.1")
 	path, err := ca.WriteCA(t.TempDir())
 	if err != nil {
 		t.Fatal(err)

@@ -22,13 +22,8 @@ import (
 func designDir(t *testing.T) string {
 	t.Helper()
 	dir := t.TempDir()
-	ca, err := testca.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, _, err := ca.WriteLeaf(dir, "tls", "mail.example.com"); err != nil {
-		t.Fatal(err)
-	}
+	ca := testca.NewT(t)
+	ca.WriteLeafT(t, dir, "tls", "mail.example.com")
 	if err := os.WriteFile(filepath.Join(dir, "old-ca.pem"), ca.CertPEM, 0o644); err != nil {
 		t.Fatal(err)
 	}

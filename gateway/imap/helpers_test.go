@@ -76,13 +76,7 @@ func startPipe(t *testing.T, cfg Config) *transcript.Conn {
 // "localhost" signed by it (test/testca).
 func testCert(t testing.TB) (*x509.CertPool, tls.Certificate) {
 	t.Helper()
-	ca, err := testca.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := ca.TLSCertificate("localhost", "127.0.0.1")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ca := testca.NewT(t)
+	cert := ca.CertificateT(t, "localhost", "127.0.0.1")
 	return ca.Pool(), cert
 }
