@@ -5,8 +5,6 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
-	"mailgate/gateway/internal/connlog"
-	"mailgate/test/transcript"
 	"strconv"
 	"strings"
 	"testing"
@@ -14,6 +12,9 @@ import (
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
+
+	"mailgate/gateway/internal/connlog"
+	"mailgate/test/transcript"
 )
 
 func b64(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }
