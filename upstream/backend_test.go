@@ -56,6 +56,8 @@ type backend struct {
 	users map[string]*imapmemserver.User
 	opts  *backendOptions
 
+	sent atomic.Int64 // bytes the server wrote, to every client
+
 	mu          sync.Mutex
 	bodyFetches map[imap.UID]int // UID FETCH ... BODY.PEEK[] per UID
 	commands    []string         // every command line, credentials included (tests only)
@@ -247,6 +249,7 @@ var sizeRE = regexp.MustCompile(`RFC822\.SIZE (\d+)`)
 var fetchRespRE = regexp.MustCompile(`\* (\d+) FETCH \(UID (\d+) ((?:FLAGS \([^)]*\) )?)BODY\[\] \{(\d+)\}\r\n`)
 
 func (c *serverConn) Write(p []byte) (int, error) {
+	c.b.sent.Add(int64(len(p)))
 	if c.b.opts.bodyFirst {
 		if m := fetchRespRE.FindSubmatchIndex(p); m != nil {
 			n, _ := strconv.Atoi(string(p[m[8]:m[9]]))

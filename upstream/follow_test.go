@@ -44,12 +44,12 @@ func TestCachedBodyOfExpungedMessageIsGone(t *testing.T) {
 	t.Cleanup(mds.Wait)
 	mds.staleAfter = 50 * time.Millisecond
 	md := openMaildrop(t, mds, b, "alice", "pw")
-	readAll(t)(md.Top(context.Background(), 2))
+	readAll(t)(md.Top(context.Background(), 2, 0))
 	expungeElsewhere(t, b, 2)
 	time.Sleep(100 * time.Millisecond)
 	for _, read := range []func(context.Context, int) (interface{ Close() error }, error){
 		func(ctx context.Context, n int) (interface{ Close() error }, error) { return md.Retr(ctx, n) },
-		func(ctx context.Context, n int) (interface{ Close() error }, error) { return md.Top(ctx, n) },
+		func(ctx context.Context, n int) (interface{ Close() error }, error) { return md.Top(ctx, n, 0) },
 	} {
 		if rc, err := read(context.Background(), 2); !errors.Is(err, ErrMessageGone) {
 			if rc != nil {
@@ -104,7 +104,7 @@ func TestExpungeNotificationTriggersCheck(t *testing.T) {
 	t.Cleanup(mds.Wait)
 	mds.staleAfter = time.Hour
 	md := openMaildrop(t, mds, b, "alice", "pw")
-	readAll(t)(md.Top(context.Background(), 1)) // cached
+	readAll(t)(md.Top(context.Background(), 1, 0)) // cached
 	expungeElsewhere(t, b, 1)
 	// The FETCH of 3 carries the EXPUNGE of 1 (imapmemserver reports it
 	// then); 3 is still there and is served.
@@ -147,10 +147,10 @@ func TestCachedRetrNoRoundTrip(t *testing.T) {
 	mds := NewMaildrops(testConfig(func(c *MaildropConfig) { c.FetchAhead = size(0) }), testLogger(t))
 	t.Cleanup(mds.Wait)
 	md := openMaildrop(t, mds, b, "alice", "pw")
-	readAll(t)(md.Top(context.Background(), 2))
+	readAll(t)(md.Top(context.Background(), 2, 0))
 	before := b.commandCount()
 	readAll(t)(md.Retr(context.Background(), 2))
-	readAll(t)(md.Top(context.Background(), 2))
+	readAll(t)(md.Top(context.Background(), 2, 0))
 	if n := b.commandCount() - before; n != 0 {
 		t.Errorf("a cached RETR and TOP sent %d backend commands, want 0", n)
 	}
