@@ -731,14 +731,13 @@ func (ft *fetcher) readBody(fc *imapclient.FetchCommand, f *flight) (*body, erro
 	)
 	for msg := fc.Next(); msg != nil; msg = fc.Next() {
 		var uid imap.UID
+		flagged := false // \Deleted; the UID may come after FLAGS (Cyrus sends FLAGS first)
 		for item := msg.Next(); item != nil; item = msg.Next() {
 			switch it := item.(type) {
 			case imapclient.FetchItemDataUID:
 				uid = it.UID
 			case imapclient.FetchItemDataFlags:
-				if uid == f.uid && slices.Contains(it.Flags, imap.FlagDeleted) {
-					deleted = true
-				}
+				flagged = flagged || slices.Contains(it.Flags, imap.FlagDeleted)
 			case imapclient.FetchItemDataBodySection:
 				// Never trust routing alone: it must be the UID we asked for.
 				if it.Literal == nil || uid != f.uid || b != nil || spoolErr != nil {
@@ -757,6 +756,7 @@ func (ft *fetcher) readBody(fc *imapclient.FetchCommand, f *flight) (*body, erro
 				}
 			}
 		}
+		deleted = deleted || (flagged && uid == f.uid)
 	}
 	err := fc.Close()
 	switch {

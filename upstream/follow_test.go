@@ -3,6 +3,7 @@ package upstream
 import (
 	"context"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -119,7 +120,16 @@ func TestExpungeNotificationTriggersCheck(t *testing.T) {
 // A message another client flagged \Deleted (Cyrus answers the UID FETCH of
 // an expunged message with its body and \Deleted) is gone.
 func TestDeletedFlagInFetchIsGone(t *testing.T) {
-	b := newBackend(t, nil)
+	for _, flagsFirst := range []bool{false, true} {
+		t.Run(fmt.Sprintf("flagsFirst=%v", flagsFirst), func(t *testing.T) {
+			testDeletedFlagInFetchIsGone(t, &backendOptions{flagsFirst: flagsFirst})
+		})
+	}
+}
+
+// Cyrus sends FLAGS before UID: the \Deleted still counts.
+func testDeletedFlagInFetchIsGone(t *testing.T, opts *backendOptions) {
+	b := newBackend(t, opts)
 	b.addUser("alice", "pw", msgs(2, 200)...)
 	mds := NewMaildrops(testConfig(func(c *MaildropConfig) { c.FetchAhead = size(0) }), testLogger(t))
 	t.Cleanup(mds.Wait)
@@ -136,6 +146,10 @@ func TestDeletedFlagInFetchIsGone(t *testing.T) {
 		t.Error("the body of a \\Deleted message went to the cache")
 	}
 	readAll(t)(md.Retr(context.Background(), 1))
+	mds.topWhole = -1 << 40 // TOP in parts
+	if _, err := md.Top(context.Background(), 2, 3); !errors.Is(err, ErrMessageGone) {
+		t.Fatalf("TOP in parts of a message flagged \\Deleted: err = %v, want ErrMessageGone", err)
+	}
 }
 
 // The common cached RETR makes no backend round trip: a body cached by TOP,

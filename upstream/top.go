@@ -221,18 +221,16 @@ func (ft *fetcher) fetchParts(uid imap.UID, secs []*imap.FetchItemBodySection, w
 	)
 	for msg := fc.Next(); msg != nil; msg = fc.Next() {
 		var muid imap.UID
+		flagged := false // \Deleted; the UID may come after FLAGS (Cyrus)
+		msize := int64(-1)
 		for item := msg.Next(); item != nil; item = msg.Next() {
 			switch it := item.(type) {
 			case imapclient.FetchItemDataUID:
 				muid = it.UID
 			case imapclient.FetchItemDataFlags:
-				if muid == uid && slices.Contains(it.Flags, imap.FlagDeleted) {
-					deleted = true
-				}
+				flagged = flagged || slices.Contains(it.Flags, imap.FlagDeleted)
 			case imapclient.FetchItemDataRFC822Size:
-				if muid == uid {
-					size = it.Size
-				}
+				msize = it.Size
 			case imapclient.FetchItemDataBodySection:
 				if muid != uid || readErr != nil {
 					continue // msg.Next discards the literal
@@ -260,6 +258,10 @@ func (ft *fetcher) fetchParts(uid imap.UID, secs []*imap.FetchItemBodySection, w
 				}
 				parts[i] = buf
 			}
+		}
+		if muid == uid {
+			deleted = deleted || flagged
+			size = max(size, msize)
 		}
 	}
 	err := fc.Close()

@@ -1,0 +1,164 @@
+// Package mailserver is what the throwaway IMAP servers of the end-to-end
+// tests (test/dovecot, test/cyrus, test/courier) share: the IMAP helpers a
+// test uses as "another client" of a user (IMAP: APPEND, EXPUNGE, flags, a
+// mailbox's state), free ports, waiting for the greeting, a server process
+// that is our child and dies with us, and skipping loudly (failing under
+// CI=true) when a server is not installed.
+package mailserver
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"mailgate/test/syncbuf"
+)
+
+// ErrNotInstalled: the server's programs are not where the starter looks.
+var ErrNotInstalled = errors.New("not installed")
+
+// ErrNotRoot: the servers bind, switch users and (Courier) mount.
+var ErrNotRoot = errors.New("the IMAP server tests must run as root")
+
+// SkipOrFail ends t after a server named name failed to start. A missing
+// prerequisite (ErrNotInstalled, ErrNotRoot) skips the test loudly, or fails
+// it when the environment variable CI is "true"; any other error fails it.
+// how says how to install the server.
+func SkipOrFail(t testing.TB, name, how string, err error) {
+	t.Helper()
+	unavailable := errors.Is(err, ErrNotInstalled) || errors.Is(err, ErrNotRoot)
+	switch {
+	case !unavailable:
+		t.Fatalf("%s: %v", name, err)
+	case os.Getenv("CI") == "true":
+		t.Fatalf("CI=true but the %s end-to-end tests cannot run: %v", name, err)
+	default:
+		t.Skipf("SKIPPING: %s: %v (these tests need a real %s; %s)", name, err, name, how)
+	}
+}
+
+// FreePorts returns n distinct ports of 127.0.0.1 that were free a moment
+// ago (for servers that cannot listen on port 0; retry on a clash).
+func FreePorts(n int) ([]int, error) {
+	var ports []int
+	var lns []net.Listener
+	defer func() {
+		for _, l := range lns {
+			l.Close()
+		}
+	}()
+	for range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		lns = append(lns, l)
+		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+	}
+	return ports, nil
+}
+
+// Addr is 127.0.0.1:port.
+func Addr(port int) string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(port)) }
+
+// Greets reports whether addr answers with an IMAP "* OK" greeting.
+func Greets(a string) error {
+	c, err := net.DialTimeout("tcp", a, time.Second)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(2 * time.Second))
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil {
+		return err
+	}
+	if !strings.HasPrefix(line, "* OK") {
+		return fmt.Errorf("greeting %q", strings.TrimSpace(line))
+	}
+	return nil
+}
+
+// Tail is the last lines lines of s.
+func Tail(s string, lines int) string {
+	parts := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(parts) > lines {
+		parts = parts[len(parts)-lines:]
+	}
+	return strings.Join(parts, "\n")
+}
+
+// Process is a server process in the foreground, our child: stopped by its
+// pid, and killed by the kernel if the test binary dies first.
+type Process struct {
+	Output  *syncbuf.Buffer // its stdout and stderr
+	cmd     *exec.Cmd
+	exited  chan struct{}
+	exitErr error // set before exited is closed
+}
+
+// StartProcess starts cmd (its Stdout and Stderr are set here).
+func StartProcess(cmd *exec.Cmd) (*Process, error) {
+	p := &Process{Output: &syncbuf.Buffer{}, cmd: cmd, exited: make(chan struct{})}
+	cmd.Stdout, cmd.Stderr = p.Output, p.Output
+	if cmd.SysProcAttr == nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{}
+	}
+	cmd.SysProcAttr.Pdeathsig = syscall.SIGTERM
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("starting %s: %w", cmd.Path, err)
+	}
+	go func() {
+		p.exitErr = p.cmd.Wait()
+		close(p.exited)
+	}()
+	return p, nil
+}
+
+// WaitGreeting waits until addr greets, the process exits (an error with
+// its output), or timeout passes (then the process is stopped).
+func (p *Process) WaitGreeting(addr string, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		err := Greets(addr)
+		if err == nil {
+			return nil
+		}
+		select {
+		case <-p.exited:
+			return fmt.Errorf("%s exited during startup (%v):\n%s", p.cmd.Path, p.exitErr, Tail(p.Output.String(), 40))
+		case <-time.After(50 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			p.Stop()
+			return fmt.Errorf("%s did not greet on %s within %v (last: %v):\n%s", p.cmd.Path, addr, timeout, err,
+				Tail(p.Output.String(), 40))
+		}
+	}
+}
+
+// Stop sends SIGTERM, then SIGKILL after 10 s, and waits for the exit.
+func (p *Process) Stop() error {
+	select {
+	case <-p.exited:
+		return nil
+	default:
+	}
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.exited:
+		return nil
+	case <-time.After(10 * time.Second):
+		p.cmd.Process.Kill()
+		<-p.exited
+		return fmt.Errorf("%s (pid %d) ignored SIGTERM for 10s; killed", p.cmd.Path, p.cmd.Process.Pid)
+	}
+}
