@@ -24,9 +24,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"os/user"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -245,34 +243,9 @@ func Start(opts Options) (*Server, error) {
 
 var errAddrInUse = errors.New("a port was taken before dovecot could bind it")
 
-type mailUser struct {
-	name     string
-	uid, gid int
-}
+type mailUser = mailserver.User
 
-var mailUserMu sync.Mutex
-
-// ensureMailUser returns the vmail user, creating it as a system user without
-// a home or shell when it does not exist (Dovecot's mail processes refuse to
-// run as root).
-func ensureMailUser() (mailUser, error) {
-	mailUserMu.Lock()
-	defer mailUserMu.Unlock()
-	u, err := user.Lookup("vmail")
-	if err != nil {
-		out, addErr := exec.Command("useradd", "-r", "-M", "-s", "/usr/sbin/nologin", "vmail").CombinedOutput()
-		// Another test binary may have created it at the same moment: look again.
-		if u, err = user.Lookup("vmail"); err != nil {
-			return mailUser{}, fmt.Errorf("creating user vmail: %v: %s", addErr, out)
-		}
-	}
-	uid, err1 := strconv.Atoi(u.Uid)
-	gid, err2 := strconv.Atoi(u.Gid)
-	if err1 != nil || err2 != nil {
-		return mailUser{}, fmt.Errorf("user vmail has a non-numeric uid/gid %s/%s", u.Uid, u.Gid)
-	}
-	return mailUser{name: "vmail", uid: uid, gid: gid}, nil
-}
+func ensureMailUser() (mailUser, error) { return mailserver.MailUser() }
 
 // prepare writes the certificates, the empty passwd file and the mail root.
 func (s *Server) prepare(opts Options, mu mailUser) error {
@@ -284,7 +257,7 @@ func (s *Server) prepare(opts Options, mu mailUser) error {
 	if err := os.Mkdir(home, 0o755); err != nil {
 		return err
 	}
-	if err := os.Chown(home, mu.uid, mu.gid); err != nil {
+	if err := os.Chown(home, mu.UID, mu.GID); err != nil {
 		return err
 	}
 	if err := os.Mkdir(filepath.Join(s.Dir, "users"), 0o755); err != nil {
@@ -442,7 +415,7 @@ func (s *Server) start(bin string, opts Options, mu mailUser, timeout time.Durat
 		IMAPCHost, IMAPCPort          string
 	}{Instance: "mailgate-" + filepath.Base(s.Dir), Dir: s.Dir, Protocols: "imap", TLS: opts.TLS,
 		TrustedNetworks: opts.TrustedNetworks,
-		UID:             mu.uid, GID: mu.gid, IMAPPort: ports[0]}
+		UID:             mu.UID, GID: mu.GID, IMAPPort: ports[0]}
 	ports = ports[1:]
 	s.IMAPAddr = mailserver.Addr(vars.IMAPPort)
 	s.IMAP.Addr = s.IMAPAddr
@@ -596,7 +569,7 @@ func (s *Server) CloneMailboxes(from, to string) error {
 	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
 		return err
 	}
-	os.Chown(filepath.Dir(dst), mu.uid, mu.gid)
+	os.Chown(filepath.Dir(dst), mu.UID, mu.GID)
 	return filepath.WalkDir(src, func(path string, d os.DirEntry, err error) error {
 		if err != nil {
 			return err
@@ -626,6 +599,6 @@ func (s *Server) CloneMailboxes(from, to string) error {
 				return err
 			}
 		}
-		return os.Lchown(target, mu.uid, mu.gid)
+		return os.Lchown(target, mu.UID, mu.GID)
 	})
 }

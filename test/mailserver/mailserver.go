@@ -13,8 +13,10 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"os/user"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -43,6 +45,36 @@ func SkipOrFail(t testing.TB, name, how string, err error) {
 	default:
 		t.Skipf("SKIPPING: %s: %v (these tests need a real %s; %s)", name, err, name, how)
 	}
+}
+
+// User is a system user that mail belongs to.
+type User struct {
+	Name     string
+	UID, GID int
+}
+
+var mailUserMu sync.Mutex
+
+// MailUser returns the vmail user, creating it as a system user without a
+// home or shell when it does not exist (the servers' mail processes refuse
+// to run as root).
+func MailUser() (User, error) {
+	mailUserMu.Lock()
+	defer mailUserMu.Unlock()
+	u, err := user.Lookup("vmail")
+	if err != nil {
+		out, addErr := exec.Command("useradd", "-r", "-M", "-s", "/usr/sbin/nologin", "vmail").CombinedOutput()
+		// Another test binary may have created it at the same moment: look again.
+		if u, err = user.Lookup("vmail"); err != nil {
+			return User{}, fmt.Errorf("creating user vmail: %v: %s", addErr, out)
+		}
+	}
+	uid, err1 := strconv.Atoi(u.Uid)
+	gid, err2 := strconv.Atoi(u.Gid)
+	if err1 != nil || err2 != nil {
+		return User{}, fmt.Errorf("user vmail has a non-numeric uid/gid %s/%s", u.Uid, u.Gid)
+	}
+	return User{Name: "vmail", UID: uid, GID: gid}, nil
 }
 
 // FreePorts returns n distinct ports of 127.0.0.1 that were free a moment
