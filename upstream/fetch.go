@@ -35,6 +35,15 @@ package upstream
 // gone. A body of a different length is not cached nor trusted for the size
 // until that check passes. The common cached RETR (no EXPUNGE seen, the
 // size as announced, a recent answer) makes no round trip.
+//
+// No IDLE (RFC 2177) on the maildrop's connection while the session waits
+// for the client, by decision: the NOOP of a stale confirm already learns
+// what IDLE would have (Courier reports others' expunges only to NOOP or
+// IDLE; the suite in test/backends shows it answering -ERR there), while
+// IDLE would put a DONE and its tagged answer in front of every command the
+// session sends (go-imap's Idle holds the client until it is stopped), on
+// the common path (RETR after RETR, bodies fetched ahead) too, where
+// staleAfter costs one NOOP per few seconds of client silence at most.
 
 import (
 	"context"
