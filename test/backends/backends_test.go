@@ -383,7 +383,7 @@ func (e *env) midSessionAppendExpunge() {
 	_, err = c.Top(5, 0)
 	gone("TOP 5 0", err)
 	_, err = c.Retr(3)
-	gone("RETR 3 (never fetched)", err)
+	gone("RETR 3 (fetched ahead after RETR 1)", err)
 	st := e.state(true)
 	body2, _ := st.Message(uids[1])
 	got, err := c.Retr(2)

@@ -61,15 +61,7 @@ const (
 	socketDir = "/run/courier/authdaemon"
 )
 
-// Dir is where .ci/install-imap-servers unpacked the server packages.
-func Dir() string {
-	if d := os.Getenv("MAILGATE_IMAP_SERVERS"); d != "" {
-		return d
-	}
-	return "/opt/mailgate-imap"
-}
-
-func pkgRoot() string { return filepath.Join(Dir(), "courier") }
+func pkgRoot() string { return filepath.Join(mailserver.PackagesDir(), "courier") }
 
 // IMAPLogin and IMAPD are the unpacked programs.
 func IMAPLogin() string { return filepath.Join(pkgRoot(), "usr/lib/courier/courier/imaplogin") }
@@ -82,14 +74,11 @@ type Server struct {
 	// IMAP helpers (Login, Append, Expunge, Mailbox...) act as another IMAP
 	// client of the instance's users.
 	mailserver.IMAP
-	Dir      string // everything the instance writes; removed by Stop
-	IMAPAddr string // 127.0.0.1:port, cleartext IMAP (LOGIN only)
+	mailserver.Instance        // Dir, the process, Stop
+	IMAPAddr            string // 127.0.0.1:port, cleartext IMAP (LOGIN only)
 
-	mail     mailserver.User
-	proc     *mailserver.Process
-	mu       sync.Mutex // serializes AddUser (makeuserdb rewrites one file)
-	stopOnce sync.Once
-	stopErr  error
+	mail mailserver.User
+	mu   sync.Mutex // serializes AddUser (makeuserdb rewrites one file)
 }
 
 // StartForTest starts a Server for t and stops it in t.Cleanup. When
@@ -97,28 +86,14 @@ type Server struct {
 // or fails under CI=true.
 func StartForTest(t testing.TB) *Server {
 	t.Helper()
-	s, err := Start()
-	if err != nil {
-		mailserver.SkipOrFail(t, "Courier IMAP", install, err)
-	}
-	t.Cleanup(func() {
-		if err := s.Stop(); err != nil {
-			t.Errorf("stopping courier: %v", err)
-		}
-	})
-	return s
+	return mailserver.ForTest(t, "Courier IMAP", install, Start)
 }
 
 // Start runs a new instance and waits until it greets. The caller must call
 // Stop.
 func Start() (*Server, error) {
-	for _, p := range []string{TCPD, AuthDaemond, UserDB, MakeUserDB, UserDBPW, Unshare, IMAPLogin(), IMAPD()} {
-		if _, err := os.Stat(p); err != nil {
-			return nil, fmt.Errorf("courier %w: %v", mailserver.ErrNotInstalled, err)
-		}
-	}
-	if os.Geteuid() != 0 {
-		return nil, mailserver.ErrNotRoot
+	if err := mailserver.NeedPrograms("courier", TCPD, AuthDaemond, UserDB, MakeUserDB, UserDBPW, Unshare, IMAPLogin(), IMAPD()); err != nil {
+		return nil, err
 	}
 	mail, err := mailserver.MailUser()
 	if err != nil {
@@ -128,7 +103,7 @@ func Start() (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{Dir: dir, mail: mail}
+	s := &Server{Instance: mailserver.Instance{Dir: dir}, mail: mail}
 	fail := func(err error) (*Server, error) {
 		os.RemoveAll(dir)
 		return nil, err
@@ -136,16 +111,10 @@ func Start() (*Server, error) {
 	if err := s.prepare(); err != nil {
 		return fail(err)
 	}
-	// couriertcpd cannot take port 0: a free port, retried on a clash.
-	for attempt := 1; ; attempt++ {
-		err = s.start()
-		if err == nil {
-			return s, nil
-		}
-		if attempt == 3 || !strings.Contains(err.Error(), "in use") {
-			return fail(err)
-		}
+	if err := mailserver.OnFreePort(s.start); err != nil {
+		return fail(err)
 	}
+	return s, nil
 }
 
 // prepare makes the private configuration directory (the system's and the
@@ -208,21 +177,18 @@ trap 'kill $tcpd $auth 2>/dev/null; wait; exit 0' TERM INT
 wait
 `
 
-func (s *Server) start() error {
-	ports, err := mailserver.FreePorts(1)
-	if err != nil {
-		return err
-	}
-	s.IMAPAddr = mailserver.Addr(ports[0])
+// start starts the instance on port (it cannot take port 0).
+func (s *Server) start(port int) error {
+	s.IMAPAddr = mailserver.Addr(port)
 	s.IMAP.Addr = s.IMAPAddr
 	cmd := exec.Command(Unshare, "-m", "--propagation", "private", "sh", "-c", script)
 	cmd.Env = append(os.Environ(), "M_DIR="+s.Dir, "M_AUTHDAEMOND="+AuthDaemond, "M_TCPD="+TCPD,
-		"M_PORT="+strconv.Itoa(ports[0]), "M_IMAPLOGIN="+IMAPLogin(), "M_IMAPD="+IMAPD())
+		"M_PORT="+strconv.Itoa(port), "M_IMAPLOGIN="+IMAPLogin(), "M_IMAPD="+IMAPD())
 	p, err := mailserver.StartProcess(cmd)
 	if err != nil {
 		return err
 	}
-	s.proc = p
+	s.Proc = p
 	return p.WaitGreeting(s.IMAPAddr, 20*time.Second)
 }
 
@@ -279,23 +245,8 @@ func (s *Server) makeUserDB() error {
 // Log is what the instance has written so far (authdaemond, couriertcpd,
 // imaplogin), for failure messages.
 func (s *Server) Log() string {
-	if s.proc == nil {
+	if s.Proc == nil {
 		return ""
 	}
-	return s.proc.Output.String()
-}
-
-// Stop stops the instance (SIGTERM to the shell, which ends couriertcpd and
-// authdaemond; the namespace and its mounts go with the last of them) and
-// removes Dir. It is safe to call more than once.
-func (s *Server) Stop() error {
-	s.stopOnce.Do(func() {
-		if s.proc != nil {
-			s.stopErr = s.proc.Stop()
-		}
-		if err := os.RemoveAll(s.Dir); err != nil && s.stopErr == nil {
-			s.stopErr = err
-		}
-	})
-	return s.stopErr
+	return s.Proc.Output.String()
 }

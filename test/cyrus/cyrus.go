@@ -46,16 +46,10 @@ const (
 	SaslPasswd2 = "/usr/sbin/saslpasswd2"
 )
 
-// Dir is where .ci/install-imap-servers unpacked the server packages.
-func Dir() string {
-	if d := os.Getenv("MAILGATE_IMAP_SERVERS"); d != "" {
-		return d
-	}
-	return "/opt/mailgate-imap"
-}
-
 // IMAPD is the unpacked imapd.
-func IMAPD() string { return filepath.Join(Dir(), "cyrus", "usr/lib/cyrus/bin/imapd") }
+func IMAPD() string {
+	return filepath.Join(mailserver.PackagesDir(), "cyrus", "usr/lib/cyrus/bin/imapd")
+}
 
 // ServerName is the instance's servername, and so the realm of its sasldb
 // users (a user without a domain authenticates in that realm).
@@ -71,14 +65,11 @@ type Server struct {
 	// IMAP helpers (Login, Append, Expunge, Mailbox...) act as another IMAP
 	// client of the instance's users.
 	mailserver.IMAP
-	Dir      string // everything the instance writes; removed by Stop
-	IMAPAddr string // 127.0.0.1:port, cleartext IMAP (LOGIN and AUTH=PLAIN allowed)
+	mailserver.Instance        // Dir, the process, Stop
+	IMAPAddr            string // 127.0.0.1:port, cleartext IMAP (LOGIN and AUTH=PLAIN allowed)
 
 	adminPass string
-	proc      *mailserver.Process
 	mu        sync.Mutex // serializes AddUser (saslpasswd2 locks the db, but one at a time is simpler)
-	stopOnce  sync.Once
-	stopErr   error
 }
 
 // StartForTest starts a Server for t and stops it in t.Cleanup. When Cyrus
@@ -86,28 +77,14 @@ type Server struct {
 // under CI=true.
 func StartForTest(t testing.TB) *Server {
 	t.Helper()
-	s, err := Start()
-	if err != nil {
-		mailserver.SkipOrFail(t, "Cyrus IMAP", install, err)
-	}
-	t.Cleanup(func() {
-		if err := s.Stop(); err != nil {
-			t.Errorf("stopping cyrus: %v", err)
-		}
-	})
-	return s
+	return mailserver.ForTest(t, "Cyrus IMAP", install, Start)
 }
 
 // Start runs a new instance and waits until it greets. The caller must call
 // Stop.
 func Start() (*Server, error) {
-	for _, p := range []string{Master, CtlCyrusDB, SaslPasswd2, IMAPD()} {
-		if _, err := os.Stat(p); err != nil {
-			return nil, fmt.Errorf("cyrus %w: %v", mailserver.ErrNotInstalled, err)
-		}
-	}
-	if os.Geteuid() != 0 {
-		return nil, mailserver.ErrNotRoot
+	if err := mailserver.NeedPrograms("cyrus", Master, CtlCyrusDB, SaslPasswd2, IMAPD()); err != nil {
+		return nil, err
 	}
 	// Cyrus runs as its own user (created by cyrus-common) and needs to own
 	// its directories. A short path: unix sockets live under it.
@@ -121,7 +98,7 @@ func Start() (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{Dir: dir, adminPass: fmt.Sprintf("adm-%d", time.Now().UnixNano())}
+	s := &Server{Instance: mailserver.Instance{Dir: dir}, adminPass: fmt.Sprintf("adm-%d", time.Now().UnixNano())}
 	fail := func(err error) (*Server, error) {
 		os.RemoveAll(dir)
 		return nil, err
@@ -137,25 +114,15 @@ func Start() (*Server, error) {
 	if err := chownTree(dir, uid, gid); err != nil {
 		return fail(err)
 	}
-	// The port is picked free and handed to cyrmaster, which cannot take 0:
-	// retry on a clash.
-	for attempt := 1; ; attempt++ {
-		err = s.start()
-		if err == nil {
-			return s, nil
-		}
-		if attempt == 3 || !strings.Contains(err.Error(), "in use") {
-			return fail(err)
-		}
+	if err := mailserver.OnFreePort(s.start); err != nil {
+		return fail(err)
 	}
+	return s, nil
 }
 
-func (s *Server) start() error {
-	ports, err := mailserver.FreePorts(1)
-	if err != nil {
-		return err
-	}
-	s.IMAPAddr = mailserver.Addr(ports[0])
+// start starts the instance on port (it cannot take port 0).
+func (s *Server) start(port int) error {
+	s.IMAPAddr = mailserver.Addr(port)
 	s.IMAP.Addr = s.IMAPAddr
 	conf := filepath.Join(s.Dir, "imapd.conf")
 	// Private paths for everything (Debian's defaults are under /run/cyrus
@@ -205,7 +172,7 @@ DAEMON {
 	if err != nil {
 		return err
 	}
-	s.proc = p
+	s.Proc = p
 	return p.WaitGreeting(s.IMAPAddr, 20*time.Second)
 }
 
@@ -240,20 +207,6 @@ func (s *Server) AddUser(name, password string) error {
 		return fmt.Errorf("cyrus: CREATE user.%s: %w", name, err)
 	}
 	return nil
-}
-
-// Stop stops the master (SIGTERM, which ends its services) and removes Dir.
-// It is safe to call more than once.
-func (s *Server) Stop() error {
-	s.stopOnce.Do(func() {
-		if s.proc != nil {
-			s.stopErr = s.proc.Stop()
-		}
-		if err := os.RemoveAll(s.Dir); err != nil && s.stopErr == nil {
-			s.stopErr = err
-		}
-	})
-	return s.stopErr
 }
 
 func chownTree(dir string, uid, gid int) error {

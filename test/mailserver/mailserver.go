@@ -194,3 +194,84 @@ func (p *Process) Stop() error {
 		return fmt.Errorf("%s (pid %d) ignored SIGTERM for 10s; killed", p.cmd.Path, p.cmd.Process.Pid)
 	}
 }
+
+// Instance is the lifecycle the starters share: a directory of its own and
+// the server process. Embed it; Stop ends the process and removes Dir.
+type Instance struct {
+	Dir  string // everything the instance writes; removed by Stop
+	Proc *Process
+
+	stopOnce sync.Once
+	stopErr  error
+}
+
+// Stop stops the process (SIGTERM, SIGKILL after 10 s) and removes Dir. It is
+// safe to call more than once.
+func (in *Instance) Stop() error {
+	in.stopOnce.Do(func() {
+		if in.Proc != nil {
+			in.stopErr = in.Proc.Stop()
+		}
+		if err := os.RemoveAll(in.Dir); err != nil && in.stopErr == nil {
+			in.stopErr = err
+		}
+	})
+	return in.stopErr
+}
+
+// NeedPrograms checks that paths exist (ErrNotInstalled otherwise) and that
+// we are root (ErrNotRoot).
+func NeedPrograms(name string, paths ...string) error {
+	for _, p := range paths {
+		if _, err := os.Stat(p); err != nil {
+			return fmt.Errorf("%s %w: %v", name, ErrNotInstalled, err)
+		}
+	}
+	if os.Geteuid() != 0 {
+		return ErrNotRoot
+	}
+	return nil
+}
+
+// PackagesDir is where .ci/install-imap-servers unpacked the server
+// packages that conflict with Dovecot: $MAILGATE_IMAP_SERVERS, else
+// /opt/mailgate-imap.
+func PackagesDir() string {
+	if d := os.Getenv("MAILGATE_IMAP_SERVERS"); d != "" {
+		return d
+	}
+	return "/opt/mailgate-imap"
+}
+
+// ForTest starts a server with start for t and stops it in t.Cleanup. A
+// server that is not installed (or needs root) skips t loudly, or fails it
+// under CI=true (SkipOrFail, with how to install it).
+func ForTest[S interface{ Stop() error }](t testing.TB, name, how string, start func() (S, error)) S {
+	t.Helper()
+	s, err := start()
+	if err != nil {
+		SkipOrFail(t, name, how, err)
+	}
+	t.Cleanup(func() {
+		if err := s.Stop(); err != nil {
+			t.Errorf("stopping %s: %v", name, err)
+		}
+	})
+	return s
+}
+
+// OnFreePort runs start with a port of 127.0.0.1 that was free a moment ago,
+// for servers that cannot listen on port 0; another process may take it in
+// between, so an error that says "in use" is retried (three tries in all).
+func OnFreePort(start func(port int) error) error {
+	for attempt := 1; ; attempt++ {
+		ports, err := FreePorts(1)
+		if err != nil {
+			return err
+		}
+		err = start(ports[0])
+		if err == nil || attempt == 3 || !strings.Contains(err.Error(), "in use") {
+			return err
+		}
+	}
+}
