@@ -39,14 +39,15 @@ func TestMain(m *testing.M) {
 
 // backendOptions shape a test backend.
 type backendOptions struct {
-	rev1Only  bool          // IMAP4rev1 without UIDPLUS/MOVE
-	noPlain   bool          // offer no SASL mechanism: clients must use LOGIN
-	latency   time.Duration // one-way delay of client-to-server bytes
-	tls       *tls.Config   // serve STARTTLS with this
-	implicit  bool          // serve implicit TLS (needs tls)
-	sizeLie   int64         // added to every RFC822.SIZE the server reports
-	bodyFirst bool          // send BODY[] before UID in FETCH responses (small bodies only)
-	stallBody atomic.Bool   // stop answering once a body FETCH arrives
+	rev1Only   bool          // IMAP4rev1 without UIDPLUS/MOVE
+	noPlain    bool          // offer no SASL mechanism: clients must use LOGIN
+	latency    time.Duration // one-way delay of client-to-server bytes
+	tls        *tls.Config   // serve STARTTLS with this
+	implicit   bool          // serve implicit TLS (needs tls)
+	sizeLie    int64         // added to every RFC822.SIZE the server reports
+	bodyFirst  bool          // send BODY[] before UID in FETCH responses (small bodies only)
+	flagsFirst bool          // send FLAGS before UID in FETCH responses, as Cyrus does
+	stallBody  atomic.Bool   // stop answering once a body FETCH arrives
 }
 
 // backend is a running test IMAP server.
@@ -56,6 +57,8 @@ type backend struct {
 	mem   *imapmemserver.Server
 	users map[string]*imapmemserver.User
 	opts  *backendOptions
+
+	sent atomic.Int64 // bytes the server wrote, to every client
 
 	mu          sync.Mutex
 	bodyFetches map[imap.UID]int // UID FETCH ... BODY.PEEK[] per UID
@@ -245,9 +248,20 @@ func (c *serverConn) Read(p []byte) (int, error) {
 
 var sizeRE = regexp.MustCompile(`RFC822\.SIZE (\d+)`)
 
+var uidFlagsRE = regexp.MustCompile(`\* (\d+) FETCH \(UID (\d+) FLAGS \(([^)]*)\)`)
+
 var fetchRespRE = regexp.MustCompile(`\* (\d+) FETCH \(UID (\d+) ((?:FLAGS \([^)]*\) )?)BODY\[\] \{(\d+)\}\r\n`)
 
 func (c *serverConn) Write(p []byte) (int, error) {
+	c.b.sent.Add(int64(len(p)))
+	if c.b.opts.flagsFirst && uidFlagsRE.Match(p) {
+		// Same length: a literal after it is unaffected.
+		q := uidFlagsRE.ReplaceAll(p, []byte("* $1 FETCH (FLAGS ($3) UID $2"))
+		if _, err := c.Conn.Write(q); err != nil {
+			return 0, err
+		}
+		return len(p), nil
+	}
 	if c.b.opts.bodyFirst {
 		if m := fetchRespRE.FindSubmatchIndex(p); m != nil {
 			n, _ := strconv.Atoi(string(p[m[8]:m[9]]))

@@ -600,7 +600,7 @@ func (s *session) cmdTOP(cmd command) (transition, error) {
 	if !ok {
 		return stay, syntaxError("invalid number of lines")
 	}
-	rc, err := s.md.Top(s.ctx, n)
+	rc, err := s.md.Top(s.ctx, n, lines)
 	if err != nil {
 		return stay, err
 	}

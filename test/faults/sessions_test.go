@@ -135,27 +135,37 @@ timeouts: {backend_dial: %s, backend_command: %s, shutdown: 2s}
 // TestExpungedMidSessionAgainstDovecot: a body is served only for a message
 // the backend still has. With the cache and fetch-ahead on (the defaults), a message
 // another IMAP client expunges mid-session answers -ERR on RETR and TOP
-// whether its body was cached (by TOP), fetched ahead (by reading in order)
-// or not fetched at all, and the session goes on: the other messages are
+// whether its body was cached (by TOP of a small message), fetched ahead (by
+// reading in order), fetched in parts (TOP of a larger one) or not fetched at
+// all, and the session goes on: the other messages are
 // served exactly and QUIT deletes only what was DELEted. Dovecot reports the
 // expunges only in answer to a command; the gateway learns of them with its
 // next body FETCH or, for a body it holds, with a NOOP once the backend's
 // last word is a few seconds old (the wait below).
 func TestExpungedMidSessionAgainstDovecot(t *testing.T) {
 	dc := dovecotServer(t)
-	a, msgs, uids := seededAccount(t, "follow", 5, 2000, 3000)
+	a, msgs, uids := seededAccount(t, "follow", 5, 2000, 1000)
+	big := message("follow-big", 60<<10) // TOP fetches its parts only
+	bigUID, err := dc.Append(a.User, a.Pass, "INBOX", big)
+	if err != nil {
+		t.Fatal(err)
+	}
+	msgs, uids = append(msgs, big), append(uids, bigUID...)
 	g := harness.Start(t, gatewayYAML(dc.IMAPAddr, "{}"))
 	c := dialPOP3(t, g.Addr("pop3"), a, 0)
 	defer c.Close()
 	if _, err := c.Top(4, 0); err != nil { // 4's body is now cached
 		t.Fatal(err)
 	}
+	if _, err := c.Top(6, 3); err != nil { // header and a few lines, not cached
+		t.Fatal(err)
+	}
 	if _, err := c.Retr(1); err != nil { // 2 and 3 are fetched ahead
 		t.Fatal(err)
 	}
 	time.Sleep(200 * time.Millisecond)
-	// 2 fetched ahead, 4 cached, 5 never fetched.
-	if err := dc.Expunge(a.User, a.Pass, "INBOX", uids[1], uids[3], uids[4]); err != nil {
+	// 2 fetched ahead, 4 cached, 5 never fetched, 6 fetched in parts.
+	if err := dc.Expunge(a.User, a.Pass, "INBOX", uids[1], uids[3], uids[4], uids[5]); err != nil {
 		t.Fatal(err)
 	}
 	time.Sleep(2500 * time.Millisecond) // older than the gateway's staleAfter
@@ -166,7 +176,7 @@ func TestExpungedMidSessionAgainstDovecot(t *testing.T) {
 			t.Errorf("%s of a message expunged elsewhere: err = %v, want a plain -ERR", what, err)
 		}
 	}
-	_, err := c.Retr(2)
+	_, err = c.Retr(2)
 	gone("RETR 2 (fetched ahead)", err)
 	_, err = c.Top(4, 0)
 	gone("TOP 4 (cached)", err)
@@ -174,6 +184,10 @@ func TestExpungedMidSessionAgainstDovecot(t *testing.T) {
 	gone("RETR 4 (cached)", err)
 	_, err = c.Retr(5)
 	gone("RETR 5 (never fetched)", err)
+	_, err = c.Top(6, 3)
+	gone("TOP 6 3 (fetched in parts)", err)
+	_, err = c.Top(6, 0)
+	gone("TOP 6 0", err)
 	got, err := c.Retr(3) // fetched ahead, still there
 	if err != nil {
 		t.Fatalf("RETR 3: %v", err)
