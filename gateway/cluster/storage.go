@@ -109,8 +109,12 @@ var (
 // in Redis under prefix (e.g. "mailgate:" -> keys "mailgate:{acme}:...").
 // The client should have ContextTimeoutEnabled set, so that the deadlines
 // of the calls reach the connections. log gets lock trouble (a failed
-// renewal, a lost lease); nil logs nothing.
+// renewal, a lost lease); nil logs nothing. A nil client is a programming
+// error and panics here rather than at the first certificate.
 func NewStorage(client redis.UniversalClient, prefix string, log *zap.Logger) *Storage {
+	if client == nil {
+		panic("cluster.NewStorage: nil Redis client")
+	}
 	if log == nil {
 		log = zap.NewNop()
 	}

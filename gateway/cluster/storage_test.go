@@ -49,30 +49,50 @@ func TestStorageMiniredis(t *testing.T) {
 		}
 	}()
 	t.Cleanup(func() { close(stop); <-done })
-	testStorageConformance(t, m.Addr())
+	testStorageConformance(t, singleClient(m.Addr()))
 }
 
 func TestStorageRedisServer(t *testing.T) {
 	leaks := goleak.IgnoreCurrent()
 	t.Cleanup(func() { goleak.VerifyNone(t, leaks) })
 	addr, _ := redistest.Start(t)
-	testStorageConformance(t, addr)
+	testStorageConformance(t, singleClient(addr))
+}
+
+// TestStorageRedisCluster runs the suite through a ClusterClient on a Redis
+// Cluster, which refuses a script or pipeline whose keys span slots.
+func TestStorageRedisCluster(t *testing.T) {
+	leaks := goleak.IgnoreCurrent()
+	t.Cleanup(func() { goleak.VerifyNone(t, leaks) })
+	addr, _ := redistest.StartCluster(t)
+	testStorageConformance(t, func() redis.UniversalClient {
+		return redis.NewClusterClient(&redis.ClusterOptions{Addrs: []string{addr}, ContextTimeoutEnabled: true})
+	})
+}
+
+// newClient returns a new client of the server under test.
+type newClient func() redis.UniversalClient
+
+func singleClient(addr string) newClient {
+	return func() redis.UniversalClient {
+		return redis.NewClient(&redis.Options{Addr: addr, ContextTimeoutEnabled: true})
+	}
 }
 
 // testLease is the lock lease in the tests: long enough for a renewal
 // (every lease/3) to survive a loaded machine, short enough to wait out.
-const testLease = 900 * time.Millisecond
+const testLease = 1500 * time.Millisecond
 
 var prefixes atomic.Int64
 
 // newStorages returns n Storages, each on its own client (as n instances
-// of the gateway would be), sharing one fresh prefix on the server at addr.
-func newStorages(t *testing.T, addr string, n int) []*Storage {
+// of the gateway would be), sharing one fresh prefix on the server.
+func newStorages(t *testing.T, client newClient, n int) []*Storage {
 	t.Helper()
 	prefix := fmt.Sprintf("mg%d:", prefixes.Add(1))
 	var out []*Storage
 	for i := range n {
-		c := redis.NewClient(&redis.Options{Addr: addr, ContextTimeoutEnabled: true})
+		c := client()
 		t.Cleanup(func() { c.Close() })
 		s := NewStorage(c, prefix, zaptest.NewLogger(t).Named("storage"+strconv.Itoa(i)))
 		s.lease = testLease
@@ -82,10 +102,10 @@ func newStorages(t *testing.T, addr string, n int) []*Storage {
 	return out
 }
 
-func testStorageConformance(t *testing.T, addr string) {
+func testStorageConformance(t *testing.T, client newClient) {
 	for _, tc := range []struct {
 		name string
-		fn   func(t *testing.T, addr string)
+		fn   func(t *testing.T, client newClient)
 	}{
 		{"StoreLoad", testStoreLoad},
 		{"TreeConflicts", testTreeConflicts},
@@ -105,7 +125,7 @@ func testStorageConformance(t *testing.T, addr string) {
 		{"UnlockAfterLeaseLost", testUnlockAfterLeaseLost},
 		{"LeaseLossNoticed", testLeaseLossNoticed},
 	} {
-		t.Run(tc.name, func(t *testing.T) { tc.fn(t, addr) })
+		t.Run(tc.name, func(t *testing.T) { tc.fn(t, client) })
 	}
 }
 
@@ -118,8 +138,8 @@ func store(t *testing.T, s certmagic.Storage, kv ...string) {
 	}
 }
 
-func testStoreLoad(t *testing.T, addr string) {
-	s := newStorages(t, addr, 1)[0]
+func testStoreLoad(t *testing.T, client newClient) {
+	s := newStorages(t, client, 1)[0]
 	ctx := context.Background()
 	if _, err := s.Load(ctx, "acme/missing.json"); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("Load of an absent key: %v, want fs.ErrNotExist", err)
@@ -153,8 +173,8 @@ func testStoreLoad(t *testing.T, addr string) {
 	}
 }
 
-func testTreeConflicts(t *testing.T, addr string) {
-	s := newStorages(t, addr, 1)[0]
+func testTreeConflicts(t *testing.T, client newClient) {
+	s := newStorages(t, client, 1)[0]
 	ctx := context.Background()
 	store(t, s, "a/b/c", "1")
 	if err := s.Store(ctx, "a/b", []byte("x")); err == nil {
@@ -193,8 +213,8 @@ var tree = []string{
 
 // testLikeFileStorage compares every read method with certmagic's own
 // FileStorage holding the same tree.
-func testLikeFileStorage(t *testing.T, addr string) {
-	s := newStorages(t, addr, 1)[0]
+func testLikeFileStorage(t *testing.T, client newClient) {
+	s := newStorages(t, client, 1)[0]
 	fsto := &certmagic.FileStorage{Path: t.TempDir()}
 	store(t, s, tree...)
 	store(t, fsto, tree...)
@@ -240,8 +260,8 @@ func testLikeFileStorage(t *testing.T, addr string) {
 	}
 }
 
-func testStat(t *testing.T, addr string) {
-	s := newStorages(t, addr, 1)[0]
+func testStat(t *testing.T, client newClient) {
+	s := newStorages(t, client, 1)[0]
 	ctx := context.Background()
 	before := time.Now().Truncate(time.Millisecond)
 	store(t, s, "certificates/ca/mail.test/mail.test.crt", "0123456789")
@@ -269,8 +289,8 @@ func testStat(t *testing.T, addr string) {
 	}
 }
 
-func testList(t *testing.T, addr string) {
-	s := newStorages(t, addr, 1)[0]
+func testList(t *testing.T, client newClient) {
+	s := newStorages(t, client, 1)[0]
 	ctx := context.Background()
 	if _, err := s.List(ctx, "", false); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("List of an empty storage: %v, want fs.ErrNotExist", err)
@@ -306,8 +326,8 @@ func testList(t *testing.T, addr string) {
 	}
 }
 
-func testDelete(t *testing.T, addr string) {
-	s := newStorages(t, addr, 1)[0]
+func testDelete(t *testing.T, client newClient) {
+	s := newStorages(t, client, 1)[0]
 	ctx := context.Background()
 	store(t, s, tree...)
 	// A file.
@@ -362,9 +382,9 @@ func testDelete(t *testing.T, addr string) {
 	}
 }
 
-func testPrefixes(t *testing.T, addr string) {
-	a := newStorages(t, addr, 1)[0]
-	b := newStorages(t, addr, 1)[0]
+func testPrefixes(t *testing.T, client newClient) {
+	a := newStorages(t, client, 1)[0]
+	b := newStorages(t, client, 1)[0]
 	ctx := context.Background()
 	store(t, a, "certificates/x", "a")
 	if b.Exists(ctx, "certificates/x") {
@@ -387,8 +407,8 @@ func testPrefixes(t *testing.T, addr string) {
 	}
 }
 
-func testConcurrentStores(t *testing.T, addr string) {
-	ss := newStorages(t, addr, 2)
+func testConcurrentStores(t *testing.T, client newClient) {
+	ss := newStorages(t, client, 2)
 	ctx := context.Background()
 	var wg sync.WaitGroup
 	for i := range 8 {
@@ -415,8 +435,8 @@ func testConcurrentStores(t *testing.T, addr string) {
 	}
 }
 
-func testCancelled(t *testing.T, addr string) {
-	s := newStorages(t, addr, 1)[0]
+func testCancelled(t *testing.T, client newClient) {
+	s := newStorages(t, client, 1)[0]
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	if err := s.Store(ctx, "k", []byte("v")); err == nil {
@@ -464,8 +484,8 @@ func assertLocked(t *testing.T, probe *Storage, name string, want bool) {
 	}
 }
 
-func testLockExclusive(t *testing.T, addr string) {
-	ss := newStorages(t, addr, 3)
+func testLockExclusive(t *testing.T, client newClient) {
+	ss := newStorages(t, client, 3)
 	a, b, probe := ss[0], ss[1], ss[2]
 	ctx := context.Background()
 	if err := a.Lock(ctx, "issue_cert_mail.test"); err != nil {
@@ -504,8 +524,8 @@ func testLockExclusive(t *testing.T, addr string) {
 
 // testLockMutualExclusion runs a non-atomic read-modify-write of a stored
 // counter under the lock, from goroutines spread over two instances.
-func testLockMutualExclusion(t *testing.T, addr string) {
-	ss := newStorages(t, addr, 2)
+func testLockMutualExclusion(t *testing.T, client newClient) {
+	ss := newStorages(t, client, 2)
 	ctx := context.Background()
 	store(t, ss[0], "counter", "0")
 	var inside, overlaps atomic.Int32
@@ -550,8 +570,8 @@ func testLockMutualExclusion(t *testing.T, addr string) {
 	}
 }
 
-func testLockWaitHonoursContext(t *testing.T, addr string) {
-	ss := newStorages(t, addr, 2)
+func testLockWaitHonoursContext(t *testing.T, client newClient) {
+	ss := newStorages(t, client, 2)
 	if err := ss[0].Lock(context.Background(), "l"); err != nil {
 		t.Fatal(err)
 	}
@@ -563,15 +583,15 @@ func testLockWaitHonoursContext(t *testing.T, addr string) {
 	}
 }
 
-func testLockRenewedWhileHeld(t *testing.T, addr string) {
-	ss := newStorages(t, addr, 2)
+func testLockRenewedWhileHeld(t *testing.T, client newClient) {
+	ss := newStorages(t, client, 2)
 	a, probe := ss[0], ss[1]
 	ctx := context.Background()
 	if err := a.Lock(ctx, "l"); err != nil {
 		t.Fatal(err)
 	}
-	// Held for three leases: the renewals keep it.
-	end := time.Now().Add(3 * testLease)
+	// Held for two leases: the renewals keep it.
+	end := time.Now().Add(2 * testLease)
 	for time.Now().Before(end) {
 		assertLocked(t, probe, "l", true)
 		time.Sleep(testLease / 4)
@@ -580,7 +600,7 @@ func testLockRenewedWhileHeld(t *testing.T, addr string) {
 		t.Errorf("RenewLockLease of a held lock: %v", err)
 	}
 	if err := a.Unlock(ctx, "l"); err != nil {
-		t.Errorf("Unlock after three leases: %v", err)
+		t.Errorf("Unlock after two leases: %v", err)
 	}
 	assertLocked(t, probe, "l", false)
 }
@@ -609,8 +629,8 @@ func (s *Storage) pauseRenewal(t *testing.T, name string) *heldLock {
 	return l
 }
 
-func testLockExpiresWhenHolderDies(t *testing.T, addr string) {
-	ss := newStorages(t, addr, 2)
+func testLockExpiresWhenHolderDies(t *testing.T, client newClient) {
+	ss := newStorages(t, client, 2)
 	a, b := ss[0], ss[1]
 	ctx := context.Background()
 	if err := a.Lock(ctx, "issue_cert_mail.test"); err != nil {
@@ -631,8 +651,8 @@ func testLockExpiresWhenHolderDies(t *testing.T, addr string) {
 	}
 }
 
-func testUnlockByNonHolder(t *testing.T, addr string) {
-	ss := newStorages(t, addr, 3)
+func testUnlockByNonHolder(t *testing.T, client newClient) {
+	ss := newStorages(t, client, 3)
 	a, b, probe := ss[0], ss[1], ss[2]
 	ctx := context.Background()
 	if err := b.Unlock(ctx, "never"); err == nil {
@@ -655,8 +675,8 @@ func testUnlockByNonHolder(t *testing.T, addr string) {
 
 // testUnlockAfterLeaseLost: a holder paused past its lease finds the lock
 // taken by another, and its late Unlock must not release the other's.
-func testUnlockAfterLeaseLost(t *testing.T, addr string) {
-	ss := newStorages(t, addr, 3)
+func testUnlockAfterLeaseLost(t *testing.T, client newClient) {
+	ss := newStorages(t, client, 3)
 	a, b, probe := ss[0], ss[1], ss[2]
 	ctx := context.Background()
 	if err := a.Lock(ctx, "l"); err != nil {
@@ -682,8 +702,8 @@ func testUnlockAfterLeaseLost(t *testing.T, addr string) {
 
 // testLeaseLossNoticed: the renewer finds out that the lease is gone (here
 // another token took the key, as after a failover that lost the lock).
-func testLeaseLossNoticed(t *testing.T, addr string) {
-	a := newStorages(t, addr, 1)[0]
+func testLeaseLossNoticed(t *testing.T, client newClient) {
+	a := newStorages(t, client, 1)[0]
 	ctx := context.Background()
 	if err := a.Lock(ctx, "l"); err != nil {
 		t.Fatal(err)

@@ -1,6 +1,9 @@
 package redistest
 
-import "testing"
+import (
+	"strings"
+	"testing"
+)
 
 func TestStartStopStartAt(t *testing.T) {
 	addr, stop := Start(t)
@@ -15,5 +18,18 @@ func TestStartStopStartAt(t *testing.T) {
 	StartAt(t, addr)
 	if err := ping(addr); err != nil {
 		t.Fatalf("server brought back at %s: %v", addr, err)
+	}
+}
+
+func TestStartCluster(t *testing.T) {
+	addr, _ := StartCluster(t)
+	if reply, err := command(addr, "MSET", "a", "1", "b", "2"); err != nil || !strings.HasPrefix(reply, "-CROSSSLOT") {
+		t.Errorf("MSET of two slots = %q, %v; want CROSSSLOT", reply, err)
+	}
+	if reply, err := command(addr, "MSET", "{t}a", "1", "{t}b", "2"); err != nil || reply != "+OK\r\n" {
+		t.Errorf("MSET of one slot = %q, %v; want OK", reply, err)
+	}
+	if reply, err := command(addr, "GET", "{t}b"); err != nil || reply != "2" {
+		t.Errorf("GET = %q, %v; want 2", reply, err)
 	}
 }
