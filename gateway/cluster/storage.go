@@ -14,7 +14,7 @@ package cluster
 //
 // Invariants kept here:
 //   - The index, the data and the mtime hold the same keys: only the two Lua
-//     scripts below (storeScript, deleteScript) write them, each atomically.
+//     scripts below (storageStoreScript, storageDeleteScript) write them, each atomically.
 //   - All these keys share the hash tag {acme} (the prefix comes before it
 //     and is the same for all, so the first {...} of every key is the same):
 //     in Redis Cluster they live in one slot, and a script that names them
@@ -58,13 +58,13 @@ import (
 // Defaults of the storage's timings; tests shorten them on the unexported
 // fields.
 const (
-	// defaultLockLease is how long a lock outlives its holder's last
+	// storageLockLease is how long a lock outlives its holder's last
 	// renewal: the time another instance waits for the lock of a dead one.
-	defaultLockLease = 30 * time.Second
-	// defaultLockPoll is how often Lock retries a taken lock.
-	defaultLockPoll = time.Second
-	// defaultOpTimeout bounds one Redis call.
-	defaultOpTimeout = 5 * time.Second
+	storageLockLease = 30 * time.Second
+	// storageLockPoll is how often Lock retries a taken lock.
+	storageLockPoll = time.Second
+	// storageOpTimeout bounds one Redis call.
+	storageOpTimeout = 5 * time.Second
 )
 
 // ErrLockLost is returned by Unlock and RenewLockLease when the lease of a
@@ -88,11 +88,11 @@ type Storage struct {
 	opTimeout time.Duration // bound of one Redis call
 
 	mu    sync.Mutex
-	locks map[string]*heldLock // by lock name, the locks this Storage holds
+	locks map[string]*storageLock // by lock name, the locks this Storage holds
 }
 
-// heldLock is a lock this Storage took, with its renewer.
-type heldLock struct {
+// storageLock is a lock this Storage took, with its renewer.
+type storageLock struct {
 	token string
 	stop  chan struct{} // closed to stop the renewer
 	done  chan struct{} // closed by the renewer when it returns
@@ -126,10 +126,10 @@ func NewStorage(client redis.UniversalClient, prefix string, log *zap.Logger) *S
 		index:     base + "index",
 		data:      base + "data",
 		mtime:     base + "mtime",
-		lease:     defaultLockLease,
-		poll:      defaultLockPoll,
-		opTimeout: defaultOpTimeout,
-		locks:     make(map[string]*heldLock),
+		lease:     storageLockLease,
+		poll:      storageLockPoll,
+		opTimeout: storageOpTimeout,
+		locks:     make(map[string]*storageLock),
 	}
 }
 
@@ -142,27 +142,27 @@ func (s *Storage) op(ctx context.Context) (context.Context, context.CancelFunc) 
 	return context.WithTimeout(ctx, s.opTimeout)
 }
 
-// cleanKey normalises a certmagic key as FileStorage does through
+// cleanStorageKey normalises a certmagic key as FileStorage does through
 // filepath.Join: "a//b/./c/" is "a/b/c"; "" and "/" are the root, "".
-func cleanKey(key string) string {
+func cleanStorageKey(key string) string {
 	return strings.TrimPrefix(path.Clean("/"+key), "/")
 }
 
-// below returns the ZRANGEBYLEX bounds of the keys strictly below dir: the
+// keysBelow returns the ZRANGEBYLEX bounds of the keys strictly below dir: the
 // whole index for the root, else ["dir/", ("dir0" ('0' follows '/').
-func below(dir string) (lo, hi string) {
+func keysBelow(dir string) (lo, hi string) {
 	if dir == "" {
 		return "-", "+"
 	}
 	return "[" + dir + "/", "(" + dir + "0"
 }
 
-// storeScript writes one key after checking the tree stays a tree.
+// storageStoreScript writes one key after checking the tree stays a tree.
 // KEYS: index, data, mtime. ARGV: key, value, mtime, lo, hi (the bounds of
 // the keys below key), then key's ancestors ("a", "a/b" for "a/b/c").
 // Returns {0} when stored, {1, key} when key has keys below it, {2, ancestor}
 // when an ancestor is a file.
-var storeScript = redis.NewScript(`
+var storageStoreScript = redis.NewScript(`
 if #redis.call('ZRANGEBYLEX', KEYS[1], ARGV[4], ARGV[5], 'LIMIT', 0, 1) > 0 then
   return {1, ARGV[1]}
 end
@@ -177,10 +177,10 @@ redis.call('HSET', KEYS[3], ARGV[1], ARGV[3])
 return {0}
 `)
 
-// deleteScript deletes a key and every key below it.
+// storageDeleteScript deletes a key and every key below it.
 // KEYS: index, data, mtime. ARGV: key ("" for the root), lo, hi (the bounds
 // of the keys below key). Returns the number of keys deleted.
-var deleteScript = redis.NewScript(`
+var storageDeleteScript = redis.NewScript(`
 local gone = redis.call('ZRANGEBYLEX', KEYS[1], ARGV[2], ARGV[3])
 if ARGV[1] ~= '' and redis.call('ZSCORE', KEYS[1], ARGV[1]) then
   table.insert(gone, ARGV[1])
@@ -195,11 +195,11 @@ return #gone
 
 // Store puts value at key, creating or overwriting it.
 func (s *Storage) Store(ctx context.Context, key string, value []byte) error {
-	key = cleanKey(key)
+	key = cleanStorageKey(key)
 	if key == "" {
 		return errors.New("cluster storage: store: empty key")
 	}
-	lo, hi := below(key)
+	lo, hi := keysBelow(key)
 	args := []any{key, value, time.Now().UnixMilli(), lo, hi}
 	for i := range len(key) {
 		if key[i] == '/' {
@@ -208,7 +208,7 @@ func (s *Storage) Store(ctx context.Context, key string, value []byte) error {
 	}
 	ctx, cancel := s.op(ctx)
 	defer cancel()
-	res, err := storeScript.Run(ctx, s.client, []string{s.index, s.data, s.mtime}, args...).Slice()
+	res, err := storageStoreScript.Run(ctx, s.client, []string{s.index, s.data, s.mtime}, args...).Slice()
 	if err != nil {
 		return fmt.Errorf("cluster storage: store %s: %w", key, err)
 	}
@@ -226,12 +226,12 @@ func (s *Storage) Store(ctx context.Context, key string, value []byte) error {
 
 // Load returns the value at key, or an error matching fs.ErrNotExist.
 func (s *Storage) Load(ctx context.Context, key string) ([]byte, error) {
-	key = cleanKey(key)
+	key = cleanStorageKey(key)
 	ctx, cancel := s.op(ctx)
 	defer cancel()
 	v, err := s.client.HGet(ctx, s.data, key).Bytes()
 	if errors.Is(err, redis.Nil) {
-		return nil, notExist("load", key)
+		return nil, notExistErr("load", key)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("cluster storage: load %s: %w", key, err)
@@ -244,11 +244,11 @@ func (s *Storage) Load(ctx context.Context, key string) ([]byte, error) {
 // uses os.RemoveAll); the deletion is one atomic script, so nothing of it
 // is left when Delete returns nil.
 func (s *Storage) Delete(ctx context.Context, key string) error {
-	key = cleanKey(key)
-	lo, hi := below(key)
+	key = cleanStorageKey(key)
+	lo, hi := keysBelow(key)
 	ctx, cancel := s.op(ctx)
 	defer cancel()
-	if err := deleteScript.Run(ctx, s.client, []string{s.index, s.data, s.mtime}, key, lo, hi).Err(); err != nil {
+	if err := storageDeleteScript.Run(ctx, s.client, []string{s.index, s.data, s.mtime}, key, lo, hi).Err(); err != nil {
 		return fmt.Errorf("cluster storage: delete %s: %w", key, err)
 	}
 	return nil
@@ -266,8 +266,8 @@ func (s *Storage) Exists(ctx context.Context, key string) bool {
 // fs.ErrNotExist when it is neither. The root is a directory while anything
 // is stored.
 func (s *Storage) Stat(ctx context.Context, key string) (certmagic.KeyInfo, error) {
-	key = cleanKey(key)
-	lo, hi := below(key)
+	key = cleanStorageKey(key)
+	lo, hi := keysBelow(key)
 	ctx, cancel := s.op(ctx)
 	defer cancel()
 	var size *redis.IntCmd
@@ -293,7 +293,7 @@ func (s *Storage) Stat(ctx context.Context, key string) (certmagic.KeyInfo, erro
 	if len(child.Val()) > 0 {
 		return certmagic.KeyInfo{Key: key, IsTerminal: false}, nil
 	}
-	return certmagic.KeyInfo{}, notExist("stat", key)
+	return certmagic.KeyInfo{}, notExistErr("stat", key)
 }
 
 // List returns the keys below dir: with recursive, every file and
@@ -302,8 +302,8 @@ func (s *Storage) Stat(ctx context.Context, key string) (certmagic.KeyInfo, erro
 // does not exist is an error matching fs.ErrNotExist; a dir that is a file
 // lists nothing, as in FileStorage.
 func (s *Storage) List(ctx context.Context, dir string, recursive bool) ([]string, error) {
-	dir = cleanKey(dir)
-	lo, hi := below(dir)
+	dir = cleanStorageKey(dir)
+	lo, hi := keysBelow(dir)
 	ctx, cancel := s.op(ctx)
 	defer cancel()
 	var keys *redis.StringSliceCmd
@@ -320,7 +320,7 @@ func (s *Storage) List(ctx context.Context, dir string, recursive bool) ([]strin
 		if dir != "" && isFile.Val() {
 			return []string{}, nil
 		}
-		return nil, notExist("list", dir)
+		return nil, notExistErr("list", dir)
 	}
 	base := dir
 	if base != "" {
@@ -352,26 +352,26 @@ func (s *Storage) List(ctx context.Context, dir string, recursive bool) ([]strin
 	return out, nil
 }
 
-func notExist(op, key string) error {
+func notExistErr(op, key string) error {
 	return fmt.Errorf("cluster storage: %s %s: %w", op, key, fs.ErrNotExist)
 }
 
 // lockKey is the Redis key of lock name.
 func (s *Storage) lockKey(name string) string { return s.prefix + "{acme}:lock:" + name }
 
-// renewScript extends a lease if the caller's token still holds it.
+// storageRenewScript extends a lease if the caller's token still holds it.
 // KEYS: the lock. ARGV: token, lease in milliseconds. Returns 1 or 0.
-var renewScript = redis.NewScript(`
+var storageRenewScript = redis.NewScript(`
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
 return 0
 `)
 
-// unlockScript deletes a lock if the caller's token still holds it: a
+// storageUnlockScript deletes a lock if the caller's token still holds it: a
 // holder whose lease expired never releases its successor's lock.
 // KEYS: the lock. ARGV: token. Returns 1 or 0.
-var unlockScript = redis.NewScript(`
+var storageUnlockScript = redis.NewScript(`
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
 end
@@ -419,7 +419,7 @@ func (s *Storage) TryLock(ctx context.Context, name string) (bool, error) {
 	if !ok {
 		return false, nil
 	}
-	l := &heldLock{token: token, stop: make(chan struct{}), done: make(chan struct{}), lost: make(chan struct{})}
+	l := &storageLock{token: token, stop: make(chan struct{}), done: make(chan struct{}), lost: make(chan struct{})}
 	s.mu.Lock()
 	if old := s.locks[name]; old != nil {
 		// Our previous lease for name expired unnoticed (its renewer
@@ -434,7 +434,7 @@ func (s *Storage) TryLock(ctx context.Context, name string) (bool, error) {
 }
 
 // renew extends l's lease every lease/3 until stopped or the lease is gone.
-func (s *Storage) renew(name string, l *heldLock) {
+func (s *Storage) renew(name string, l *storageLock) {
 	defer close(l.done)
 	t := time.NewTicker(s.lease / 3)
 	defer t.Stop()
@@ -463,12 +463,12 @@ func (s *Storage) renew(name string, l *heldLock) {
 func (s *Storage) extend(ctx context.Context, name, token string) (bool, error) {
 	ctx, cancel := s.op(ctx)
 	defer cancel()
-	n, err := renewScript.Run(ctx, s.client, []string{s.lockKey(name)}, token, s.lease.Milliseconds()).Int()
+	n, err := storageRenewScript.Run(ctx, s.client, []string{s.lockKey(name)}, token, s.lease.Milliseconds()).Int()
 	return n == 1, err
 }
 
 // held returns the lock name as this Storage holds it.
-func (s *Storage) held(name string) *heldLock {
+func (s *Storage) held(name string) *storageLock {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.locks[name]
@@ -510,7 +510,7 @@ func (s *Storage) Unlock(ctx context.Context, name string) error {
 	<-l.done
 	ctx, cancel := s.op(ctx)
 	defer cancel()
-	n, err := unlockScript.Run(ctx, s.client, []string{s.lockKey(name)}, l.token).Int()
+	n, err := storageUnlockScript.Run(ctx, s.client, []string{s.lockKey(name)}, l.token).Int()
 	if err != nil {
 		// The lease expires by itself within s.lease.
 		return fmt.Errorf("cluster storage: unlock %s: %w", name, err)

@@ -70,42 +70,42 @@ func TestStorageRedisCluster(t *testing.T) {
 	})
 }
 
-// newClient returns a new client of the server under test.
-type newClient func() redis.UniversalClient
+// clientFactory returns a new client of the server under test.
+type clientFactory func() redis.UniversalClient
 
-func singleClient(addr string) newClient {
+func singleClient(addr string) clientFactory {
 	return func() redis.UniversalClient {
 		return redis.NewClient(&redis.Options{Addr: addr, ContextTimeoutEnabled: true})
 	}
 }
 
-// testLease is the lock lease in the tests: long enough for a renewal
+// storageTestLease is the lock lease in the tests: long enough for a renewal
 // (every lease/3) to survive a loaded machine, short enough to wait out.
-const testLease = 1500 * time.Millisecond
+const storageTestLease = 1500 * time.Millisecond
 
-var prefixes atomic.Int64
+var storagePrefixes atomic.Int64
 
 // newStorages returns n Storages, each on its own client (as n instances
 // of the gateway would be), sharing one fresh prefix on the server.
-func newStorages(t *testing.T, client newClient, n int) []*Storage {
+func newStorages(t *testing.T, client clientFactory, n int) []*Storage {
 	t.Helper()
-	prefix := fmt.Sprintf("mg%d:", prefixes.Add(1))
+	prefix := fmt.Sprintf("mg%d:", storagePrefixes.Add(1))
 	var out []*Storage
 	for i := range n {
 		c := client()
 		t.Cleanup(func() { c.Close() })
 		s := NewStorage(c, prefix, zaptest.NewLogger(t).Named("storage"+strconv.Itoa(i)))
-		s.lease = testLease
+		s.lease = storageTestLease
 		s.poll = 20 * time.Millisecond
 		out = append(out, s)
 	}
 	return out
 }
 
-func testStorageConformance(t *testing.T, client newClient) {
+func testStorageConformance(t *testing.T, client clientFactory) {
 	for _, tc := range []struct {
 		name string
-		fn   func(t *testing.T, client newClient)
+		fn   func(t *testing.T, client clientFactory)
 	}{
 		{"StoreLoad", testStoreLoad},
 		{"TreeConflicts", testTreeConflicts},
@@ -129,7 +129,7 @@ func testStorageConformance(t *testing.T, client newClient) {
 	}
 }
 
-func store(t *testing.T, s certmagic.Storage, kv ...string) {
+func storeAll(t *testing.T, s certmagic.Storage, kv ...string) {
 	t.Helper()
 	for i := 0; i < len(kv); i += 2 {
 		if err := s.Store(context.Background(), kv[i], []byte(kv[i+1])); err != nil {
@@ -138,7 +138,7 @@ func store(t *testing.T, s certmagic.Storage, kv ...string) {
 	}
 }
 
-func testStoreLoad(t *testing.T, client newClient) {
+func testStoreLoad(t *testing.T, client clientFactory) {
 	s := newStorages(t, client, 1)[0]
 	ctx := context.Background()
 	if _, err := s.Load(ctx, "acme/missing.json"); !errors.Is(err, fs.ErrNotExist) {
@@ -153,7 +153,7 @@ func testStoreLoad(t *testing.T, client newClient) {
 		t.Fatalf("Load = %q, %v; want %q", got, err, binary)
 	}
 	// Overwrite, and an empty value is a value.
-	store(t, s, "certificates/ca/mail.test/mail.test.key", "second", "empty", "")
+	storeAll(t, s, "certificates/ca/mail.test/mail.test.key", "second", "empty", "")
 	if got, err := s.Load(ctx, "certificates/ca/mail.test/mail.test.key"); err != nil || string(got) != "second" {
 		t.Errorf("after overwrite Load = %q, %v; want second", got, err)
 	}
@@ -173,10 +173,10 @@ func testStoreLoad(t *testing.T, client newClient) {
 	}
 }
 
-func testTreeConflicts(t *testing.T, client newClient) {
+func testTreeConflicts(t *testing.T, client clientFactory) {
 	s := newStorages(t, client, 1)[0]
 	ctx := context.Background()
-	store(t, s, "a/b/c", "1")
+	storeAll(t, s, "a/b/c", "1")
 	if err := s.Store(ctx, "a/b", []byte("x")); err == nil {
 		t.Error(`Store("a/b") over the directory a/b succeeded`)
 	}
@@ -191,7 +191,7 @@ func testTreeConflicts(t *testing.T, client newClient) {
 	}
 	// Names sharing a string prefix are not in conflict: a prefix is a
 	// whole component.
-	store(t, s, "a/b.c", "2", "a/bc/d", "3", "a/b/c.d", "4")
+	storeAll(t, s, "a/b.c", "2", "a/bc/d", "3", "a/b/c.d", "4")
 	if got, _ := s.Load(ctx, "a/b/c"); string(got) != "1" {
 		t.Errorf("a/b/c = %q, want 1", got)
 	}
@@ -199,7 +199,7 @@ func testTreeConflicts(t *testing.T, client newClient) {
 
 // tree is certmagic's layout, with names that trap a prefix taken on
 // strings rather than components (acme vs acme-x, mail.test vs mail.test2).
-var tree = []string{
+var storageTree = []string{
 	"acme/ca/users/postmaster@mail.test/postmaster.json", "{}",
 	"acme/ca/users/postmaster@mail.test/postmaster.key", "k1",
 	"certificates/ca/mail.test/mail.test.crt", "crt1",
@@ -213,11 +213,11 @@ var tree = []string{
 
 // testLikeFileStorage compares every read method with certmagic's own
 // FileStorage holding the same tree.
-func testLikeFileStorage(t *testing.T, client newClient) {
+func testLikeFileStorage(t *testing.T, client clientFactory) {
 	s := newStorages(t, client, 1)[0]
 	fsto := &certmagic.FileStorage{Path: t.TempDir()}
-	store(t, s, tree...)
-	store(t, fsto, tree...)
+	storeAll(t, s, storageTree...)
+	storeAll(t, fsto, storageTree...)
 	ctx := context.Background()
 	paths := []string{"", "acme", "acme/ca/users", "certificates", "certificates/ca", "certificates/ca/mail.test",
 		"certificates/ca/mail.test/mail.test.crt", "certificates/c", "certificates/ca/mail", "nothing", "ocsp",
@@ -260,11 +260,11 @@ func testLikeFileStorage(t *testing.T, client newClient) {
 	}
 }
 
-func testStat(t *testing.T, client newClient) {
+func testStat(t *testing.T, client clientFactory) {
 	s := newStorages(t, client, 1)[0]
 	ctx := context.Background()
 	before := time.Now().Truncate(time.Millisecond)
-	store(t, s, "certificates/ca/mail.test/mail.test.crt", "0123456789")
+	storeAll(t, s, "certificates/ca/mail.test/mail.test.crt", "0123456789")
 	after := time.Now()
 	info, err := s.Stat(ctx, "certificates/ca/mail.test/mail.test.crt")
 	if err != nil {
@@ -289,13 +289,13 @@ func testStat(t *testing.T, client newClient) {
 	}
 }
 
-func testList(t *testing.T, client newClient) {
+func testList(t *testing.T, client clientFactory) {
 	s := newStorages(t, client, 1)[0]
 	ctx := context.Background()
 	if _, err := s.List(ctx, "", false); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("List of an empty storage: %v, want fs.ErrNotExist", err)
 	}
-	store(t, s, tree...)
+	storeAll(t, s, storageTree...)
 	for _, tc := range []struct {
 		dir       string
 		recursive bool
@@ -326,10 +326,10 @@ func testList(t *testing.T, client newClient) {
 	}
 }
 
-func testDelete(t *testing.T, client newClient) {
+func testDelete(t *testing.T, client clientFactory) {
 	s := newStorages(t, client, 1)[0]
 	ctx := context.Background()
-	store(t, s, tree...)
+	storeAll(t, s, storageTree...)
 	// A file.
 	if err := s.Delete(ctx, "certificates/ca/mail.test/mail.test.json"); err != nil {
 		t.Fatal(err)
@@ -376,17 +376,17 @@ func testDelete(t *testing.T, client newClient) {
 		t.Errorf("after deleting the root List: %v, want fs.ErrNotExist", err)
 	}
 	// A deleted directory can become a file, and the reverse.
-	store(t, s, "certificates", "now a file")
+	storeAll(t, s, "certificates", "now a file")
 	if info, err := s.Stat(ctx, "certificates"); err != nil || !info.IsTerminal {
 		t.Errorf("Stat(certificates) = %+v, %v; want a file", info, err)
 	}
 }
 
-func testPrefixes(t *testing.T, client newClient) {
+func testPrefixes(t *testing.T, client clientFactory) {
 	a := newStorages(t, client, 1)[0]
 	b := newStorages(t, client, 1)[0]
 	ctx := context.Background()
-	store(t, a, "certificates/x", "a")
+	storeAll(t, a, "certificates/x", "a")
 	if b.Exists(ctx, "certificates/x") {
 		t.Error("a key under one prefix is visible under another")
 	}
@@ -407,7 +407,7 @@ func testPrefixes(t *testing.T, client newClient) {
 	}
 }
 
-func testConcurrentStores(t *testing.T, client newClient) {
+func testConcurrentStores(t *testing.T, client clientFactory) {
 	ss := newStorages(t, client, 2)
 	ctx := context.Background()
 	var wg sync.WaitGroup
@@ -435,7 +435,7 @@ func testConcurrentStores(t *testing.T, client newClient) {
 	}
 }
 
-func testCancelled(t *testing.T, client newClient) {
+func testCancelled(t *testing.T, client clientFactory) {
 	s := newStorages(t, client, 1)[0]
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
@@ -484,7 +484,7 @@ func assertLocked(t *testing.T, probe *Storage, name string, want bool) {
 	}
 }
 
-func testLockExclusive(t *testing.T, client newClient) {
+func testLockExclusive(t *testing.T, client clientFactory) {
 	ss := newStorages(t, client, 3)
 	a, b, probe := ss[0], ss[1], ss[2]
 	ctx := context.Background()
@@ -524,10 +524,10 @@ func testLockExclusive(t *testing.T, client newClient) {
 
 // testLockMutualExclusion runs a non-atomic read-modify-write of a stored
 // counter under the lock, from goroutines spread over two instances.
-func testLockMutualExclusion(t *testing.T, client newClient) {
+func testLockMutualExclusion(t *testing.T, client clientFactory) {
 	ss := newStorages(t, client, 2)
 	ctx := context.Background()
-	store(t, ss[0], "counter", "0")
+	storeAll(t, ss[0], "counter", "0")
 	var inside, overlaps atomic.Int32
 	var wg sync.WaitGroup
 	const workers, rounds = 6, 5
@@ -570,7 +570,7 @@ func testLockMutualExclusion(t *testing.T, client newClient) {
 	}
 }
 
-func testLockWaitHonoursContext(t *testing.T, client newClient) {
+func testLockWaitHonoursContext(t *testing.T, client clientFactory) {
 	ss := newStorages(t, client, 2)
 	if err := ss[0].Lock(context.Background(), "l"); err != nil {
 		t.Fatal(err)
@@ -583,7 +583,7 @@ func testLockWaitHonoursContext(t *testing.T, client newClient) {
 	}
 }
 
-func testLockRenewedWhileHeld(t *testing.T, client newClient) {
+func testLockRenewedWhileHeld(t *testing.T, client clientFactory) {
 	ss := newStorages(t, client, 2)
 	a, probe := ss[0], ss[1]
 	ctx := context.Background()
@@ -591,10 +591,10 @@ func testLockRenewedWhileHeld(t *testing.T, client newClient) {
 		t.Fatal(err)
 	}
 	// Held for two leases: the renewals keep it.
-	end := time.Now().Add(2 * testLease)
+	end := time.Now().Add(2 * storageTestLease)
 	for time.Now().Before(end) {
 		assertLocked(t, probe, "l", true)
-		time.Sleep(testLease / 4)
+		time.Sleep(storageTestLease / 4)
 	}
 	if err := a.RenewLockLease(ctx, "l", time.Minute); err != nil {
 		t.Errorf("RenewLockLease of a held lock: %v", err)
@@ -617,7 +617,7 @@ func (s *Storage) die(t *testing.T, name string) {
 
 // pauseRenewal stops the renewer of lock name, as a long pause of the
 // process would, and leaves the lock recorded as held.
-func (s *Storage) pauseRenewal(t *testing.T, name string) *heldLock {
+func (s *Storage) pauseRenewal(t *testing.T, name string) *storageLock {
 	t.Helper()
 	l := s.held(name)
 	if l == nil {
@@ -629,7 +629,7 @@ func (s *Storage) pauseRenewal(t *testing.T, name string) *heldLock {
 	return l
 }
 
-func testLockExpiresWhenHolderDies(t *testing.T, client newClient) {
+func testLockExpiresWhenHolderDies(t *testing.T, client clientFactory) {
 	ss := newStorages(t, client, 2)
 	a, b := ss[0], ss[1]
 	ctx := context.Background()
@@ -641,7 +641,7 @@ func testLockExpiresWhenHolderDies(t *testing.T, client newClient) {
 	if ok, err := b.TryLock(ctx, "issue_cert_mail.test"); ok || err != nil {
 		t.Fatalf("TryLock right after the holder died = %v, %v; want the lease still held", ok, err)
 	}
-	lctx, cancel := context.WithTimeout(ctx, 20*testLease)
+	lctx, cancel := context.WithTimeout(ctx, 20*storageTestLease)
 	defer cancel()
 	if err := b.Lock(lctx, "issue_cert_mail.test"); err != nil {
 		t.Fatalf("Lock after the holder died: %v (the lease did not expire)", err)
@@ -651,7 +651,7 @@ func testLockExpiresWhenHolderDies(t *testing.T, client newClient) {
 	}
 }
 
-func testUnlockByNonHolder(t *testing.T, client newClient) {
+func testUnlockByNonHolder(t *testing.T, client clientFactory) {
 	ss := newStorages(t, client, 3)
 	a, b, probe := ss[0], ss[1], ss[2]
 	ctx := context.Background()
@@ -675,7 +675,7 @@ func testUnlockByNonHolder(t *testing.T, client newClient) {
 
 // testUnlockAfterLeaseLost: a holder paused past its lease finds the lock
 // taken by another, and its late Unlock must not release the other's.
-func testUnlockAfterLeaseLost(t *testing.T, client newClient) {
+func testUnlockAfterLeaseLost(t *testing.T, client clientFactory) {
 	ss := newStorages(t, client, 3)
 	a, b, probe := ss[0], ss[1], ss[2]
 	ctx := context.Background()
@@ -683,7 +683,7 @@ func testUnlockAfterLeaseLost(t *testing.T, client newClient) {
 		t.Fatal(err)
 	}
 	a.pauseRenewal(t, "l")
-	lctx, cancel := context.WithTimeout(ctx, 20*testLease)
+	lctx, cancel := context.WithTimeout(ctx, 20*storageTestLease)
 	defer cancel()
 	if err := b.Lock(lctx, "l"); err != nil {
 		t.Fatalf("Lock after the holder's lease ran out: %v", err)
@@ -702,7 +702,7 @@ func testUnlockAfterLeaseLost(t *testing.T, client newClient) {
 
 // testLeaseLossNoticed: the renewer finds out that the lease is gone (here
 // another token took the key, as after a failover that lost the lock).
-func testLeaseLossNoticed(t *testing.T, client newClient) {
+func testLeaseLossNoticed(t *testing.T, client clientFactory) {
 	a := newStorages(t, client, 1)[0]
 	ctx := context.Background()
 	if err := a.Lock(ctx, "l"); err != nil {
@@ -714,7 +714,7 @@ func testLeaseLossNoticed(t *testing.T, client newClient) {
 	}
 	select {
 	case <-l.lost:
-	case <-time.After(20 * testLease):
+	case <-time.After(20 * storageTestLease):
 		t.Fatal("the renewer did not notice the lost lease")
 	}
 	if err := a.Unlock(ctx, "l"); !errors.Is(err, ErrLockLost) {
