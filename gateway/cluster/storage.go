@@ -13,8 +13,9 @@ package cluster
 //	                   with the lease as its expiry
 //
 // Invariants kept here:
-//   - The index, the data and the mtime hold the same keys: only the two Lua
-//     scripts below (storageStoreScript, storageDeleteScript) write them, each atomically.
+//   - The index, the data and the mtime hold the same keys: only two Lua
+//     scripts (storageStoreScript, storageDeleteScript) write them, each
+//     atomically.
 //   - All these keys share the hash tag {acme} (the prefix comes before it
 //     and is the same for all, so the first {...} of every key is the same):
 //     in Redis Cluster they live in one slot, and a script that names them
