@@ -1,6 +1,7 @@
 package upstream
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -217,4 +218,51 @@ func getUint64(b []byte) uint64 {
 		return 0
 	}
 	return binary.BigEndian.Uint64(b)
+}
+
+// UIDLImportMessage is one message of an old POP3 server, for ImportUIDLs.
+type UIDLImportMessage struct {
+	UIDL   string // the old server's UIDL
+	Size   int64  // its LIST size: RFC822.SIZE on the IMAP backend
+	Header []byte // its header block, as TOP n 0 gives it (unstuffed, with the blank line)
+}
+
+// UIDLImportResult counts what ImportUIDLs did.
+type UIDLImportResult struct {
+	Recorded int
+	// Skipped: messages whose UIDL breaks RFC 1939 §7 (1-70 characters,
+	// 0x21-0x7E) or repeats an earlier one; they get new UIDLs.
+	Skipped int
+}
+
+// ErrUIDLMapExists: the user has a map already (has used mailgate); an
+// import would forget what mailgate showed since.
+var ErrUIDLMapExists = errors.New("the user has a UIDL map already (sessions through mailgate happened); replace it to import anyway")
+
+// ImportUIDLs makes key's map from an old POP3 server's UIDLs, in the old
+// server's order: the user's next session matches its messages by header
+// digest and size (duplicates by order) and shows them these UIDLs; the
+// others get new ones. An existing map is replaced only with replace.
+func ImportUIDLs(ctx context.Context, store UIDLStore, key UIDLKey, msgs []UIDLImportMessage, replace bool) (UIDLImportResult, error) {
+	var res UIDLImportResult
+	m := &uidlMap{}
+	seen := map[string]bool{}
+	for _, msg := range msgs {
+		if !validUIDL(msg.UIDL) || seen[msg.UIDL] {
+			res.Skipped++
+			continue
+		}
+		seen[msg.UIDL] = true
+		d, _ := headerDigest(bytes.NewReader(msg.Header))
+		m.entries = append(m.entries, uidlEntry{key: uidlKey{digest: d, size: msg.Size}, uidl: msg.UIDL})
+	}
+	res.Recorded = len(m.entries)
+	rec := m.encode()
+	err := store.Update(ctx, key, func(old []byte) ([]byte, error) {
+		if old != nil && !replace {
+			return nil, ErrUIDLMapExists
+		}
+		return rec, nil
+	})
+	return res, err
 }
