@@ -36,6 +36,7 @@ type Server struct {
 	log        *zap.Logger
 	certs      *mgtls.Manager
 	maildrops  *upstream.Maildrops
+	uidlStore  *upstream.UIDLBolt    // pop3.uidl_map's embedded store; nil without it
 	state      atomic.Pointer[state] // routing and backends: replaced on Reload
 	limits     *connLimits
 	auth       *authLimiter
@@ -144,7 +145,21 @@ func (s *Server) Start(ctx context.Context) error {
 		}
 		s.listeners = nil
 		certs.Close()
+		if s.uidlStore != nil {
+			s.uidlStore.Close()
+			s.uidlStore = nil
+		}
 		return err
+	}
+	if m := s.cfg.POP3.UIDLMap; m != nil {
+		// Validation refused store: redis (no cluster yet): only a file
+		// reaches here.
+		st, err := upstream.OpenUIDLBolt(m.Store, int64(m.MaxBytes))
+		if err != nil {
+			return undo(fmt.Errorf("pop3.uidl_map.store: %w", err))
+		}
+		s.uidlStore = st
+		s.maildrops.UseUIDLMap(st)
 	}
 	serverTLS := certs.ServerConfig()
 	for _, lc := range s.cfg.Listeners {
@@ -252,6 +267,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		// The backend clean-ups of ended POP3 sessions (\Seen, LOGOUT): each
 		// is bounded, and none holds a maildrop lock.
 		s.maildrops.Wait()
+		if s.uidlStore != nil {
+			s.uidlStore.Close()
+		}
 		if s.httpSrv != nil {
 			s.httpSrv.Close()
 		}

@@ -111,7 +111,7 @@ func (s *Server) routeAndOpen(ctx context.Context, l login, routed func(routing.
 	// connects once, here, and keeps that connection.
 	for range servers {
 		addr, healthy := s.health.Pick(servers, d.User)
-		t := upstream.Target{Name: d.Backend, Address: addr, Config: b, ClientAddr: l.remote, LocalAddr: l.local}
+		t := upstream.Target{Name: d.Backend, Address: addr, Config: b, ClientAddr: l.remote, LocalAddr: l.local, Login: l.user}
 		err = open(t, d.User, password, st.timeouts)
 		if err == nil {
 			st.router.Confirm(d) // a lookup answer is cached only now

@@ -106,6 +106,9 @@ type gwOptions struct {
 	Backend string
 	// POP3 is the pop3: section's body; empty: defaults.
 	POP3 string
+	// MoreBackends are further entries of backends: ("  name: {...}\n"
+	// lines); Default is routing.default (empty: dovecot).
+	MoreBackends, Default string
 }
 
 // gw is an in-process mailgate in front of the package's Dovecot, with
@@ -123,6 +126,12 @@ type gw struct {
 // password of the run).
 func startGateway(t testing.TB, o gwOptions) *gw {
 	t.Helper()
+	return &gw{Gateway: harness.Start(t, gatewayYAML(t, o)), t: t}
+}
+
+// gatewayYAML is the configuration startGateway runs.
+func gatewayYAML(t testing.TB, o gwOptions) string {
+	t.Helper()
 	dc := dovecotServer(t)
 	certFile, keyFile := harness.LeafFiles(t, t.TempDir())
 	if o.Backend == "" {
@@ -131,7 +140,10 @@ func startGateway(t testing.TB, o gwOptions) *gw {
 	if o.POP3 == "" {
 		o.POP3 = "{}"
 	}
-	yaml := fmt.Sprintf(`log: {level: debug, format: json}
+	if o.Default == "" {
+		o.Default = "dovecot"
+	}
+	return fmt.Sprintf(`log: {level: debug, format: json}
 tls:
   certificates:
     - {cert: %q, key: %q}
@@ -142,13 +154,12 @@ listeners:
   - {name: imap, protocol: imap, address: "127.0.0.1:0", tls: none, allow_plaintext_auth: true}
 backends:
   dovecot: %s
-routing:
-  default: dovecot
+%srouting:
+  default: %s
 pop3: %s
 limits: {per_ip: 1000, auth_failures_per_ip: 10000/min, auth_failure_delay: 1ms}
 timeouts: {backend_dial: 5s, backend_command: 30s, shutdown: 5s}
-`, certFile, keyFile, o.Backend, o.POP3)
-	return &gw{Gateway: harness.Start(t, yaml), t: t}
+`, certFile, keyFile, o.Backend, o.MoreBackends, o.Default, o.POP3)
 }
 
 const clientTimeout = 15 * time.Second

@@ -24,6 +24,11 @@ type Target struct {
 	// LocalAddr is the gateway address the client connected to, for
 	// forward_client_ip (x-connected-ip); nil leaves it out.
 	LocalAddr net.Addr
+	// Login is the user name as the client gave it, before routing's
+	// rewrite_user: the identity of the user's UIDL map (UIDLIdentity),
+	// which stays when routing moves the user to another backend. Empty:
+	// the backend user name.
+	Login string
 }
 
 // dialConn connects to t.Address under ctx and the dial timeout and, for

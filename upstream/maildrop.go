@@ -59,6 +59,8 @@ type Maildrops struct {
 	// topWhole: TOP fetches a message whole when it is at most this plus
 	// the estimate for the lines asked (top.go); larger ones in parts.
 	topWhole int64
+	// uidl keeps UIDLs across UIDVALIDITY changes (UseUIDLMap); nil: off.
+	uidl UIDLStore
 }
 
 // defaultStaleAfter is Maildrops.staleAfter: "a few seconds".
@@ -126,7 +128,11 @@ func (m *Maildrops) Open(ctx context.Context, t Target, to Timeouts, user, passw
 		d.goodbye()
 		return nil, fmt.Errorf("%w: %s on %s", ErrInUse, user, t.Name)
 	}
-	if err := d.snapshot(ctx); err != nil {
+	err = d.snapshot(ctx)
+	if err == nil && m.uidl != nil {
+		err = d.mapUIDLs(ctx)
+	}
+	if err != nil {
 		c.Close()
 		m.locks.release(d.lock, d.hold)
 		return nil, err
@@ -293,7 +299,8 @@ func (d *Maildrop) learnSize(n int, size int64) {
 	}
 }
 
-// UIDL is the message's unique-id, from pop3.uidl_format (RFC 1939 §7).
+// UIDL is the message's unique-id (RFC 1939 §7): from pop3.uidl_format, or
+// the one pop3.uidl_map remembers.
 func (d *Maildrop) UIDL(n int) string {
 	if !d.valid(n) {
 		return ""

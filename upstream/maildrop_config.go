@@ -2,6 +2,7 @@ package upstream
 
 import (
 	"fmt"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -43,7 +44,36 @@ type MaildropConfig struct {
 	// TakeoverAfter: with lock: takeover, how long an older session must
 	// have waited for a command before a new one may end it. Default 10s.
 	TakeoverAfter time.Duration `yaml:"takeover_after"`
+	// UIDLMap keeps each message's UIDL across UIDVALIDITY changes and
+	// moves between backends (uidlmap.go). nil (the default): UIDLs are
+	// FormatUIDL's, as always.
+	UIDLMap *UIDLMapConfig `yaml:"uidl_map"`
 }
+
+// UIDLMapConfig is `pop3.uidl_map`.
+type UIDLMapConfig struct {
+	// Store is the file of the embedded store (bbolt), for example
+	// /var/lib/mailgate/uidl.db, or "redis" for the cluster's Redis
+	// (cluster.redis). Required.
+	Store string `yaml:"store"`
+	// MaxMessages bounds one user's map of one mailbox. Default 100000.
+	MaxMessages int `yaml:"max_messages"`
+	// MaxBytes bounds the store's records in all. Default 1GiB. At the
+	// bound no new map is made (those users' UIDLs are FormatUIDL's, as
+	// without the map; a warning is logged); existing maps go on, each
+	// within MaxMessages.
+	MaxBytes Size `yaml:"max_bytes"`
+}
+
+// UIDLMapRedis is the Store value that keeps the maps in the cluster's
+// Redis.
+const UIDLMapRedis = "redis"
+
+// Defaults of pop3.uidl_map.
+const (
+	DefaultUIDLMapMaxMessages = 100000
+	DefaultUIDLMapMaxBytes    = Size(1 << 30)
+)
 
 // CacheConfig is `pop3.cache`.
 type CacheConfig struct {
@@ -86,6 +116,14 @@ func (c *MaildropConfig) ApplyDefaults() {
 	if c.TakeoverAfter == 0 {
 		c.TakeoverAfter = DefaultTakeoverAfter
 	}
+	if m := c.UIDLMap; m != nil {
+		if m.MaxMessages == 0 {
+			m.MaxMessages = DefaultUIDLMapMaxMessages
+		}
+		if m.MaxBytes == 0 {
+			m.MaxBytes = DefaultUIDLMapMaxBytes
+		}
+	}
 }
 
 // Validate checks the section; each message starts with its key.
@@ -107,6 +145,17 @@ func (c *MaildropConfig) Validate() []error {
 	}
 	if c.TakeoverAfter < 0 {
 		errs = append(errs, fmt.Errorf("takeover_after: %v must not be negative", c.TakeoverAfter))
+	}
+	if m := c.UIDLMap; m != nil {
+		switch {
+		case strings.TrimSpace(m.Store) == "":
+			errs = append(errs, fmt.Errorf("uidl_map.store: required: a file for the embedded store (/var/lib/mailgate/uidl.db) or redis"))
+		case m.Store != UIDLMapRedis && !filepath.IsAbs(m.Store):
+			errs = append(errs, fmt.Errorf("uidl_map.store: %q must be an absolute path (or redis)", m.Store))
+		}
+		if m.MaxMessages < 0 {
+			errs = append(errs, fmt.Errorf("uidl_map.max_messages: %d must not be negative", m.MaxMessages))
+		}
 	}
 	if (c.Cache.MaxBytes != nil && *c.Cache.MaxBytes < 0) || c.Cache.MaxMessageBytes < 0 {
 		errs = append(errs, fmt.Errorf("cache: sizes must not be negative"))

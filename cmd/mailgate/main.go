@@ -4,6 +4,7 @@
 //	mailgate serve /etc/mailgate/mailgate.yaml   (or serve -config FILE)
 //	mailgate check-config /etc/mailgate/mailgate.yaml
 //	mailgate demo
+//	mailgate uidl-import | uidl-drop | uidl-stats -config FILE ...
 //	mailgate version
 package main
 
@@ -37,6 +38,9 @@ commands:
   demo                  run a self-contained demo (in-memory IMAP backend) on 127.0.0.1;
                         -host, -pop3, -pop3s, -imap, -imaps choose the addresses (mailgate demo -h)
   healthcheck URL       GET URL (e.g. http://127.0.0.1:9110/healthz); exit 0 on 200 (container probes)
+  uidl-import           record an old POP3 server's UIDLs in pop3.uidl_map (mailgate uidl-import -h)
+  uidl-drop USER...     forget users' UIDL maps (deleted users)
+  uidl-stats            what pop3.uidl_map's store holds, and its bytes per message
   version               print the version
 `
 
@@ -58,6 +62,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return demo(args[1:], stdout, stderr)
 	case "healthcheck":
 		return healthcheck(args[1:], stdout, stderr)
+	case "uidl-import":
+		return uidlImport(args[1:], stdout, stderr)
+	case "uidl-drop":
+		return uidlDrop(args[1:], stdout, stderr)
+	case "uidl-stats":
+		return uidlStats(args[1:], stdout, stderr)
 	case "version", "-version", "--version":
 		fmt.Fprintf(stdout, "mailgate %s\n", versionString())
 		return 0

@@ -24,6 +24,7 @@ func (c *Config) Validate() error {
 	c.validateBackends(v)
 	v.section("routing", c.Routing.Validate(c.BackendNames()))
 	v.section("pop3", c.POP3.Validate())
+	c.validateUIDLMap(v)
 	v.section("tls", c.TLS.Validate())
 	c.validateTimeouts(v)
 	c.validateLimits(v)
@@ -37,6 +38,18 @@ func (c *Config) Validate() error {
 	}
 	sortProblems(v.probs)
 	return v.probs
+}
+
+// validateUIDLMap checks what pop3.uidl_map needs from other sections. The
+// redis store is the cluster's (gateway/cluster implements
+// upstream.UIDLStore on cluster.redis); until this build has a cluster
+// section, store: redis is refused here rather than silently run without
+// the map, which would change every UIDL the map kept.
+func (c *Config) validateUIDLMap(v *validator) {
+	if m := c.POP3.UIDLMap; m != nil && m.Store == upstream.UIDLMapRedis {
+		v.bad("pop3.uidl_map.store", "redis needs cluster.redis (cluster mode), which this build does not have; "+
+			"use a file for the embedded store, e.g. /var/lib/mailgate/uidl.db")
+	}
 }
 
 // BackendNames returns the names under `backends:`, sorted.

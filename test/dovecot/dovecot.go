@@ -19,6 +19,8 @@ package dovecot
 
 import (
 	"bytes"
+	"cmp"
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -76,8 +78,11 @@ type Options struct {
 	// (Server.CA).
 	CA *testca.CA
 	// POP3 adds Dovecot's own cleartext POP3 listener (POP3Addr) on the same
-	// mail store, with pop3_uidl_format %08Xu%08Xv.
+	// mail store, with pop3_uidl_format %08Xu%08Xv (or POP3UIDLFormat).
 	POP3 bool
+	// POP3UIDLFormat is pop3_uidl_format; empty: %08Xu%08Xv, Dovecot's
+	// default and mailgate's.
+	POP3UIDLFormat string
 	// TrustedNetworks is Dovecot's login_trusted_networks (space-separated
 	// CIDRs): clients from there may forward the real client's address with
 	// ID x-originating-ip, as mailgate's forward_client_ip does. Empty: none.
@@ -371,7 +376,7 @@ namespace inbox {
 mail_max_userip_connections = 1000
 default_process_limit = 1000
 default_client_limit = 4000
-pop3_uidl_format = %08Xu%08Xv
+pop3_uidl_format = {{.POP3UIDLFormat}}
 
 service imap-login {
   inet_listener imap {
@@ -413,7 +418,8 @@ func (s *Server) start(bin string, opts Options, mu mailUser, timeout time.Durat
 		UID, GID                      int
 		IMAPPort, IMAPSPort, POP3Port int
 		IMAPCHost, IMAPCPort          string
-	}{Instance: "mailgate-" + filepath.Base(s.Dir), Dir: s.Dir, Protocols: "imap", TLS: opts.TLS,
+		POP3UIDLFormat                string
+	}{POP3UIDLFormat: cmp.Or(opts.POP3UIDLFormat, "%08Xu%08Xv"), Instance: "mailgate-" + filepath.Base(s.Dir), Dir: s.Dir, Protocols: "imap", TLS: opts.TLS,
 		TrustedNetworks: opts.TrustedNetworks,
 		UID:             mu.UID, GID: mu.GID, IMAPPort: ports[0]}
 	ports = ports[1:]
@@ -546,6 +552,59 @@ func (s *Server) AddUser(name, password string) error {
 		return err
 	}
 	return os.Rename(tmp, file)
+}
+
+// Doveadm runs doveadm with the instance's configuration (as root; the mail
+// processes switch to vmail) and returns its output.
+func (s *Server) Doveadm(args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "doveadm", append([]string{"-c", s.conf}, args...)...).CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("doveadm %s: %w: %s", strings.Join(args, " "), err, out)
+	}
+	return string(out), nil
+}
+
+// CopyMessages copies the message files of user's INBOX from this instance
+// to user on other, byte for byte, without Dovecot's index or uidlist: the
+// copy is the same mail with new UIDs and a new UIDVALIDITY, as after a
+// migration between servers. No session of user may be open on other; user
+// must be a user of other (AddUser).
+func (s *Server) CopyMessages(user string, other *Server) error {
+	mu, err := ensureMailUser()
+	if err != nil {
+		return err
+	}
+	src, dst := filepath.Join(s.Home(user), "Maildir"), filepath.Join(other.Home(user), "Maildir")
+	for _, dir := range []string{filepath.Dir(filepath.Dir(dst)), filepath.Dir(dst), dst, dst + "/cur", dst + "/new", dst + "/tmp"} {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return err
+		}
+		if err := os.Chown(dir, mu.UID, mu.GID); err != nil {
+			return err
+		}
+	}
+	for _, sub := range []string{"cur", "new"} {
+		entries, err := os.ReadDir(filepath.Join(src, sub))
+		if err != nil {
+			return err
+		}
+		for _, e := range entries {
+			b, err := os.ReadFile(filepath.Join(src, sub, e.Name()))
+			if err != nil {
+				return err
+			}
+			target := filepath.Join(dst, sub, e.Name())
+			if err := os.WriteFile(target, b, 0o600); err != nil {
+				return err
+			}
+			if err := os.Chown(target, mu.UID, mu.GID); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 // Home returns user's home directory (where its Maildir is).
