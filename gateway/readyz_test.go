@@ -101,7 +101,7 @@ func TestReadyzChecksWhatALoginNeeds(t *testing.T) {
 			`  pool: {addresses: ["` + down + `"], tls: none}`, 503, []string{"backend pool not ready", "unreachable"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			srv, _ := startGateway(t, readyConfig+tc.backends+"\ntimeouts: {backend_dial: 1s}\n", "")
+			srv, _ := startGateway(t, readyConfig+tc.backends+"\ntimeouts: {backend_dial: 5s}\n", "")
 			code, body := scrape(t, srv, "/readyz")
 			if code != tc.code {
 				t.Errorf("/readyz = %d %q, want %d", code, body, tc.code)

@@ -145,8 +145,8 @@ func TestRelayCopiesBothWaysAndHalfCloses(t *testing.T) {
 func TestRelayIdleTimeoutClosesBoth(t *testing.T) {
 	modes(t, func(t *testing.T, newRelay func(*testing.T, time.Duration) *relayFixture, tcp bool) {
 		idle := 200 * time.Millisecond
+		start := time.Now() // before the relay starts its idle clock
 		f := newRelay(t, idle)
-		start := time.Now()
 		st := f.wait(t, 5*time.Second)
 		if d := time.Since(start); d < idle || st.result != connlog.IdleTimeout {
 			t.Fatalf("ended after %v with %q", d, st.result)
