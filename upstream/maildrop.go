@@ -108,21 +108,48 @@ func (m *Maildrops) Open(ctx context.Context, t Target, to Timeouts, user, passw
 		hold:    newHolder(),
 	}
 	d.fetch = newFetcher(m, d, &d.imapConn, d.to, log)
+	// The snapshot goes out behind the login, in its write, when it can
+	// (openClient); the backend answers it only if the login succeeds.
+	var pre *snapCmds
+	var pipe func(*imapclient.Client) int
+	if pipelinable(d.mailbox) {
+		pipe = func(c *imapclient.Client) int {
+			cmds := sendSnapshot(c, d.mailbox)
+			pre = &cmds
+			return 2
+		}
+	}
+	epoch := m.locks.epoch(d.lock)
 	c, raw, err := openClient(ctx, t, to, user, password, &imapclient.UnilateralDataHandler{
 		// Only record: the handler runs on the client's reader goroutine,
 		// and numbers never shift because everything is by UID.
 		Expunge: func(uint32) { d.fetch.noteExpunge() },
 		Fetch:   d.fetch.unilateralFetch,
-	})
+	}, pipe)
 	if err != nil {
 		return nil, err
 	}
 	d.c, d.raw = c, raw
 	if !m.locks.acquire(d.lock, d.hold, m.cfg.Lock, m.cfg.TakeoverAfter) {
-		d.goodbye()
+		if pre != nil {
+			d.kill() // the snapshot's answers are of no use: no LOGOUT after them
+			c.Close()
+		} else {
+			d.goodbye()
+		}
 		return nil, fmt.Errorf("%w: %s on %s", ErrInUse, user, t.Name)
 	}
-	if err := d.snapshot(ctx); err != nil {
+	if pre == nil {
+		cmds := sendSnapshot(c, d.mailbox)
+		pre = &cmds
+	}
+	err = d.snapshot(ctx, *pre)
+	if err == nil && m.locks.epoch(d.lock) != epoch {
+		// Another session of the user released the lock since the
+		// snapshot went out: it may have been in UPDATE.
+		err = d.snapshot(ctx, snapCmds{fetch: sendFetch(c)})
+	}
+	if err != nil {
 		c.Close()
 		m.locks.release(d.lock, d.hold)
 		return nil, err
@@ -178,8 +205,46 @@ type Maildrop struct {
 	closeOnce sync.Once
 }
 
-// snapshot selects the mailbox and fixes the message list: RFC 1939 §4.
-func (d *Maildrop) snapshot(ctx context.Context) error {
+// snapCmds are the commands of a snapshot, sent (sendSnapshot, sendFetch)
+// and not yet read: a SELECT (nil when the mailbox is selected already) and
+// the UID FETCH of every message.
+type snapCmds struct {
+	sel   *imapclient.SelectCommand
+	fetch *imapclient.FetchCommand
+}
+
+// sendSnapshot sends SELECT and the UID FETCH together (pipelining, RFC
+// 9051 §5.5): the server runs them in order, so the FETCH sees the selected
+// mailbox, and the snapshot costs one round trip, not two.
+func sendSnapshot(c *imapclient.Client, mailbox string) snapCmds {
+	sel := c.Select(mailbox, nil)
+	return snapCmds{sel: sel, fetch: sendFetch(c)}
+}
+
+// sendFetch sends UID FETCH 1:* (UID RFC822.SIZE FLAGS).
+func sendFetch(c *imapclient.Client) *imapclient.FetchCommand {
+	var all imap.UIDSet
+	all.AddRange(1, 0) // 1:*
+	return c.Fetch(all, &imap.FetchOptions{UID: true, RFC822Size: true, Flags: true})
+}
+
+// pipelinable reports whether the SELECT of mailbox can be sent before the
+// login's reply, when go-imap's client does not know the capabilities yet:
+// printable ASCII without the modified UTF-7 shift "&" is spelt the same
+// whatever the server (RFC 3501 §5.1.3, RFC 9051 §5.1) and needs no literal.
+func pipelinable(mailbox string) bool {
+	for i := 0; i < len(mailbox); i++ {
+		if c := mailbox[i]; c < 0x20 || c > 0x7e || c == '&' {
+			return false
+		}
+	}
+	return mailbox != ""
+}
+
+// snapshot reads the answers to cmds and fixes the message list: RFC 1939
+// §4. With cmds.sel nil the mailbox is selected already, and its
+// UIDVALIDITY known.
+func (d *Maildrop) snapshot(ctx context.Context, cmds snapCmds) error {
 	wd := watch(d.to.Command, d.kill)
 	stopCtx := context.AfterFunc(ctx, d.kill)
 	defer stopCtx()
@@ -190,22 +255,12 @@ func (d *Maildrop) snapshot(ctx context.Context) error {
 		return commandError(op, err)
 	}
 
-	d.caps = d.c.Caps() // after login: what the session may use
-	// SELECT and the UID FETCH go out together (pipelining, RFC 9051 §5.5):
-	// the server runs them in order, so the FETCH sees the selected
-	// mailbox, and the snapshot costs one round trip, not two. If the
-	// SELECT fails, the FETCH fails too (no mailbox selected) and the
-	// SELECT's error is the one reported.
-	var all imap.UIDSet
-	all.AddRange(1, 0) // 1:*
-	selCmd := d.c.Select(d.mailbox, nil)
-	fc := d.c.Fetch(all, &imap.FetchOptions{UID: true, RFC822Size: true, Flags: true})
-
 	type entry struct {
 		uid  imap.UID
 		size int64
 	}
 	var list []entry
+	fc := cmds.fetch
 	for msg := fc.Next(); msg != nil; msg = fc.Next() {
 		wd.reset(d.to.Command) // a big mailbox: the timeout is for progress
 		buf, err := msg.Collect()
@@ -220,14 +275,22 @@ func (d *Maildrop) snapshot(ctx context.Context) error {
 		list = append(list, entry{buf.UID, buf.RFC822Size})
 	}
 	fetchErr := fc.Close()
-	sel, err := selCmd.Wait()
-	if err != nil {
-		return fail("SELECT "+d.mailbox, err)
+	var exists uint32
+	if cmds.sel != nil {
+		// If the SELECT failed, the FETCH failed too (no mailbox selected)
+		// and the SELECT's error is the one reported.
+		sel, err := cmds.sel.Wait()
+		if err != nil {
+			return fail("SELECT "+d.mailbox, err)
+		}
+		d.uidValidity, exists = sel.UIDValidity, sel.NumMessages
+	} else if mb := d.c.Mailbox(); mb != nil {
+		exists = mb.NumMessages
 	}
-	d.uidValidity = sel.UIDValidity
+	d.caps = d.c.Caps() // after login: what the session may use
 	// "*" in an empty mailbox is undefined (RFC 3501 §6.4.8): some servers
 	// answer the FETCH with NO or BAD there, which means no messages.
-	if fetchErr != nil && !(sel.NumMessages == 0 && isStatus(fetchErr)) {
+	if fetchErr != nil && !(exists == 0 && isStatus(fetchErr)) {
 		return fail("UID FETCH 1:*", fetchErr)
 	}
 	if wd.stop() {
