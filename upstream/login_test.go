@@ -562,3 +562,68 @@ func TestPipelinedLoginAgainstBackend(t *testing.T) {
 		t.Fatalf("RETR 2 = %q", got)
 	}
 }
+
+// QUIT waits for its UPDATE and not for LOGOUT: Commit returns once the UID
+// STORE and UID EXPUNGE are answered OK, Close returns at once, and the
+// LOGOUT goes out afterwards, in the background, while the backend has not
+// answered it yet; Maildrops.Wait sees it end when the backend does.
+func TestQuitDoesNotWaitForLogout(t *testing.T) {
+	logoutSeen := make(chan struct{})
+	release := make(chan struct{})
+	cutEarly := make(chan bool, 1)
+	tgt := scripted(t, false, func(br *bufio.Reader, c net.Conn) {
+		io.WriteString(c, "* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN SASL-IR UIDPLUS] hi\r\n")
+		auth := expectLine(t, br, `^(\S+) AUTHENTICATE PLAIN \S+$`)
+		sel := expectLine(t, br, `^(\S+) SELECT (?:"INBOX"|INBOX)$`)
+		fetch := expectLine(t, br, `^(\S+) UID FETCH 1:\* \(`)
+		if auth == nil || sel == nil || fetch == nil {
+			return
+		}
+		io.WriteString(c, auth[1]+" OK [CAPABILITY IMAP4rev1 UIDPLUS] in\r\n* 1 EXISTS\r\n* OK [UIDVALIDITY 7] v\r\n"+
+			sel[1]+" OK [READ-WRITE] selected\r\n* 1 FETCH (UID 3 RFC822.SIZE 12 FLAGS ())\r\n"+fetch[1]+" OK done\r\n")
+		store := expectLine(t, br, `^(\S+) UID STORE 3 \+FLAGS\.SILENT \(\\Deleted\)$`)
+		if store == nil {
+			return
+		}
+		io.WriteString(c, store[1]+" OK stored\r\n")
+		exp := expectLine(t, br, `^(\S+) UID EXPUNGE 3$`)
+		if exp == nil {
+			return
+		}
+		io.WriteString(c, "* 1 EXPUNGE\r\n"+exp[1]+" OK expunged\r\n")
+		logout := expectLine(t, br, `^(\S+) LOGOUT$`)
+		if logout == nil {
+			return
+		}
+		close(logoutSeen)
+		// Until the test says so, the LOGOUT stays unanswered; the
+		// connection must not be cut meanwhile (a Close that waited would
+		// be cut by its watchdog).
+		eof := make(chan struct{})
+		go func() { br.ReadByte(); close(eof) }()
+		select {
+		case <-release:
+			cutEarly <- false
+		case <-eof:
+			cutEarly <- true
+			return
+		}
+		io.WriteString(c, "* BYE bye\r\n"+logout[1]+" OK out\r\n")
+		<-eof
+	})
+	mds := NewMaildrops(testConfig(nil), testLogger(t))
+	md, err := mds.Open(context.Background(), tgt, fastTimeouts, "alice", "secret")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := md.Commit(context.Background(), []int{1}); err != nil {
+		t.Fatalf("Commit: %v", err)
+	}
+	md.Close() // returns before the LOGOUT is even sent, or answered
+	<-logoutSeen
+	close(release)
+	if <-cutEarly {
+		t.Fatal("the backend connection was cut before LOGOUT was answered")
+	}
+	mds.Wait()
+}

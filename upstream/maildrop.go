@@ -21,6 +21,7 @@ package upstream
 import (
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -49,7 +50,8 @@ type Maildrops struct {
 	cache    *Cache
 	locks    lockTable
 	group    singleflight.Group
-	cleanups sync.WaitGroup // Close's background clean-ups under way
+	cleanups sync.WaitGroup // Close's background clean-ups under way, and parked connections
+	reuse    *reusePool     // pop3.reuse; nil when off
 	spoolDir string         // "" = os.TempDir
 	markSeen bool
 	ahead    int64 // fetch-ahead byte budget per session; 0 = off
@@ -68,7 +70,7 @@ func NewMaildrops(cfg MaildropConfig, log *zap.Logger) *Maildrops {
 	if log == nil {
 		log = zap.NewNop()
 	}
-	return &Maildrops{
+	m := &Maildrops{
 		cfg:      cfg,
 		log:      log,
 		cache:    NewCache(int64(*cfg.Cache.MaxBytes), int64(cfg.Cache.MaxMessageBytes)),
@@ -77,11 +79,36 @@ func NewMaildrops(cfg MaildropConfig, log *zap.Logger) *Maildrops {
 
 		staleAfter: defaultStaleAfter,
 	}
+	if cfg.Reuse > 0 {
+		m.reuse = newReusePool(cfg.Reuse, m.closeParked)
+	}
+	return m
 }
 
 // Wait waits for the background clean-ups of closed maildrops (\Seen flush,
-// LOGOUT: see Maildrop.Close). Each is bounded by a few closeTimeouts.
-func (m *Maildrops) Wait() { m.cleanups.Wait() }
+// LOGOUT: see Maildrop.Close). Each is bounded by a few closeTimeouts. The
+// connections parked for pop3.reuse are logged out first, and none is
+// parked while Wait runs.
+func (m *Maildrops) Wait() {
+	if m.reuse != nil {
+		m.reuse.drain()
+		defer m.reuse.undrain()
+	}
+	m.cleanups.Wait()
+}
+
+// closeParked logs a parked connection out, in the background, under
+// closeTimeout.
+func (m *Maildrops) closeParked(pk *parked) {
+	go func() {
+		defer m.cleanups.Done()
+		wd := watch(closeTimeout, func() { pk.raw.Close() })
+		pk.c.Logout().Wait() // the answer does not matter
+		wd.stop()
+		pk.raw.Close()
+		pk.c.Close()
+	}()
+}
 
 // Cache returns the shared body cache (for its Stats).
 func (m *Maildrops) Cache() *Cache { return m.cache }
@@ -97,17 +124,25 @@ func (m *Maildrops) Cache() *Cache { return m.cache }
 func (m *Maildrops) Open(ctx context.Context, t Target, to Timeouts, user, password string) (*Maildrop, error) {
 	start := time.Now()
 	log := m.log.With(zap.String("backend", t.Name), zap.String("user", user))
-	d := &Maildrop{
-		m:       m,
-		log:     log,
-		target:  t,
-		user:    user,
-		mailbox: m.cfg.Mailbox,
-		to:      to.withDefaults(),
-		lock:    newLockKey(t.Name, user),
-		hold:    newHolder(),
+	var rkey reuseKey
+	if m.reuse != nil {
+		rkey = m.reuse.key(t, user, m.cfg.Mailbox, password)
+		if pk := m.reuse.take(rkey); pk != nil {
+			m.cleanups.Done() // the parked connection is this maildrop's now
+			d := m.newMaildrop(t, to, user, log, rkey)
+			err := d.resume(ctx, pk)
+			if err == nil {
+				log.Info("maildrop opened", zap.String("mailbox", d.mailbox), zap.Int("messages", len(d.uids)),
+					zap.Uint32("uidvalidity", d.uidValidity), zap.Bool("reused", true), zap.Duration("elapsed", time.Since(start)))
+				return d, nil
+			}
+			if errors.Is(err, ErrInUse) {
+				return nil, err
+			}
+			log.Info("parked backend connection failed its check; logging in", zap.Error(err))
+		}
 	}
-	d.fetch = newFetcher(m, d, &d.imapConn, d.to, log)
+	d := m.newMaildrop(t, to, user, log, rkey)
 	// The snapshot goes out behind the login, in its write, when it can
 	// (openClient); the backend answers it only if the login succeeds.
 	var pre *snapCmds
@@ -120,12 +155,7 @@ func (m *Maildrops) Open(ctx context.Context, t Target, to Timeouts, user, passw
 		}
 	}
 	epoch := m.locks.epoch(d.lock)
-	c, raw, err := openClient(ctx, t, to, user, password, &imapclient.UnilateralDataHandler{
-		// Only record: the handler runs on the client's reader goroutine,
-		// and numbers never shift because everything is by UID.
-		Expunge: func(uint32) { d.fetch.noteExpunge() },
-		Fetch:   d.fetch.unilateralFetch,
-	}, pipe)
+	c, raw, err := openClient(ctx, t, to, user, password, d.route.handler(), pipe)
 	if err != nil {
 		return nil, err
 	}
@@ -160,6 +190,57 @@ func (m *Maildrops) Open(ctx context.Context, t Target, to Timeouts, user, passw
 	return d, nil
 }
 
+// newMaildrop makes a maildrop with no backend connection yet.
+func (m *Maildrops) newMaildrop(t Target, to Timeouts, user string, log *zap.Logger, rkey reuseKey) *Maildrop {
+	d := &Maildrop{
+		m:        m,
+		log:      log,
+		target:   t,
+		user:     user,
+		mailbox:  m.cfg.Mailbox,
+		to:       to.withDefaults(),
+		lock:     newLockKey(t.Name, user),
+		hold:     newHolder(),
+		route:    &route{},
+		reuseKey: rkey,
+	}
+	d.fetch = newFetcher(m, d, &d.imapConn, d.to, log)
+	d.route.ft.Store(d.fetch)
+	return d
+}
+
+// resume makes d out of a parked connection (pop3.reuse): it takes the lock
+// (RFC 1939 §4; the password matched the one the backend accepted for this
+// connection, so [IN-USE] tells nothing a login would not), then
+// re-validates the connection with NOOP and a new snapshot, sent together:
+// one round trip, and the snapshot is as fresh as a login's. On failure the
+// connection is closed and the lock released.
+func (d *Maildrop) resume(ctx context.Context, pk *parked) error {
+	d.c, d.raw, d.caps, d.uidValidity = pk.c, pk.raw, pk.caps, pk.uidValidity
+	d.route = pk.route
+	d.route.ft.Store(d.fetch)
+	if !d.m.locks.acquire(d.lock, d.hold, d.m.cfg.Lock, d.m.cfg.TakeoverAfter) {
+		d.kill()
+		d.c.Close()
+		return fmt.Errorf("%w: %s on %s", ErrInUse, d.user, d.target.Name)
+	}
+	noop := d.c.Noop()
+	err := d.snapshot(ctx, snapCmds{fetch: sendFetch(d.c)})
+	if err == nil {
+		if err = noop.Wait(); err != nil {
+			err = commandError("NOOP", err)
+		}
+	}
+	if err != nil {
+		d.kill()
+		d.c.Close()
+		d.m.locks.release(d.lock, d.hold)
+		return err
+	}
+	d.fetch.start(d.uids, d.snapSizes, d.key(0))
+	return nil
+}
+
 // Maildrop is one POP3 session's fixed view of a mailbox: the POP3 model of
 // a maildrop. It implements the maildrop interface of gateway/pop3. Message
 // numbers are 1..Len(); the caller checks them (a number out of range gets
@@ -187,6 +268,12 @@ type Maildrop struct {
 	imapConn         // the backend connection, shared with fetch
 	caps     imap.CapSet
 	fetch    *fetcher // every body comes from it
+	route    *route   // the connection's unilateral data, to fetch
+
+	// pop3.reuse: the key this maildrop's connection is parked under after
+	// a successful Commit (committed), if reuse is on.
+	reuseKey  reuseKey
+	committed atomic.Bool
 
 	// Fixed by the snapshot.
 	uidValidity uint32

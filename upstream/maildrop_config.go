@@ -43,6 +43,11 @@ type MaildropConfig struct {
 	// TakeoverAfter: with lock: takeover, how long an older session must
 	// have waited for a command before a new one may end it. Default 10s.
 	TakeoverAfter time.Duration `yaml:"takeover_after"`
+	// Reuse keeps the backend connection of a session that ended with a
+	// successful QUIT, logged in and selected, for this long, for the same
+	// user's next login with the same password from the same client
+	// address (pollers). 0 (default) turns it off. See reuse.go.
+	Reuse time.Duration `yaml:"reuse"`
 }
 
 // CacheConfig is `pop3.cache`.
@@ -104,6 +109,9 @@ func (c *MaildropConfig) Validate() []error {
 	case LockExclusive, LockTakeover, LockNone:
 	default:
 		errs = append(errs, fmt.Errorf("lock: %q is not one of exclusive, takeover, none", c.Lock))
+	}
+	if c.Reuse < 0 {
+		errs = append(errs, fmt.Errorf("reuse: %v must not be negative (0 turns reuse off)", c.Reuse))
 	}
 	if c.TakeoverAfter < 0 {
 		errs = append(errs, fmt.Errorf("takeover_after: %v must not be negative", c.TakeoverAfter))

@@ -100,3 +100,75 @@ func redact(lines []string) []string {
 	}
 	return out
 }
+
+// TestReuseAgainstDovecot: with pop3.reuse, a poller's sessions (login,
+// STAT, QUIT) share one backend connection: Dovecot sees one connection for
+// three polls, a DELE of one poll is gone in the next, and a wrong password
+// meanwhile opens a connection of its own and is refused there
+// (-ERR [AUTH]), without disturbing the parked one.
+func TestReuseAgainstDovecot(t *testing.T) {
+	dc := dovecotServer(t)
+	a := newAccount(t)
+	if _, err := dc.Append(a.User, a.Pass, "INBOX", message("reuse1", 500), message("reuse2", 700), message("reuse3", 900)); err != nil {
+		t.Fatal(err)
+	}
+	p := Listen(t, dc.IMAPAddr)
+	g := harness.Start(t, gatewayYAML(p.Addr(), "{cache: {max_bytes: 0B}, fetch_ahead: 0B, reuse: 30s}"))
+	poll := func(want int, dele bool) {
+		t.Helper()
+		c := dialPOP3(t, g.Addr("pop3"), a, 0)
+		defer c.Close()
+		n, _, err := c.Stat()
+		if err != nil || n != want {
+			t.Fatalf("STAT: %d messages, %v; want %d", n, err, want)
+		}
+		if dele {
+			if err := c.Dele(1); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := c.Quit(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Close parks the connection in the background: the next poll may
+	// come first and log in anew, which is correct but not what this test
+	// counts, so wait for the park.
+	parked := func(times int) {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for strings.Count(g.Logs(), "backend connection parked for reuse") < times {
+			if time.Now().After(deadline) {
+				t.Fatal("no connection was parked")
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	poll(3, false)
+	parked(1)
+	poll(3, true)
+	parked(2)
+	poll(2, false)
+	parked(3)
+	if n := p.Accepted(); n != 1 {
+		t.Fatalf("3 polls opened %d backend connections, want 1", n)
+	}
+	c, err := pop3client.Dial(g.Addr("pop3"), clientTimeout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = c.Login(a.User, "not-"+a.Pass)
+	c.Close()
+	var re *pop3client.ReplyError
+	if !errors.As(err, &re) || re.Code() != "AUTH" {
+		t.Fatalf("wrong password with a connection parked: %v; want -ERR [AUTH]", err)
+	}
+	if n := p.Accepted(); n != 2 {
+		t.Fatalf("the wrong password opened no backend connection of its own (%d in all)", n)
+	}
+	poll(2, false)
+	parked(4)
+	if n := p.Accepted(); n != 2 {
+		t.Fatalf("the poll after the wrong password logged in anew (%d connections, want 2)", n)
+	}
+}
