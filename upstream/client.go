@@ -84,7 +84,7 @@ func openClient(ctx context.Context, t Target, to Timeouts, user, password strin
 	}
 	greeting := "* PREAUTH logged in by mailgate\r\n"
 	if len(s.Caps) > 0 {
-		greeting = "* PREAUTH [CAPABILITY " + strings.Join(s.Caps, " ") + "] logged in by mailgate\r\n"
+		greeting = "* PREAUTH [CAPABILITY " + strings.Join(clientCaps(s.Caps), " ") + "] logged in by mailgate\r\n"
 	}
 	gate.open(&readAheadConn{Conn: s.Conn, ahead: []byte(greeting)})
 	// The greeting is read from memory (conn's first bytes): no network,
@@ -99,6 +99,32 @@ func openClient(ctx context.Context, t Target, to Timeouts, user, password strin
 		return nil, nil, fmt.Errorf("%w: %s: %v", ErrUnavailable, t.Address, err)
 	}
 	return c, raw, nil
+}
+
+// clientCapNames are the capabilities that change what the maildrop or
+// go-imap's client sends: the protocol revision (and what IMAP4rev2 implies,
+// RFC 9051 §7.2.2), literals (RFC 7888), UID EXPUNGE (RFC 4315), MOVE (RFC
+// 6851), ESEARCH (RFC 4731) and UTF8=ACCEPT (RFC 6855).
+var clientCapNames = []string{"IMAP4rev1", "IMAP4rev2", "LITERAL+", "LITERAL-", "UIDPLUS", "MOVE", "ESEARCH", "UTF8=ACCEPT"}
+
+// clientCaps keeps of caps only clientCapNames: the client keeps its
+// capabilities in a map for the life of the session, and a backend like
+// Dovecot lists some forty.
+func clientCaps(caps []string) []string {
+	var keep []string
+	for _, c := range caps {
+		for _, name := range clientCapNames {
+			if strings.EqualFold(c, name) {
+				keep = append(keep, c)
+				break
+			}
+		}
+	}
+	if keep == nil {
+		// Nothing we use: still a list, so the client does not ask for one.
+		keep = []string{"IMAP4rev1"}
+	}
+	return keep
 }
 
 // gateConn is go-imap's client's connection while the login is under way:

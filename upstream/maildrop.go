@@ -251,10 +251,14 @@ func (d *Maildrop) resume(ctx context.Context, pk *parked) error {
 // shares the backend connection with it.
 //
 // Invariants:
-//   - uidValidity, uids and uidls are written once, by snapshot, before Open
+//   - uidValidity, uids and snapSizes are written by snapshot before Open
 //     returns, and only read afterwards.
-//   - sizes[n-1] only moves from the backend's RFC822.SIZE to the exact
-//     length of a body of message n (learnSize).
+//   - Message n's size only moves from the backend's RFC822.SIZE
+//     (snapSizes[n-1]) to the exact length of a body of message n (exact,
+//     learnSize).
+//   - The snapshot is compact, for idle sessions: 12 octets a message (UID
+//     and RFC822.SIZE); UIDLs are formatted when asked for, and exact sizes
+//     are kept only where they differ from RFC822.SIZE.
 //   - mu guards seen, and is never held while taking another lock.
 type Maildrop struct {
 	m        *Maildrops
@@ -278,13 +282,14 @@ type Maildrop struct {
 	// Fixed by the snapshot.
 	uidValidity uint32
 	uids        []imap.UID // message n is uids[n-1]
-	uidls       []string
-	// sizes[n-1] is message n's size (see Size). Atomic, not under mu: the
-	// fetcher reads them for its budget while holding its own lock.
-	sizes []atomic.Int64
-	// snapSizes[n-1] is message n's RFC822.SIZE in the snapshot, kept apart
-	// from sizes: a body of another length is checked (fetcher.confirm).
+	// snapSizes[n-1] is message n's RFC822.SIZE in the snapshot, which the
+	// fetcher checks a body of another length against (fetcher.confirm).
 	snapSizes []int64
+	// exact maps a message number to the exact length of its body where it
+	// differs from snapSizes (see Size). A sync.Map, not under mu: the
+	// fetcher reads sizes for its budget while holding its own lock, and it
+	// is nearly always empty.
+	exact sync.Map
 
 	mu   sync.Mutex
 	seen imap.UIDSet // RETRed, \Seen not yet sent
@@ -386,24 +391,21 @@ func (d *Maildrop) snapshot(ctx context.Context, cmds snapCmds) error {
 	slices.SortFunc(list, func(a, b entry) int { return cmp.Compare(a.uid, b.uid) })
 	list = slices.CompactFunc(list, func(a, b entry) bool { return a.uid == b.uid })
 
+	// UIDLs are formatted when asked for (UIDL): check the format once.
+	if _, err := FormatUIDL(d.m.cfg.UIDLFormat, 1, d.uidValidity); err != nil {
+		return fmt.Errorf("pop3.uidl_format: %w", err)
+	}
 	d.uids = make([]imap.UID, len(list))
-	d.uidls = make([]string, len(list))
-	d.sizes = make([]atomic.Int64, len(list))
 	d.snapSizes = make([]int64, len(list))
+	d.exact.Clear()
 	for i, e := range list {
-		uidl, err := FormatUIDL(d.m.cfg.UIDLFormat, uint32(e.uid), d.uidValidity)
-		if err != nil {
-			return fmt.Errorf("pop3.uidl_format: %w", err)
-		}
-		d.uids[i], d.uidls[i] = e.uid, uidl
-		d.sizes[i].Store(e.size)
-		d.snapSizes[i] = e.size
+		d.uids[i], d.snapSizes[i] = e.uid, e.size
 		// A cached body is the exact size; the backend's RFC822.SIZE may
 		// not be: a POP3 size counts the CRLF form without dot-stuffing
 		// (RFC 1939 §11), and although RFC 3501 §2.3.4 defines RFC822.SIZE
 		// on that form, servers vary.
-		if data, ok := d.m.cache.peek(d.key(e.uid)); ok {
-			d.sizes[i].Store(int64(len(data)))
+		if data, ok := d.m.cache.peek(d.key(e.uid)); ok && int64(len(data)) != e.size {
+			d.exact.Store(i+1, int64(len(data)))
 		}
 	}
 	return nil
@@ -423,7 +425,10 @@ func (d *Maildrop) Size(n int) int64 {
 	if !d.valid(n) {
 		return 0
 	}
-	return d.sizes[n-1].Load()
+	if v, ok := d.exact.Load(n); ok {
+		return v.(int64)
+	}
+	return d.snapSizes[n-1]
 }
 
 // learnSize records the exact size of message n, from a body of it: the
@@ -432,19 +437,23 @@ func (d *Maildrop) Size(n int) int64 {
 func (d *Maildrop) learnSize(n int, size int64) {
 	// Load first: on the common path (the size is already exact) nothing is
 	// written.
-	if old := d.sizes[n-1].Load(); old != size {
-		d.sizes[n-1].Store(size)
+	if old := d.Size(n); old != size {
+		d.exact.Store(n, size)
 		d.log.Debug("RFC822.SIZE differs from the body", zap.Uint32("uid", uint32(d.uids[n-1])),
 			zap.Int64("rfc822_size", old), zap.Int64("body", size))
 	}
 }
 
-// UIDL is the message's unique-id, from pop3.uidl_format (RFC 1939 §7).
+// UIDL is the message's unique-id, from pop3.uidl_format (RFC 1939 §7),
+// formatted from the UID and UIDVALIDITY each time: the snapshot keeps no
+// strings.
 func (d *Maildrop) UIDL(n int) string {
 	if !d.valid(n) {
 		return ""
 	}
-	return d.uidls[n-1]
+	// The format was checked when the snapshot was taken.
+	uidl, _ := FormatUIDL(d.m.cfg.UIDLFormat, uint32(d.uids[n-1]), d.uidValidity)
+	return uidl
 }
 
 // UID is the message's IMAP UID (for logs and tests).
@@ -502,8 +511,14 @@ func (d *Maildrop) Waiting(waiting bool) {
 
 // TakenOver is closed when a newer session of the user took the lock
 // (pop3.lock: takeover): the session must end, without UPDATE (RFC 1939 §6);
-// Commit refuses from then on.
-func (d *Maildrop) TakenOver() <-chan struct{} { return d.hold.taken }
+// Commit refuses from then on. Under any other policy it is nil (no
+// session can take this one over), so the session need not watch it.
+func (d *Maildrop) TakenOver() <-chan struct{} {
+	if d.m.cfg.Lock != LockTakeover {
+		return nil
+	}
+	return d.hold.taken
+}
 
 // key is the cache and singleflight key of a message of this maildrop.
 func (d *Maildrop) key(uid imap.UID) CacheKey {
