@@ -45,6 +45,28 @@ func quit(t *testing.T, md *Maildrop, deleted ...int) {
 	md.Close()
 }
 
+// reuseMaildrops is a Maildrops with pop3.reuse of ttl over b.
+func reuseMaildrops(t *testing.T, ttl time.Duration) *Maildrops {
+	mds := NewMaildrops(testConfig(func(c *MaildropConfig) { c.Reuse = ttl }), testLogger(t))
+	t.Cleanup(mds.Wait)
+	return mds
+}
+
+// pollOnce opens a maildrop, checks its size, ends it with QUIT (deleting
+// deleted) and waits until its connection is parked.
+func pollOnce(t *testing.T, mds *Maildrops, tgt Target, user, password string, want int, deleted ...int) {
+	t.Helper()
+	md, err := mds.Open(context.Background(), tgt, fastTimeouts, user, password)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if md.Len() != want {
+		t.Fatalf("%d messages, want %d", md.Len(), want)
+	}
+	quit(t, md, deleted...)
+	waitParked(t, mds, 1)
+}
+
 func reuseTarget(b *backend, client string) Target {
 	t := b.target()
 	t.ClientAddr = &net.TCPAddr{IP: net.ParseIP(client), Port: 40000}
@@ -60,17 +82,11 @@ func TestReuseNeverCrossesUsersOrPasswords(t *testing.T) {
 	b := newBackend(t, nil)
 	alice := b.addUser("alice", "pw", msgs(2, 100)...)
 	b.addUser("bob", "pw2", msgs(3, 100)...)
-	mds := NewMaildrops(testConfig(func(c *MaildropConfig) { c.Reuse = 30 * time.Second }), testLogger(t))
-	t.Cleanup(mds.Wait)
+	mds := reuseMaildrops(t, 30*time.Second)
 	ctx := context.Background()
 	here := reuseTarget(b, "192.0.2.1")
 
-	md, err := mds.Open(ctx, here, fastTimeouts, "alice", "pw")
-	if err != nil {
-		t.Fatal(err)
-	}
-	quit(t, md)
-	waitParked(t, mds, 1)
+	pollOnce(t, mds, here, "alice", "pw", 2)
 	if n := b.logins(); n != 1 {
 		t.Fatalf("%d logins, want 1", n)
 	}
@@ -83,7 +99,7 @@ func TestReuseNeverCrossesUsersOrPasswords(t *testing.T) {
 		t.Fatalf("%d logins after the wrong password, want 2 (it must reach the backend)", n)
 	}
 	// Another user: his own login and his own mailbox.
-	md, err = mds.Open(ctx, here, fastTimeouts, "bob", "pw2")
+	md, err := mds.Open(ctx, here, fastTimeouts, "bob", "pw2")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -141,33 +157,19 @@ func TestReuseNeverCrossesUsersOrPasswords(t *testing.T) {
 func TestReuseSavesLogins(t *testing.T) {
 	b := newBackend(t, nil)
 	b.addUser("alice", "pw", msgs(3, 100)...)
-	mds := NewMaildrops(testConfig(func(c *MaildropConfig) { c.Reuse = 30 * time.Second }), testLogger(t))
-	t.Cleanup(mds.Wait)
+	mds := reuseMaildrops(t, 30*time.Second)
 	ctx := context.Background()
 	here := reuseTarget(b, "192.0.2.1")
-	for i := range 5 {
-		md, err := mds.Open(ctx, here, fastTimeouts, "alice", "pw")
-		if err != nil {
-			t.Fatalf("poll %d: %v", i, err)
-		}
-		if md.Len() != 3 {
-			t.Fatalf("poll %d: %d messages, want 3", i, md.Len())
-		}
-		quit(t, md)
-		waitParked(t, mds, 1)
+	for range 5 {
+		pollOnce(t, mds, here, "alice", "pw", 3)
 	}
 	if n := b.logins(); n != 1 {
 		t.Fatalf("5 polls cost %d backend logins, want 1", n)
 	}
 	// A DELE'd message is gone for the next poll, which reuses the
 	// connection still.
+	pollOnce(t, mds, here, "alice", "pw", 3, 1)
 	md, err := mds.Open(ctx, here, fastTimeouts, "alice", "pw")
-	if err != nil {
-		t.Fatal(err)
-	}
-	quit(t, md, 1)
-	waitParked(t, mds, 1)
-	md, err = mds.Open(ctx, here, fastTimeouts, "alice", "pw")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -181,14 +183,8 @@ func TestReuseSavesLogins(t *testing.T) {
 	}
 
 	// Expiry: a short pop3.reuse logs the parked connection out.
-	short := NewMaildrops(testConfig(func(c *MaildropConfig) { c.Reuse = 50 * time.Millisecond }), testLogger(t))
-	t.Cleanup(short.Wait)
-	md, err = short.Open(ctx, here, fastTimeouts, "alice", "pw")
-	if err != nil {
-		t.Fatal(err)
-	}
-	quit(t, md)
-	waitParked(t, short, 1)
+	short := reuseMaildrops(t, 50*time.Millisecond)
+	pollOnce(t, short, here, "alice", "pw", 2)
 	waitParked(t, short, 0)
 	short.Wait() // its LOGOUT, in the background
 	lines, _ := b.commandLog()
@@ -202,22 +198,15 @@ func TestReuseSavesLogins(t *testing.T) {
 func TestReuseDeadConnectionLogsIn(t *testing.T) {
 	b := newBackend(t, nil)
 	b.addUser("alice", "pw", msgs(1, 100)...)
-	mds := NewMaildrops(testConfig(func(c *MaildropConfig) { c.Reuse = 30 * time.Second }), testLogger(t))
-	t.Cleanup(mds.Wait)
-	ctx := context.Background()
+	mds := reuseMaildrops(t, 30*time.Second)
 	here := reuseTarget(b, "192.0.2.1")
-	md, err := mds.Open(ctx, here, fastTimeouts, "alice", "pw")
-	if err != nil {
-		t.Fatal(err)
-	}
-	quit(t, md)
-	waitParked(t, mds, 1)
+	pollOnce(t, mds, here, "alice", "pw", 1)
 	mds.reuse.mu.Lock()
 	for _, pk := range mds.reuse.byKey {
 		pk.raw.Close() // the backend hung up
 	}
 	mds.reuse.mu.Unlock()
-	md, err = mds.Open(ctx, here, fastTimeouts, "alice", "pw")
+	md, err := mds.Open(context.Background(), here, fastTimeouts, "alice", "pw")
 	if err != nil {
 		t.Fatalf("Open after the parked connection died: %v", err)
 	}

@@ -219,36 +219,8 @@ timeouts: {backend_dial: 30s, shutdown: 5s}
 		gw.Shutdown(sctx)
 	}()
 	fmt.Println("addr", gw.Addr("imap").String())
-	in := bufio.NewScanner(os.Stdin)
-	for in.Scan() {
-		req, arg, _ := strings.Cut(in.Text(), " ")
-		switch req {
-		case "gc":
-			fmt.Println(procmem.GCReport())
-		case "heap", "goroutine":
-			err := writeProfile(req, arg)
-			if err != nil {
-				fmt.Println("error", err)
-			} else {
-				fmt.Println("ok")
-			}
-		default:
-			fmt.Println("error unknown request")
-		}
-	}
+	procmem.Serve(os.Stdin, os.Stdout)
 	return nil
-}
-
-func writeProfile(name, file string) error {
-	f, err := os.Create(file)
-	if err != nil {
-		return err
-	}
-	if name == "heap" {
-		runtime.GC()
-	}
-	err = pprof.Lookup(name).WriteTo(f, 0)
-	return errors.Join(err, f.Close())
 }
 
 // nginxModule is Debian's libnginx-mod-mail.

@@ -19,7 +19,6 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
-	"runtime/pprof"
 	"strconv"
 	"strings"
 	"sync"
@@ -56,33 +55,8 @@ func mailgateChild() error {
 	}
 	defer shutdown(gw)
 	fmt.Println("addr", gw.Addr("pop3").String())
-	in := bufio.NewScanner(os.Stdin)
-	for in.Scan() {
-		req, file, _ := strings.Cut(in.Text(), " ")
-		switch req {
-		case "gc":
-			fmt.Println(procmem.GCReport())
-		case "heap", "goroutine":
-			if err := writeProfile(req, file); err != nil {
-				fmt.Println("error", err)
-			} else {
-				fmt.Println("ok")
-			}
-		default:
-			fmt.Println("error unknown request")
-		}
-	}
+	procmem.Serve(os.Stdin, os.Stdout)
 	return nil
-}
-
-func writeProfile(name, file string) error {
-	f, err := os.Create(file)
-	if err != nil {
-		return err
-	}
-	runtime.GC()
-	err = pprof.Lookup(name).WriteTo(f, 0)
-	return errors.Join(err, f.Close())
 }
 
 // childMem is the child's memory.

@@ -6,13 +6,18 @@
 //	rss, pss, err := procmem.SmapsRollup(pid)
 //	fmt.Println(procmem.GCReport())           // in the child: "mem HEAP STACK GOROUTINES"
 //	heap, stack, g, err := procmem.ParseGCReport(line) // in the parent
+//	procmem.Serve(os.Stdin, os.Stdout)        // a child answering its parent's requests
 package procmem
 
 import (
+	"bufio"
+	"errors"
 	"fmt"
+	"io"
 	"os"
 	"runtime"
 	"runtime/debug"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 )
@@ -79,4 +84,38 @@ func ParseGCReport(line string) (heap, stack int64, goroutines int, err error) {
 		return 0, 0, 0, fmt.Errorf("not a memory report: %q", line)
 	}
 	return heap, stack, goroutines, nil
+}
+
+// Serve answers a parent's requests, one a line, until in ends: "gc" with
+// GCReport, "heap FILE" and "goroutine FILE" by writing that runtime/pprof
+// profile and answering "ok" (or "error ...").
+func Serve(in io.Reader, out io.Writer) {
+	sc := bufio.NewScanner(in)
+	for sc.Scan() {
+		req, arg, _ := strings.Cut(sc.Text(), " ")
+		switch req {
+		case "gc":
+			fmt.Fprintln(out, GCReport())
+		case "heap", "goroutine":
+			if err := writeProfile(req, arg); err != nil {
+				fmt.Fprintln(out, "error", err)
+			} else {
+				fmt.Fprintln(out, "ok")
+			}
+		default:
+			fmt.Fprintln(out, "error unknown request")
+		}
+	}
+}
+
+func writeProfile(name, file string) error {
+	f, err := os.Create(file)
+	if err != nil {
+		return err
+	}
+	if name == "heap" {
+		runtime.GC()
+	}
+	err = pprof.Lookup(name).WriteTo(f, 0)
+	return errors.Join(err, f.Close())
 }
