@@ -333,6 +333,11 @@ func pipelinable(mailbox string) bool {
 	return mailbox != ""
 }
 
+// snapshotProgress is how many FETCH responses of the snapshot re-arm its
+// watchdog: often enough that the command timeout is one for progress, not
+// for a whole big mailbox, and not a new timer per message.
+const snapshotProgress = 64
+
 // snapshot reads the answers to cmds and fixes the message list: RFC 1939
 // §4. With cmds.sel nil the mailbox is selected already, and its
 // UIDVALIDITY known.
@@ -353,18 +358,40 @@ func (d *Maildrop) snapshot(ctx context.Context, cmds snapCmds) error {
 	}
 	var list []entry
 	fc := cmds.fetch
-	for msg := fc.Next(); msg != nil; msg = fc.Next() {
-		wd.reset(d.to.Command) // a big mailbox: the timeout is for progress
-		buf, err := msg.Collect()
-		if err != nil || buf.UID == 0 {
+	for i := 1; ; i++ {
+		msg := fc.Next()
+		if msg == nil {
+			break
+		}
+		if i%snapshotProgress == 0 {
+			wd.reset(d.to.Command) // a big mailbox: the timeout is for progress
+		}
+		// The items as they come, without buffering the message.
+		var e entry
+		deleted := false
+		for item := msg.Next(); item != nil; item = msg.Next() {
+			switch it := item.(type) {
+			case imapclient.FetchItemDataUID:
+				e.uid = it.UID
+			case imapclient.FetchItemDataRFC822Size:
+				e.size = it.Size
+			case imapclient.FetchItemDataFlags:
+				// RFC 1939 §4 has no place for a message marked \Deleted
+				// by another client: it is leaving, so it is not offered.
+				deleted = slices.Contains(it.Flags, imap.FlagDeleted)
+			}
+		}
+		if e.uid == 0 || deleted {
 			continue
 		}
-		// RFC 1939 §4 has no place for a message marked \Deleted by
-		// another client: it is leaving, so it is not offered.
-		if slices.Contains(buf.Flags, imap.FlagDeleted) {
-			continue
+		if list == nil {
+			// The SELECT's EXISTS has been read by now: room for all
+			// (within reason: EXISTS is only the backend's word).
+			if mb := d.c.Mailbox(); mb != nil {
+				list = make([]entry, 0, min(mb.NumMessages, 1<<16))
+			}
 		}
-		list = append(list, entry{buf.UID, buf.RFC822Size})
+		list = append(list, e)
 	}
 	fetchErr := fc.Close()
 	var exists uint32
