@@ -21,6 +21,7 @@ package upstream
 import (
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -47,7 +48,7 @@ type Maildrops struct {
 	cfg      MaildropConfig
 	log      *zap.Logger
 	cache    *Cache
-	locks    lockTable
+	locks    Locker
 	group    singleflight.Group
 	cleanups sync.WaitGroup // Close's background clean-ups under way
 	spoolDir string         // "" = os.TempDir
@@ -61,22 +62,36 @@ type Maildrops struct {
 // defaultStaleAfter is Maildrops.staleAfter: "a few seconds".
 const defaultStaleAfter = 2 * time.Second
 
+// MaildropsOption changes how NewMaildrops builds the opener.
+type MaildropsOption func(*Maildrops)
+
+// WithLocker makes the maildrops take their locks from l (a cluster-wide
+// locker) instead of the in-process table.
+func WithLocker(l Locker) MaildropsOption {
+	return func(m *Maildrops) { m.locks = l }
+}
+
 // NewMaildrops makes the maildrop opener. Zero fields of cfg get their
 // defaults (MaildropConfig.ApplyDefaults), and a nil log logs nothing.
-func NewMaildrops(cfg MaildropConfig, log *zap.Logger) *Maildrops {
+func NewMaildrops(cfg MaildropConfig, log *zap.Logger, opts ...MaildropsOption) *Maildrops {
 	cfg.ApplyDefaults()
 	if log == nil {
 		log = zap.NewNop()
 	}
-	return &Maildrops{
+	m := &Maildrops{
 		cfg:      cfg,
 		log:      log,
+		locks:    NewLocalLocker(),
 		cache:    NewCache(int64(*cfg.Cache.MaxBytes), int64(cfg.Cache.MaxMessageBytes)),
 		markSeen: *cfg.MarkSeen,
 		ahead:    int64(*cfg.FetchAhead),
 
 		staleAfter: defaultStaleAfter,
 	}
+	for _, o := range opts {
+		o(m)
+	}
+	return m
 }
 
 // Wait waits for the background clean-ups of closed maildrops (\Seen flush,
@@ -118,13 +133,18 @@ func (m *Maildrops) Open(ctx context.Context, t Target, to Timeouts, user, passw
 		return nil, err
 	}
 	d.c, d.raw = c, raw
-	if !m.locks.acquire(d.lock, d.hold, m.cfg.Lock, m.cfg.TakeoverAfter) {
+	lease, err := m.locks.Lock(ctx, d.lock, d.hold, m.cfg.Lock, m.cfg.TakeoverAfter)
+	if err != nil {
 		d.goodbye()
-		return nil, fmt.Errorf("%w: %s on %s", ErrInUse, user, t.Name)
+		if !errors.Is(err, ErrInUse) {
+			err = fmt.Errorf("%w: maildrop lock: %w", ErrUnavailable, err)
+		}
+		return nil, err
 	}
+	d.lease = lease
 	if err := d.snapshot(ctx); err != nil {
 		c.Close()
-		m.locks.release(d.lock, d.hold)
+		lease.Release()
 		return nil, err
 	}
 	d.fetch.start(d.uids, d.snapSizes, d.key(0))
@@ -155,8 +175,9 @@ type Maildrop struct {
 	user     string
 	mailbox  string
 	to       Timeouts // of the configuration current at Open
-	lock     lockKey
-	hold     *holder // this session's side of the lock
+	lock     LockKey
+	hold     *Holder // this session's side of the lock
+	lease    Lease   // the lock, from Maildrops.locks
 	imapConn         // the backend connection, shared with fetch
 	caps     imap.CapSet
 	fetch    *fetcher // every body comes from it
@@ -342,18 +363,12 @@ func (d *Maildrop) read(ctx context.Context, n int, retr bool) (io.ReadCloser, e
 // Waiting tells the lock whether the session is waiting for the client's
 // next command (pop3.lock: takeover ends only such a session). The POP3
 // session calls it around each command read.
-func (d *Maildrop) Waiting(waiting bool) {
-	if waiting {
-		d.hold.idleSince.Store(time.Now().UnixNano())
-	} else {
-		d.hold.idleSince.Store(0)
-	}
-}
+func (d *Maildrop) Waiting(waiting bool) { d.hold.Waiting(waiting) }
 
 // TakenOver is closed when a newer session of the user took the lock
 // (pop3.lock: takeover): the session must end, without UPDATE (RFC 1939 §6);
 // Commit refuses from then on.
-func (d *Maildrop) TakenOver() <-chan struct{} { return d.hold.taken }
+func (d *Maildrop) TakenOver() <-chan struct{} { return d.hold.Taken() }
 
 // key is the cache and singleflight key of a message of this maildrop.
 func (d *Maildrop) key(uid imap.UID) CacheKey {

@@ -27,6 +27,9 @@ func (c *Config) Validate() error {
 	v.section("tls", c.TLS.Validate())
 	c.validateTimeouts(v)
 	c.validateLimits(v)
+	if c.Cluster != nil {
+		v.section("cluster", c.Cluster.Validate())
+	}
 	if c.Metrics.Address != "" {
 		if err := checkHostPort(c.Metrics.Address); err != nil {
 			v.bad("metrics.address", "%v", err)
