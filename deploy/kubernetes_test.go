@@ -1,6 +1,7 @@
 package deploy_test
 
 import (
+	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -22,6 +23,10 @@ type (
 	}
 	k8sConfigMap struct {
 		Data map[string]string `yaml:"data"`
+	}
+	k8sSecret struct {
+		StringData map[string]string `yaml:"stringData"`
+		Data       map[string]string `yaml:"data"`
 	}
 	k8sPVC struct {
 		Spec struct {
@@ -98,6 +103,9 @@ type (
 						PersistentVolumeClaim *struct {
 							ClaimName string `yaml:"claimName"`
 						} `yaml:"persistentVolumeClaim"`
+						Secret *struct {
+							SecretName string `yaml:"secretName"`
+						} `yaml:"secret"`
 						EmptyDir any `yaml:"emptyDir"`
 					} `yaml:"volumes"`
 				} `yaml:"spec"`
@@ -213,7 +221,44 @@ func TestKubernetes(t *testing.T) {
 		t.Fatalf("-config %s: the ConfigMap has no key %q (keys %v)", cfgPath, key, keys(cm.Data))
 	}
 	state := t.TempDir()
-	cfg, _ := parseConfig(t, "configmap.yaml "+key, []byte(data), map[string]string{"/var/lib/mailgate": state})
+	// The Secret's files, where the pod mounts them.
+	secretDir := t.TempDir()
+	var secret k8sSecret
+	secretObj, haveSecret := byKind["Secret"]
+	if haveSecret {
+		secretObj.decode(t, &secret)
+		for k, v := range secret.StringData {
+			if err := os.WriteFile(filepath.Join(secretDir, k), []byte(v), 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	cfg, _ := parseConfig(t, "configmap.yaml "+key, []byte(data),
+		map[string]string{"/var/lib/mailgate": state, "/etc/mailgate-redis": secretDir})
+
+	// Cluster mode: the replicas share locks and counts in Redis, whose
+	// address is in the ConfigMap and whose password is a file of the
+	// Secret, mounted read-only.
+	if cfg.Cluster == nil || len(cfg.Cluster.Redis.Addresses) == 0 {
+		t.Fatal("the ConfigMap's configuration has no cluster: section; the replicas would not share their locks and limits")
+	}
+	if pf := cfg.Cluster.Redis.PasswordFile; pf != "" {
+		pf = strings.Replace(pf, secretDir, "/etc/mailgate-redis", 1)
+		vol, mp, ro := mountOf(pf)
+		i, ok := volumes[vol]
+		if !ok || pod.Volumes[i].Secret == nil || !ro {
+			t.Fatalf("cluster.redis.password_file %s is not in a read-only mount of a Secret", pf)
+		}
+		if !haveSecret || pod.Volumes[i].Secret.SecretName != secretObj.Metadata.Name {
+			t.Errorf("the password's volume names Secret %q, which is not among the resources", pod.Volumes[i].Secret.SecretName)
+		}
+		if _, ok := secret.StringData[strings.TrimPrefix(pf, mp+"/")]; !ok {
+			t.Errorf("Secret %s has no key %q for cluster.redis.password_file", secretObj.Metadata.Name, strings.TrimPrefix(pf, mp+"/"))
+		}
+	}
+	if cfg.Cluster.Instance == "" {
+		t.Errorf("cluster.instance is empty: each pod must be named (the default is the host name, the pod's name)")
+	}
 
 	// ACME storage lives on the claim of pvc.yaml, shared by the replicas.
 	if cfg.TLS.ACME == nil {
