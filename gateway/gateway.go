@@ -344,18 +344,19 @@ func (s *Server) listen(lc config.Listener, serverTLS *tls.Config) (*listener, e
 // at start, and again at each reload for the sessions that begin after it.
 func (s *Server) pop3Config(lc config.Listener, cfg *config.Config, tlsCfg *tls.Config) pop3.Config {
 	return pop3.Config{
-		Listener:            lc.Name,
-		Backend:             pop3Backend{s},
-		TLSConfig:           tlsCfg,
-		ImplicitTLS:         lc.TLS == upstream.TLSImplicit,
-		AllowPlaintextAuth:  lc.AllowPlaintextAuth,
-		IdleTimeout:         cfg.Timeouts.POP3Idle,
-		PreauthTimeout:      cfg.Timeouts.POP3Preauth,
-		TLSHandshakeTimeout: cfg.Timeouts.TLSHandshake,
-		AuthFailureDelay:    cfg.Limits.AuthFailureDelay,
-		BadCommandLimit:     cfg.Limits.BadCommands,
-		Logger:              s.log,
-		Observer:            pop3Observer{s.metrics, lc.Name},
+		Listener:               lc.Name,
+		Backend:                pop3Backend{s},
+		TLSConfig:              tlsCfg,
+		ImplicitTLS:            lc.TLS == upstream.TLSImplicit,
+		AllowPlaintextAuth:     lc.AllowPlaintextAuth,
+		IdleTimeout:            cfg.Timeouts.POP3Idle,
+		PreauthTimeout:         cfg.Timeouts.POP3Preauth,
+		TLSHandshakeTimeout:    cfg.Timeouts.TLSHandshake,
+		AuthFailureDelay:       cfg.Limits.AuthFailureDelay,
+		BadCommandLimit:        cfg.Limits.BadCommands,
+		PreauthBadCommandLimit: cfg.Limits.PreauthBadCommands,
+		Logger:                 s.log,
+		Observer:               pop3Observer{s.metrics, lc.Name},
 	}
 }
 
@@ -371,7 +372,7 @@ func (s *Server) imapConfig(lc config.Listener, cfg *config.Config, tlsCfg *tls.
 		IdleTimeout:         cfg.Timeouts.IMAPIdle,
 		TLSHandshakeTimeout: cfg.Timeouts.TLSHandshake,
 		AuthFailureDelay:    cfg.Limits.AuthFailureDelay,
-		BadCommandLimit:     cfg.Limits.BadCommands,
+		BadCommandLimit:     cfg.Limits.PreauthBadCommands,
 		Logger:              s.log,
 		Observer:            tlsObserver{s.metrics, lc.Name},
 	}

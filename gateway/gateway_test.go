@@ -229,14 +229,8 @@ func TestInsecureSkipVerifyIsLoud(t *testing.T) {
 
 func TestMetricsCountTLSHandshakes(t *testing.T) {
 	dir := t.TempDir()
-	ca, err := testca.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	certFile, keyFile, err := ca.WriteLeaf(dir, "gateway", "127.0.0.1")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ca := testca.NewT(t)
+	certFile, keyFile := ca.WriteLeafT(t, dir, "gateway", "127.0.0.1")
 	yaml := fmt.Sprintf("tls: {certificates: [{cert: %q, key: %q}]}\n", certFile, keyFile) +
 		strings.Replace(baseConfig, `{name: imap, protocol: imap, address: "127.0.0.1:0", tls: none, allow_plaintext_auth: true}`,
 			`{name: imaps, protocol: imap, address: "127.0.0.1:0", tls: implicit}`, 1)

@@ -7,13 +7,13 @@ import (
 	"net"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/emersion/go-imap/v2/imapclient"
 
 	"mailgate/gateway/config"
+	"mailgate/test/loopback"
 )
 
 // messageCount logs in to a memBackend directly and counts INBOX.
@@ -202,54 +202,37 @@ func TestReloadAppliesLimits(t *testing.T) {
 // body FETCH waits for the backend command timeout.
 func stallingProxy(t *testing.T, backend string) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	t.Cleanup(func() { ln.Close(); wg.Wait() })
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
+	return loopback.Serve(t, func(c net.Conn) {
+		b, err := net.Dial("tcp", backend)
+		if err != nil {
+			c.Close()
+			return
+		}
+		done := make(chan struct{})
+		go func() { // backend -> gateway
+			io.Copy(c, b)
+			c.Close()
+			close(done)
+		}()
+		// gateway -> backend, until the first body FETCH
+		defer func() { b.Close(); <-done }()
+		buf := make([]byte, 32<<10)
 		for {
-			c, err := ln.Accept()
+			n, err := c.Read(buf)
+			if n > 0 && bytes.Contains(buf[:n], []byte("BODY.PEEK[]")) {
+				io.Copy(io.Discard, c) // the FETCH never reaches the backend
+				return
+			}
+			if n > 0 {
+				if _, err := b.Write(buf[:n]); err != nil {
+					return
+				}
+			}
 			if err != nil {
 				return
 			}
-			b, err := net.Dial("tcp", backend)
-			if err != nil {
-				c.Close()
-				continue
-			}
-			wg.Add(2)
-			go func() { // backend -> gateway
-				defer wg.Done()
-				io.Copy(c, b)
-				c.Close()
-			}()
-			go func() { // gateway -> backend, until the first body FETCH
-				defer wg.Done()
-				defer b.Close()
-				buf := make([]byte, 32<<10)
-				for {
-					n, err := c.Read(buf)
-					if n > 0 && bytes.Contains(buf[:n], []byte("BODY.PEEK[]")) {
-						io.Copy(io.Discard, c) // the FETCH never reaches the backend
-						return
-					}
-					if n > 0 {
-						if _, err := b.Write(buf[:n]); err != nil {
-							return
-						}
-					}
-					if err != nil {
-						return
-					}
-				}
-			}()
 		}
-	}()
-	return ln.Addr().String()
+	})
 }
 
 // A SIGHUP that shortens timeouts.backend_command applies to the next POP3
@@ -285,7 +268,7 @@ func TestReloadAppliesFrontSettings(t *testing.T) {
 	before := dialPOP3(t, srv.Addr("pop3"), "")
 	before.Expect("+OK")
 	cfg, err := config.Parse([]byte(strings.ReplaceAll(strings.Replace(baseConfig,
-		"limits: {", "limits: {bad_commands: 1, ", 1), "BACKEND", "127.0.0.1:1")))
+		"limits: {", "limits: {preauth_bad_commands: 1, ", 1), "BACKEND", "127.0.0.1:1")))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -244,8 +244,8 @@ func (c pop3Maildrop) Retr(ctx context.Context, n int) (io.ReadCloser, error) {
 	return rc, translate(err, pop3Errors)
 }
 
-func (c pop3Maildrop) Top(ctx context.Context, n int) (io.ReadCloser, error) {
-	rc, err := c.Maildrop.Top(ctx, n)
+func (c pop3Maildrop) Top(ctx context.Context, n, lines int) (io.ReadCloser, error) {
+	rc, err := c.Maildrop.Top(ctx, n, lines)
 	return rc, translate(err, pop3Errors)
 }
 

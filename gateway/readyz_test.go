@@ -69,14 +69,8 @@ backends:
 // TCP, a verified TLS handshake and an IMAP greeting. A certificate that
 // does not verify is named with the key to set. Answers are cached.
 func TestReadyzChecksWhatALoginNeeds(t *testing.T) {
-	ca, err := testca.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := ca.TLSCertificate("127.0.0.1", "imap.internal")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ca := testca.NewT(t)
+	cert := ca.CertificateT(t, "127.0.0.1", "imap.internal")
 	caFile, err := ca.WriteCA(t.TempDir())
 	if err != nil {
 		t.Fatal(err)

@@ -87,13 +87,5 @@ func TestReloadWarnsAboutListenerChanges(t *testing.T) {
 // testCertFiles writes a certificate for localhost and its key.
 func testCertFiles(t *testing.T) (cert, key string) {
 	t.Helper()
-	ca, err := testca.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, key, err = ca.WriteLeaf(t.TempDir(), "gateway", "localhost")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return cert, key
+	return testca.NewT(t).WriteLeafT(t, t.TempDir(), "gateway", "localhost")
 }

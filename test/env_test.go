@@ -26,11 +26,7 @@ import (
 // from 127.0.0.2, which is not trusted.
 var backend = dovecot.Shared{Options: dovecot.Options{TLS: true, POP3: true, TrustedNetworks: "127.0.0.1/32"}}
 
-func TestMain(m *testing.M) {
-	code := backend.Run(m)
-	harness.RemoveCAFiles()
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { harness.Main(m, &backend) }
 
 // dovecotServer returns the package's Dovecot, starting it on first use.
 func dovecotServer(t testing.TB) *dovecot.Server {

@@ -29,6 +29,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
 
+	"mailgate/test/loopback"
 	"mailgate/test/testca"
 )
 
@@ -38,14 +39,15 @@ func TestMain(m *testing.M) {
 
 // backendOptions shape a test backend.
 type backendOptions struct {
-	rev1Only  bool          // IMAP4rev1 without UIDPLUS/MOVE
-	noPlain   bool          // offer no SASL mechanism: clients must use LOGIN
-	latency   time.Duration // one-way delay of client-to-server bytes
-	tls       *tls.Config   // serve STARTTLS with this
-	implicit  bool          // serve implicit TLS (needs tls)
-	sizeLie   int64         // added to every RFC822.SIZE the server reports
-	bodyFirst bool          // send BODY[] before UID in FETCH responses (small bodies only)
-	stallBody atomic.Bool   // stop answering once a body FETCH arrives
+	rev1Only   bool          // IMAP4rev1 without UIDPLUS/MOVE
+	noPlain    bool          // offer no SASL mechanism: clients must use LOGIN
+	latency    time.Duration // one-way delay of client-to-server bytes
+	tls        *tls.Config   // serve STARTTLS with this
+	implicit   bool          // serve implicit TLS (needs tls)
+	sizeLie    int64         // added to every RFC822.SIZE the server reports
+	bodyFirst  bool          // send BODY[] before UID in FETCH responses (small bodies only)
+	flagsFirst bool          // send FLAGS before UID in FETCH responses, as Cyrus does
+	stallBody  atomic.Bool   // stop answering once a body FETCH arrives
 }
 
 // backend is a running test IMAP server.
@@ -55,6 +57,8 @@ type backend struct {
 	mem   *imapmemserver.Server
 	users map[string]*imapmemserver.User
 	opts  *backendOptions
+
+	sent atomic.Int64 // bytes the server wrote, to every client
 
 	mu          sync.Mutex
 	bodyFetches map[imap.UID]int // UID FETCH ... BODY.PEEK[] per UID
@@ -244,9 +248,20 @@ func (c *serverConn) Read(p []byte) (int, error) {
 
 var sizeRE = regexp.MustCompile(`RFC822\.SIZE (\d+)`)
 
+var uidFlagsRE = regexp.MustCompile(`\* (\d+) FETCH \(UID (\d+) FLAGS \(([^)]*)\)`)
+
 var fetchRespRE = regexp.MustCompile(`\* (\d+) FETCH \(UID (\d+) ((?:FLAGS \([^)]*\) )?)BODY\[\] \{(\d+)\}\r\n`)
 
 func (c *serverConn) Write(p []byte) (int, error) {
+	c.b.sent.Add(int64(len(p)))
+	if c.b.opts.flagsFirst && uidFlagsRE.Match(p) {
+		// Same length: a literal after it is unaffected.
+		q := uidFlagsRE.ReplaceAll(p, []byte("* $1 FETCH (FLAGS ($3) UID $2"))
+		if _, err := c.Conn.Write(q); err != nil {
+			return 0, err
+		}
+		return len(p), nil
+	}
 	if c.b.opts.bodyFirst {
 		if m := fetchRespRE.FindSubmatchIndex(p); m != nil {
 			n, _ := strconv.Atoi(string(p[m[8]:m[9]]))
@@ -346,58 +361,20 @@ func (r *delayReader) Read(p []byte) (int, error) {
 // silentServer greets (if greet) and then reads and ignores everything.
 func silentServer(t testing.TB, greet bool) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var conns []net.Conn
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns = append(conns, c)
-			mu.Unlock()
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				if greet {
-					io.WriteString(c, "* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN] silent\r\n")
-				}
-				io.Copy(io.Discard, bufio.NewReader(c))
-			}()
+	return loopback.Serve(t, func(c net.Conn) {
+		if greet {
+			io.WriteString(c, "* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN] silent\r\n")
 		}
-	}()
-	t.Cleanup(func() {
-		ln.Close()
-		mu.Lock()
-		for _, c := range conns {
-			c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
+		io.Copy(io.Discard, bufio.NewReader(c))
 	})
-	return ln.Addr().String()
 }
 
 // testCert issues a certificate for 127.0.0.1 and localhost from a new
 // test/testca root and writes the root to a file for BackendConfig.CA.
 func testCert(t testing.TB) (*tls.Config, string) {
 	t.Helper()
-	ca, err := testca.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := ca.TLSCertificate("localhost", "127.0.0.1")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ca := testca.NewT(t)
+	cert := ca.CertificateT(t, "localhost", "127.0.0.1")
 	path, err := ca.WriteCA(t.TempDir())
 	if err != nil {
 		t.Fatal(err)

@@ -155,7 +155,7 @@ func TestSilentBackendMidSession(t *testing.T) {
 	if d := time.Since(start); d > 2*time.Second {
 		t.Errorf("Retr took %v with a 300ms command timeout", d)
 	}
-	if _, err := md.Top(context.Background(), 2); !errors.Is(err, ErrUnavailable) {
+	if _, err := md.Top(context.Background(), 2, 0); !errors.Is(err, ErrUnavailable) {
 		t.Errorf("Top after the connection died: err = %v, want ErrUnavailable", err)
 	}
 	if err := md.Commit(context.Background(), []int{2}); !errors.Is(err, ErrPartialCommit) {

@@ -35,6 +35,15 @@ package upstream
 // gone. A body of a different length is not cached nor trusted for the size
 // until that check passes. The common cached RETR (no EXPUNGE seen, the
 // size as announced, a recent answer) makes no round trip.
+//
+// No IDLE (RFC 2177) on the maildrop's connection while the session waits
+// for the client, by decision: the NOOP of a stale confirm already learns
+// what IDLE would have (Courier reports others' expunges only to NOOP or
+// IDLE; the suite in test/backends shows it answering -ERR there), while
+// IDLE would put a DONE and its tagged answer in front of every command the
+// session sends (go-imap's Idle holds the client until it is stopped), on
+// the common path (RETR after RETR, bodies fetched ahead) too, where
+// staleAfter costs one NOOP per few seconds of client silence at most.
 
 import (
 	"context"
@@ -110,6 +119,7 @@ type fetcher struct {
 	keyBase   CacheKey   // the cache key of this maildrop's bodies, UID aside
 
 	staleAfter time.Duration // confirm sends a NOOP first when the last answer is older
+	topWhole   int64         // TOP fetches a message whole up to this size plus its lines' estimate (top.go)
 	expunges   atomic.Int64  // EXPUNGE responses seen (noteExpunge)
 	checked    atomic.Int64  // expunges as of the last UID SEARCH that found the gone UIDs
 	lastWord   atomic.Int64  // time (UnixNano) of the last answer from the backend
@@ -152,6 +162,7 @@ func newFetcher(m *Maildrops, sizes sizeModel, conn *imapConn, to Timeouts, log 
 		// to our next command: a body served from the cache more than this
 		// long after the last answer costs one NOOP first.
 		staleAfter: m.staleAfter,
+		topWhole:   m.topWhole,
 		wake:       make(chan struct{}, 1),
 		quit:       make(chan struct{}),
 		loopDone:   make(chan struct{}),
@@ -303,8 +314,31 @@ func (ft *fetcher) get(ctx context.Context, n int, retr bool) (*body, error) {
 func (ft *fetcher) confirm(n int, b *body) error {
 	uid := ft.uids[n-1]
 	ft.mu.Lock()
-	gone := ft.gone[uid]
 	mismatch := b.size != ft.snapSizes[n-1] && !ft.verified[uid]
+	ft.mu.Unlock()
+	if err := ft.present(n, mismatch, b.size); err != nil {
+		return err
+	}
+	if mismatch {
+		// Held back by complete until now.
+		if b.shareable() && ft.cache.fits(b.size) {
+			ft.cache.Add(ft.key(uid), b.data)
+		}
+		ft.sizes.learnSize(n, b.size)
+	}
+	return nil
+}
+
+// present makes sure message n is still there before data of it is served
+// (a whole body, or the parts of one that TOP needs): mismatch says the
+// data disagrees with the snapshot's RFC822.SIZE (got is the size found,
+// for the logs), which forces a check; otherwise there is none unless an
+// EXPUNGE was seen since the last check or the backend's last answer is
+// older than staleAfter.
+func (ft *fetcher) present(n int, mismatch bool, got int64) error {
+	uid := ft.uids[n-1]
+	ft.mu.Lock()
+	gone := ft.gone[uid]
 	ft.mu.Unlock()
 	if gone {
 		return fmt.Errorf("%w: UID %d", ErrMessageGone, uid)
@@ -325,18 +359,13 @@ func (ft *fetcher) confirm(n int, b *body) error {
 	if gone {
 		if mismatch {
 			ft.log.Info("body of a message expunged meanwhile not served", zap.Uint32("uid", uint32(uid)),
-				zap.Int64("rfc822_size", ft.snapSizes[n-1]), zap.Int64("body", b.size))
+				zap.Int64("rfc822_size", ft.snapSizes[n-1]), zap.Int64("body", got))
 		}
 		return fmt.Errorf("%w: UID %d", ErrMessageGone, uid)
 	}
 	if mismatch {
 		ft.log.Warn("RFC822.SIZE differs from the body; the message is there, serving the body",
-			zap.Uint32("uid", uint32(uid)), zap.Int64("rfc822_size", ft.snapSizes[n-1]), zap.Int64("body", b.size))
-		// Held back by complete until now.
-		if b.shareable() && ft.cache.fits(b.size) {
-			ft.cache.Add(ft.key(uid), b.data)
-		}
-		ft.sizes.learnSize(n, b.size)
+			zap.Uint32("uid", uint32(uid)), zap.Int64("rfc822_size", ft.snapSizes[n-1]), zap.Int64("body", got))
 	}
 	return nil
 }
@@ -711,14 +740,13 @@ func (ft *fetcher) readBody(fc *imapclient.FetchCommand, f *flight) (*body, erro
 	)
 	for msg := fc.Next(); msg != nil; msg = fc.Next() {
 		var uid imap.UID
+		flagged := false // \Deleted; the UID may come after FLAGS (Cyrus sends FLAGS first)
 		for item := msg.Next(); item != nil; item = msg.Next() {
 			switch it := item.(type) {
 			case imapclient.FetchItemDataUID:
 				uid = it.UID
 			case imapclient.FetchItemDataFlags:
-				if uid == f.uid && slices.Contains(it.Flags, imap.FlagDeleted) {
-					deleted = true
-				}
+				flagged = flagged || slices.Contains(it.Flags, imap.FlagDeleted)
 			case imapclient.FetchItemDataBodySection:
 				// Never trust routing alone: it must be the UID we asked for.
 				if it.Literal == nil || uid != f.uid || b != nil || spoolErr != nil {
@@ -737,6 +765,7 @@ func (ft *fetcher) readBody(fc *imapclient.FetchCommand, f *flight) (*body, erro
 				}
 			}
 		}
+		deleted = deleted || (flagged && uid == f.uid)
 	}
 	err := fc.Close()
 	switch {
@@ -764,13 +793,8 @@ func (ft *fetcher) readBody(fc *imapclient.FetchCommand, f *flight) (*body, erro
 	case err == nil:
 		return nil, fmt.Errorf("%w: UID %d", ErrMessageGone, f.uid)
 	}
-	var ierr *imap.Error
-	if errors.As(err, &ierr) && ierr.Type == imap.StatusResponseTypeNo {
-		switch ierr.Code {
-		case "", "EXPUNGEISSUED", imap.ResponseCodeNonExistent:
-			// RFC 2180 §4.1.2: NO for a message expunged by another session.
-			return nil, fmt.Errorf("%w: UID %d: %w", ErrMessageGone, f.uid, err)
-		}
+	if fetchNoIsGone(err) {
+		return nil, fmt.Errorf("%w: UID %d: %w", ErrMessageGone, f.uid, err)
 	}
 	return nil, err
 }

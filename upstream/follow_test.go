@@ -3,6 +3,7 @@ package upstream
 import (
 	"context"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -44,12 +45,12 @@ func TestCachedBodyOfExpungedMessageIsGone(t *testing.T) {
 	t.Cleanup(mds.Wait)
 	mds.staleAfter = 50 * time.Millisecond
 	md := openMaildrop(t, mds, b, "alice", "pw")
-	readAll(t)(md.Top(context.Background(), 2))
+	readAll(t)(md.Top(context.Background(), 2, 0))
 	expungeElsewhere(t, b, 2)
 	time.Sleep(100 * time.Millisecond)
 	for _, read := range []func(context.Context, int) (interface{ Close() error }, error){
 		func(ctx context.Context, n int) (interface{ Close() error }, error) { return md.Retr(ctx, n) },
-		func(ctx context.Context, n int) (interface{ Close() error }, error) { return md.Top(ctx, n) },
+		func(ctx context.Context, n int) (interface{ Close() error }, error) { return md.Top(ctx, n, 0) },
 	} {
 		if rc, err := read(context.Background(), 2); !errors.Is(err, ErrMessageGone) {
 			if rc != nil {
@@ -104,7 +105,7 @@ func TestExpungeNotificationTriggersCheck(t *testing.T) {
 	t.Cleanup(mds.Wait)
 	mds.staleAfter = time.Hour
 	md := openMaildrop(t, mds, b, "alice", "pw")
-	readAll(t)(md.Top(context.Background(), 1)) // cached
+	readAll(t)(md.Top(context.Background(), 1, 0)) // cached
 	expungeElsewhere(t, b, 1)
 	// The FETCH of 3 carries the EXPUNGE of 1 (imapmemserver reports it
 	// then); 3 is still there and is served.
@@ -119,7 +120,16 @@ func TestExpungeNotificationTriggersCheck(t *testing.T) {
 // A message another client flagged \Deleted (Cyrus answers the UID FETCH of
 // an expunged message with its body and \Deleted) is gone.
 func TestDeletedFlagInFetchIsGone(t *testing.T) {
-	b := newBackend(t, nil)
+	for _, flagsFirst := range []bool{false, true} {
+		t.Run(fmt.Sprintf("flagsFirst=%v", flagsFirst), func(t *testing.T) {
+			testDeletedFlagInFetchIsGone(t, &backendOptions{flagsFirst: flagsFirst})
+		})
+	}
+}
+
+// Cyrus sends FLAGS before UID: the \Deleted still counts.
+func testDeletedFlagInFetchIsGone(t *testing.T, opts *backendOptions) {
+	b := newBackend(t, opts)
 	b.addUser("alice", "pw", msgs(2, 200)...)
 	mds := NewMaildrops(testConfig(func(c *MaildropConfig) { c.FetchAhead = size(0) }), testLogger(t))
 	t.Cleanup(mds.Wait)
@@ -136,6 +146,10 @@ func TestDeletedFlagInFetchIsGone(t *testing.T) {
 		t.Error("the body of a \\Deleted message went to the cache")
 	}
 	readAll(t)(md.Retr(context.Background(), 1))
+	mds.topWhole = -1 << 40 // TOP in parts
+	if _, err := md.Top(context.Background(), 2, 3); !errors.Is(err, ErrMessageGone) {
+		t.Fatalf("TOP in parts of a message flagged \\Deleted: err = %v, want ErrMessageGone", err)
+	}
 }
 
 // The common cached RETR makes no backend round trip: a body cached by TOP,
@@ -147,10 +161,10 @@ func TestCachedRetrNoRoundTrip(t *testing.T) {
 	mds := NewMaildrops(testConfig(func(c *MaildropConfig) { c.FetchAhead = size(0) }), testLogger(t))
 	t.Cleanup(mds.Wait)
 	md := openMaildrop(t, mds, b, "alice", "pw")
-	readAll(t)(md.Top(context.Background(), 2))
+	readAll(t)(md.Top(context.Background(), 2, 0))
 	before := b.commandCount()
 	readAll(t)(md.Retr(context.Background(), 2))
-	readAll(t)(md.Top(context.Background(), 2))
+	readAll(t)(md.Top(context.Background(), 2, 0))
 	if n := b.commandCount() - before; n != 0 {
 		t.Errorf("a cached RETR and TOP sent %d backend commands, want 0", n)
 	}

@@ -57,6 +57,9 @@ type Maildrops struct {
 	// staleAfter: a body served more than this after the backend's last
 	// answer is confirmed with a NOOP first (fetcher.confirm).
 	staleAfter time.Duration
+	// topWhole: TOP fetches a message whole when it is at most this plus
+	// the estimate for the lines asked (top.go); larger ones in parts.
+	topWhole int64
 }
 
 // defaultStaleAfter is Maildrops.staleAfter: "a few seconds".
@@ -87,6 +90,7 @@ func NewMaildrops(cfg MaildropConfig, log *zap.Logger, opts ...MaildropsOption) 
 		ahead:    int64(*cfg.FetchAhead),
 
 		staleAfter: defaultStaleAfter,
+		topWhole:   defaultTopWhole,
 	}
 	for _, o := range opts {
 		o(m)
@@ -337,10 +341,25 @@ func (d *Maildrop) Retr(ctx context.Context, n int) (io.ReadCloser, error) {
 	return d.read(ctx, n, true)
 }
 
-// Top returns the same bytes as Retr without marking the message read; the
-// session cuts them to the header and the first lines (RFC 1939 §7).
-func (d *Maildrop) Top(ctx context.Context, n int) (io.ReadCloser, error) {
-	return d.read(ctx, n, false)
+// Top returns the header of the message, the blank line after it and at
+// least its first lines lines of text, with the same bytes as Retr, without
+// marking the message read (RFC 1939 §7); it may return more, up to the
+// whole message, and the session cuts at the lines-th line. It fetches only
+// the parts it needs unless the whole body is at hand or small (top.go). A
+// message expunged by another client gives ErrMessageGone. The caller must
+// Close the reader.
+func (d *Maildrop) Top(ctx context.Context, n, lines int) (io.ReadCloser, error) {
+	if !d.valid(n) {
+		return nil, fmt.Errorf("no message %d in a maildrop of %d", n, len(d.uids))
+	}
+	if lines < 0 {
+		return nil, fmt.Errorf("TOP of %d lines", lines)
+	}
+	b, err := d.fetch.top(ctx, n, lines)
+	if err != nil {
+		return nil, err
+	}
+	return b.open(), nil
 }
 
 func (d *Maildrop) read(ctx context.Context, n int, retr bool) (io.ReadCloser, error) {

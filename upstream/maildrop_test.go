@@ -25,7 +25,7 @@ type maildrop interface {
 	Size(n int) int64
 	UIDL(n int) string
 	Retr(ctx context.Context, n int) (io.ReadCloser, error)
-	Top(ctx context.Context, n int) (io.ReadCloser, error)
+	Top(ctx context.Context, n, lines int) (io.ReadCloser, error)
 	Commit(ctx context.Context, deleted []int) error
 	Close() error
 }
@@ -179,7 +179,8 @@ func TestRetrExactBytes(t *testing.T) {
 		for _, top := range []bool{false, true} {
 			var data []byte
 			if top {
-				data = readAll(t)(md.Top(context.Background(), n))
+				// More lines than any of them has: the whole message.
+				data = readAll(t)(md.Top(context.Background(), n, 1<<20))
 			} else {
 				data = readAll(t)(md.Retr(context.Background(), n))
 			}
@@ -229,7 +230,7 @@ func TestSeenOnRetrNotTop(t *testing.T) {
 			mds := NewMaildrops(cfg, testLogger(t))
 			t.Cleanup(mds.Wait)
 			md := openMaildrop(t, mds, b, "alice", "pw")
-			readAll(t)(md.Top(context.Background(), 1))
+			readAll(t)(md.Top(context.Background(), 1, 0))
 			readAll(t)(md.Retr(context.Background(), 2))
 			// Batched: nothing is sent before QUIT or the end.
 			if slices.Contains(flagsOf(t, b, "alice", "pw", 2), imap.FlagSeen) {
@@ -509,7 +510,7 @@ func TestCacheTopThenRetrOneFetch(t *testing.T) {
 	mds := NewMaildrops(cfg, testLogger(t))
 	t.Cleanup(mds.Wait)
 	md := openMaildrop(t, mds, b, "alice", "pw")
-	top := readAll(t)(md.Top(context.Background(), 2))
+	top := readAll(t)(md.Top(context.Background(), 2, 0))
 	retr := readAll(t)(md.Retr(context.Background(), 2))
 	if !bytes.Equal(top, retr) || string(retr) != msg(2, 1000) {
 		t.Fatal("TOP and RETR bodies differ from the message")
@@ -573,7 +574,7 @@ func TestConcurrentReadersOneFetch(t *testing.T) {
 			var rc io.ReadCloser
 			var err error
 			if i%2 == 0 {
-				rc, err = md.Top(context.Background(), 1)
+				rc, err = md.Top(context.Background(), 1, 0)
 			} else {
 				rc, err = md.Retr(context.Background(), 1)
 			}

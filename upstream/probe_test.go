@@ -14,14 +14,8 @@ import (
 // certificate does not verify fails with an error that names the backend
 // and the key that fixes it.
 func TestCertificateFailureNamesBackendAndKey(t *testing.T) {
-	ca, err := testca.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := ca.TLSCertificate("imap.internal")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ca := testca.NewT(t)
+	cert := ca.CertificateT(t, "imap.internal")
 	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{cert}})
 	if err != nil {
 		t.Fatal(err)

@@ -96,8 +96,12 @@ type Limits struct {
 	// AuthFailuresPerIP is "N/min" (or /s, /h): failed logins from one address
 	// before it is refused for a while. Default 10/min.
 	AuthFailuresPerIP string `yaml:"auth_failures_per_ip"`
-	// BadCommands is how many erroneous commands a client may send before it
-	// is disconnected. Default 10.
+	// PreauthBadCommands is how many erroneous commands (and, on IMAP,
+	// failed logins) a client may send before login until it is
+	// disconnected. Default 3.
+	PreauthBadCommands int `yaml:"preauth_bad_commands"`
+	// BadCommands is the same for a logged-in POP3 client (a logged-in
+	// IMAP client talks to its backend). Default 10.
 	BadCommands int `yaml:"bad_commands"`
 	// AuthFailureDelay is how long a client waits for the answer to a failed
 	// login, to slow down password guessing. Default 1s.

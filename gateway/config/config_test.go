@@ -22,13 +22,8 @@ import (
 func designDir(t *testing.T) string {
 	t.Helper()
 	dir := t.TempDir()
-	ca, err := testca.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, _, err := ca.WriteLeaf(dir, "tls", "mail.example.com"); err != nil {
-		t.Fatal(err)
-	}
+	ca := testca.NewT(t)
+	ca.WriteLeafT(t, dir, "tls", "mail.example.com")
 	if err := os.WriteFile(filepath.Join(dir, "old-ca.pem"), ca.CertPEM, 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -131,6 +126,7 @@ func TestDefaults(t *testing.T) {
 		{"limits.ipv6_prefix", cfg.Limits.IPv6Prefix, 64},
 		{"limits.auth_failures_per_ip", cfg.Limits.AuthFailuresPerIP, "10/min"},
 		{"limits.bad_commands", cfg.Limits.BadCommands, 10},
+		{"limits.preauth_bad_commands", cfg.Limits.PreauthBadCommands, 3},
 		{"pop3.mailbox", cfg.POP3.Mailbox, "INBOX"},
 		{"pop3.lock", cfg.POP3.Lock, "exclusive"},
 		{"pop3.takeover_after", cfg.POP3.TakeoverAfter, 10 * time.Second},
@@ -244,16 +240,16 @@ func TestThreeMistakes(t *testing.T) {
 	}
 }
 
-// The keys that set both fronts (tls_handshake, bad_commands,
+// The keys that set both fronts (tls_handshake, preauth_bad_commands,
 // auth_failure_delay) take one default; the fronts must agree on it, or a
 // front built without gateway/config would behave differently.
 func TestSharedFrontDefaultsAgree(t *testing.T) {
 	if pop3.DefaultTLSHandshakeTimeout != imap.DefaultTLSHandshakeTimeout ||
-		pop3.DefaultBadCommandLimit != imap.DefaultBadCommandLimit ||
+		pop3.DefaultPreauthBadCommands != imap.DefaultBadCommandLimit ||
 		pop3.DefaultAuthFailureDelay != imap.DefaultAuthFailureDelay {
-		t.Fatalf("pop3 and imap defaults differ for a shared key: tls_handshake %v/%v, bad_commands %v/%v, auth_failure_delay %v/%v",
+		t.Fatalf("pop3 and imap defaults differ for a shared key: tls_handshake %v/%v, preauth_bad_commands %v/%v, auth_failure_delay %v/%v",
 			pop3.DefaultTLSHandshakeTimeout, imap.DefaultTLSHandshakeTimeout,
-			pop3.DefaultBadCommandLimit, imap.DefaultBadCommandLimit,
+			pop3.DefaultPreauthBadCommands, imap.DefaultBadCommandLimit,
 			pop3.DefaultAuthFailureDelay, imap.DefaultAuthFailureDelay)
 	}
 }

@@ -25,12 +25,13 @@ const (
 	DefaultShutdown       = 30 * time.Second
 	DefaultTCPKeepalive   = 60 * time.Second
 
-	DefaultConnections       = 10000
-	DefaultPerIP             = 50
-	DefaultIPv6Prefix        = 64
-	DefaultAuthFailuresPerIP = "10/min"
-	DefaultBadCommands       = imap.DefaultBadCommandLimit
-	DefaultAuthFailureDelay  = imap.DefaultAuthFailureDelay
+	DefaultConnections        = 10000
+	DefaultPerIP              = 50
+	DefaultIPv6Prefix         = 64
+	DefaultAuthFailuresPerIP  = "10/min"
+	DefaultPreauthBadCommands = imap.DefaultBadCommandLimit
+	DefaultBadCommands        = pop3.DefaultBadCommandLimit
+	DefaultAuthFailureDelay   = imap.DefaultAuthFailureDelay
 )
 
 // ApplyDefaults fills every zero value, here and in each package's section.
@@ -88,6 +89,7 @@ func (c *Config) ApplyDefaults() {
 	setInt(&l.PerIP, DefaultPerIP)
 	setInt(&l.IPv6Prefix, DefaultIPv6Prefix)
 	setInt(&l.BadCommands, DefaultBadCommands)
+	setInt(&l.PreauthBadCommands, DefaultPreauthBadCommands)
 	setDuration(&l.AuthFailureDelay, DefaultAuthFailureDelay)
 	if l.AuthFailuresPerIP == "" {
 		l.AuthFailuresPerIP = DefaultAuthFailuresPerIP

@@ -257,7 +257,7 @@ func (c *Config) validateLimits(v *validator) {
 	for _, n := range []struct {
 		key string
 		val int
-	}{{"connections", l.Connections}, {"per_ip", l.PerIP}, {"bad_commands", l.BadCommands}} {
+	}{{"connections", l.Connections}, {"per_ip", l.PerIP}, {"bad_commands", l.BadCommands}, {"preauth_bad_commands", l.PreauthBadCommands}} {
 		if n.val < 0 {
 			v.bad("limits."+n.key, "%d: must be positive", n.val)
 		}

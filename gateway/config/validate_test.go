@@ -26,18 +26,9 @@ func doc(listeners, backends, extra string) string {
 
 func TestValidateProblems(t *testing.T) {
 	dir := t.TempDir()
-	ca, err := testca.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	certA, keyA, err := ca.WriteLeaf(dir, "a", "mail.example.com")
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, keyB, err := ca.WriteLeaf(dir, "b", "other.example.com")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ca := testca.NewT(t)
+	certA, keyA := ca.WriteLeafT(t, dir, "a", "mail.example.com")
+	_, keyB := ca.WriteLeafT(t, dir, "b", "other.example.com")
 	notPEM := filepath.Join(dir, "not.pem")
 	if err := os.WriteFile(notPEM, []byte("hello"), 0o644); err != nil {
 		t.Fatal(err)

@@ -87,7 +87,12 @@ type Config struct {
 	// down password guessing. Default 1s; negative: no delay (tests).
 	AuthFailureDelay time.Duration
 	// BadCommandLimit is how many invalid commands and failed logins a
-	// client may send before it is disconnected. Default 10.
+	// client may send before login until it is disconnected (the front has
+	// no other state: after login the backend judges commands). Default 3,
+	// as Dovecot's login processes (CLIENT_MAX_BAD_COMMANDS): a mail client
+	// gets a command wrong once or twice, another protocol's client (an
+	// HTTP or SMTP client sent to a mail port, the ALPACA class of attacks)
+	// gets every line wrong.
 	BadCommandLimit int
 	// Logger receives per-connection logs; nil: none.
 	Logger *zap.Logger
@@ -119,7 +124,7 @@ const (
 	DefaultIdleTimeout         = 30 * time.Minute // RFC 9051 §5.4: autologout at least 30 minutes
 	DefaultTLSHandshakeTimeout = 30 * time.Second
 	DefaultAuthFailureDelay    = time.Second
-	DefaultBadCommandLimit     = 10
+	DefaultBadCommandLimit     = 3
 )
 
 // NewServer returns a server with cfg's defaults applied.

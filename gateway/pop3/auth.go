@@ -37,7 +37,7 @@ func (s *session) refusePlaintext(user, cmd string) (transition, error) {
 		s.log.Warn("login refused: no TLS", zap.String("user", user), zap.String("reason", cmd+" before TLS"), zap.String("hint", hint))
 	}
 	s.badCommands++
-	if s.badCommands >= s.cfg.BadCommandLimit {
+	if s.badCommands >= s.badCommandLimit() {
 		s.result = connlog.TooManyBadCommands
 		return hangUp, &Error{Code: CodeAuth, Text: hint}
 	}

@@ -59,9 +59,11 @@ type Maildrop interface {
 	// Retr returns the message's bytes exactly as the backend stores them; it
 	// counts as reading the message (\Seen when configured).
 	Retr(ctx context.Context, n int) (io.ReadCloser, error)
-	// Top returns the same bytes without marking the message read; the
-	// session cuts it to the header and the first lines itself.
-	Top(ctx context.Context, n int) (io.ReadCloser, error)
+	// Top returns the header, the blank line after it and at least the
+	// first lines lines of the body, with the same bytes as Retr, without
+	// marking the message read (RFC 1939 §7). It may return more, up to the
+	// whole message: the session cuts at the lines-th line itself.
+	Top(ctx context.Context, n, lines int) (io.ReadCloser, error)
 	// Commit applies the deletions of a QUIT in TRANSACTION state (the UPDATE
 	// state of RFC 1939 §6). deleted lists message numbers, ascending.
 	Commit(ctx context.Context, deleted []int) error

@@ -122,7 +122,7 @@ func (m *fakeMaildrop) Retr(ctx context.Context, n int) (io.ReadCloser, error) {
 	return m.open(n)
 }
 
-func (m *fakeMaildrop) Top(ctx context.Context, n int) (io.ReadCloser, error) {
+func (m *fakeMaildrop) Top(ctx context.Context, n, lines int) (io.ReadCloser, error) {
 	m.b.mu.Lock()
 	m.b.tops = append(m.b.tops, n)
 	m.b.mu.Unlock()

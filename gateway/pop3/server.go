@@ -60,8 +60,15 @@ type Config struct {
 	// AuthFailureDelay is slept before answering a failed authentication.
 	// Default 1s; negative: no delay (tests).
 	AuthFailureDelay time.Duration
-	// BadCommandLimit is the number of unknown, malformed, misplaced or
-	// over-long commands after which the client is disconnected. Default 10.
+	// PreauthBadCommandLimit is the number of unknown, malformed, misplaced
+	// or over-long commands, or refused plaintext logins, in the
+	// AUTHORIZATION state after which the client is disconnected. Default 3,
+	// as Dovecot's login processes: a POP3 client gets a command wrong once
+	// or twice, another protocol's client gets every line wrong.
+	PreauthBadCommandLimit int
+	// BadCommandLimit is the same count in the TRANSACTION state, where a
+	// logged-in client's old extensions (LAST, XTND) may be probed and
+	// refused a few times. Default 10.
 	BadCommandLimit int
 	// Logger receives the per-connection logs. nil: no logs.
 	Logger *zap.Logger
@@ -95,6 +102,7 @@ const (
 	DefaultTLSHandshakeTimeout = 30 * time.Second
 	DefaultAuthFailureDelay    = time.Second
 	DefaultBadCommandLimit     = 10
+	DefaultPreauthBadCommands  = 3
 )
 
 // DefaultPreauthTimeout is the configuration file's default for
@@ -144,6 +152,9 @@ func (s *Server) Reconfigure(cfg Config) {
 	}
 	if cfg.BadCommandLimit <= 0 {
 		cfg.BadCommandLimit = DefaultBadCommandLimit
+	}
+	if cfg.PreauthBadCommandLimit <= 0 {
+		cfg.PreauthBadCommandLimit = DefaultPreauthBadCommands
 	}
 	if cfg.Observer == nil {
 		cfg.Observer = nopObserver{}

@@ -254,12 +254,20 @@ func (s *session) readFailed(err error) {
 	}
 }
 
+// badCommandLimit is the bad-command allowance of the session's state.
+func (s *session) badCommandLimit() int {
+	if s.state == stateAuthorization {
+		return s.cfg.PreauthBadCommandLimit
+	}
+	return s.cfg.BadCommandLimit
+}
+
 // bad answers a bad command and reports whether the bad command limit is
 // reached (the session ends).
 func (s *session) bad(text string) bool {
 	s.cfg.Observer.Error("")
 	s.badCommands++
-	if s.badCommands >= s.cfg.BadCommandLimit {
+	if s.badCommands >= s.badCommandLimit() {
 		s.w.writeErr("", text+"; too many invalid commands, closing connection")
 		s.w.flush()
 		s.result = connlog.TooManyBadCommands
@@ -592,7 +600,7 @@ func (s *session) cmdTOP(cmd command) (transition, error) {
 	if !ok {
 		return stay, syntaxError("invalid number of lines")
 	}
-	rc, err := s.md.Top(s.ctx, n)
+	rc, err := s.md.Top(s.ctx, n, lines)
 	if err != nil {
 		return stay, err
 	}

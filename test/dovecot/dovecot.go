@@ -18,16 +18,13 @@
 package dovecot
 
 import (
-	"bufio"
 	"bytes"
 	"errors"
 	"fmt"
 	"net"
 	"os"
 	"os/exec"
-	"os/user"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -35,12 +32,24 @@ import (
 	"text/template"
 	"time"
 
+	"mailgate/test/mailserver"
 	"mailgate/test/syncbuf"
 	"mailgate/test/testca"
 )
 
 // DefaultBinary is where Debian's dovecot-core installs the master.
 const DefaultBinary = "/usr/sbin/dovecot"
+
+// Message, MailboxState and Client are the helpers' types (mailserver).
+type (
+	Message      = mailserver.Message
+	MailboxState = mailserver.MailboxState
+	Client       = mailserver.Client
+)
+
+// Equal reports whether two bodies are byte-identical, and if not, where
+// they first differ (mailserver.Equal).
+func Equal(got, want []byte) (bool, string) { return mailserver.Equal(got, want) }
 
 // Version is the installed Dovecot's version as "dovecot 2.3.21", or
 // "dovecot (version unknown)" when DefaultBinary --version fails; for the
@@ -89,6 +98,9 @@ type Options struct {
 
 // Server is one running Dovecot instance.
 type Server struct {
+	// IMAP helpers (Login, Append, Expunge, Mailbox...) act as another
+	// IMAP client of the instance's users.
+	mailserver.IMAP
 	Dir       string     // everything the instance writes; removed by Stop
 	IMAPAddr  string     // 127.0.0.1:port, cleartext IMAP (STARTTLS offered when TLS)
 	IMAPSAddr string     // implicit TLS IMAP; empty unless Options.TLS
@@ -231,34 +243,9 @@ func Start(opts Options) (*Server, error) {
 
 var errAddrInUse = errors.New("a port was taken before dovecot could bind it")
 
-type mailUser struct {
-	name     string
-	uid, gid int
-}
+type mailUser = mailserver.User
 
-var mailUserMu sync.Mutex
-
-// ensureMailUser returns the vmail user, creating it as a system user without
-// a home or shell when it does not exist (Dovecot's mail processes refuse to
-// run as root).
-func ensureMailUser() (mailUser, error) {
-	mailUserMu.Lock()
-	defer mailUserMu.Unlock()
-	u, err := user.Lookup("vmail")
-	if err != nil {
-		out, addErr := exec.Command("useradd", "-r", "-M", "-s", "/usr/sbin/nologin", "vmail").CombinedOutput()
-		// Another test binary may have created it at the same moment: look again.
-		if u, err = user.Lookup("vmail"); err != nil {
-			return mailUser{}, fmt.Errorf("creating user vmail: %v: %s", addErr, out)
-		}
-	}
-	uid, err1 := strconv.Atoi(u.Uid)
-	gid, err2 := strconv.Atoi(u.Gid)
-	if err1 != nil || err2 != nil {
-		return mailUser{}, fmt.Errorf("user vmail has a non-numeric uid/gid %s/%s", u.Uid, u.Gid)
-	}
-	return mailUser{name: "vmail", uid: uid, gid: gid}, nil
-}
+func ensureMailUser() (mailUser, error) { return mailserver.MailUser() }
 
 // prepare writes the certificates, the empty passwd file and the mail root.
 func (s *Server) prepare(opts Options, mu mailUser) error {
@@ -270,7 +257,7 @@ func (s *Server) prepare(opts Options, mu mailUser) error {
 	if err := os.Mkdir(home, 0o755); err != nil {
 		return err
 	}
-	if err := os.Chown(home, mu.uid, mu.gid); err != nil {
+	if err := os.Chown(home, mu.UID, mu.GID); err != nil {
 		return err
 	}
 	if err := os.Mkdir(filepath.Join(s.Dir, "users"), 0o755); err != nil {
@@ -415,7 +402,7 @@ func (s *Server) start(bin string, opts Options, mu mailUser, timeout time.Durat
 	if opts.POP3 {
 		need++
 	}
-	ports, err := freePorts(need)
+	ports, err := mailserver.FreePorts(need)
 	if err != nil {
 		return err
 	}
@@ -428,9 +415,10 @@ func (s *Server) start(bin string, opts Options, mu mailUser, timeout time.Durat
 		IMAPCHost, IMAPCPort          string
 	}{Instance: "mailgate-" + filepath.Base(s.Dir), Dir: s.Dir, Protocols: "imap", TLS: opts.TLS,
 		TrustedNetworks: opts.TrustedNetworks,
-		UID:             mu.uid, GID: mu.gid, IMAPPort: ports[0]}
+		UID:             mu.UID, GID: mu.GID, IMAPPort: ports[0]}
 	ports = ports[1:]
-	s.IMAPAddr = addr(vars.IMAPPort)
+	s.IMAPAddr = mailserver.Addr(vars.IMAPPort)
+	s.IMAP.Addr = s.IMAPAddr
 	if opts.IMAPC != "" {
 		host, port, err := net.SplitHostPort(opts.IMAPC)
 		if err != nil {
@@ -440,12 +428,12 @@ func (s *Server) start(bin string, opts Options, mu mailUser, timeout time.Durat
 	}
 	if opts.TLS {
 		vars.IMAPSPort, ports = ports[0], ports[1:]
-		s.IMAPSAddr = addr(vars.IMAPSPort)
+		s.IMAPSAddr = mailserver.Addr(vars.IMAPSPort)
 	}
 	if opts.POP3 {
 		vars.Protocols = "imap pop3"
 		vars.POP3Port = ports[0]
-		s.POP3Addr = addr(vars.POP3Port)
+		s.POP3Addr = mailserver.Addr(vars.POP3Port)
 	}
 	var conf bytes.Buffer
 	if err := confTemplate.Execute(&conf, vars); err != nil {
@@ -476,7 +464,7 @@ func (s *Server) start(bin string, opts Options, mu mailUser, timeout time.Durat
 
 	deadline := time.Now().Add(timeout)
 	for {
-		err := greets(s.IMAPAddr)
+		err := mailserver.Greets(s.IMAPAddr)
 		if err == nil {
 			return nil
 		}
@@ -494,24 +482,6 @@ func (s *Server) start(bin string, opts Options, mu mailUser, timeout time.Durat
 			return fmt.Errorf("dovecot did not greet on %s within %v (last: %v):\n%s", s.IMAPAddr, timeout, err, s.diagnostics())
 		}
 	}
-}
-
-// greets reports whether addr answers with an IMAP "* OK" greeting.
-func greets(a string) error {
-	c, err := net.DialTimeout("tcp", a, time.Second)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(2 * time.Second))
-	line, err := bufio.NewReader(c).ReadString('\n')
-	if err != nil {
-		return err
-	}
-	if !strings.HasPrefix(line, "* OK") {
-		return fmt.Errorf("greeting %q", strings.TrimSpace(line))
-	}
-	return nil
 }
 
 // Stop stops this instance's master (SIGTERM, SIGKILL after 10s), which ends
@@ -555,7 +525,7 @@ func (s *Server) Log() string {
 func (s *Server) diagnostics() string {
 	out := s.stderr.String()
 	if l := s.Log(); l != "" {
-		out += "\n--- dovecot.log ---\n" + tail(l, 40)
+		out += "\n--- dovecot.log ---\n" + mailserver.Tail(l, 40)
 	}
 	return out
 }
@@ -576,35 +546,6 @@ func (s *Server) AddUser(name, password string) error {
 		return err
 	}
 	return os.Rename(tmp, file)
-}
-
-func freePorts(n int) ([]int, error) {
-	var ports []int
-	var lns []net.Listener
-	defer func() {
-		for _, l := range lns {
-			l.Close()
-		}
-	}()
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, err
-		}
-		lns = append(lns, l)
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
-	}
-	return ports, nil
-}
-
-func addr(port int) string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(port)) }
-
-func tail(s string, lines int) string {
-	parts := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	if len(parts) > lines {
-		parts = parts[len(parts)-lines:]
-	}
-	return strings.Join(parts, "\n")
 }
 
 // Home returns user's home directory (where its Maildir is).
@@ -628,7 +569,7 @@ func (s *Server) CloneMailboxes(from, to string) error {
 	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
 		return err
 	}
-	os.Chown(filepath.Dir(dst), mu.uid, mu.gid)
+	os.Chown(filepath.Dir(dst), mu.UID, mu.GID)
 	return filepath.WalkDir(src, func(path string, d os.DirEntry, err error) error {
 		if err != nil {
 			return err
@@ -658,6 +599,6 @@ func (s *Server) CloneMailboxes(from, to string) error {
 				return err
 			}
 		}
-		return os.Lchown(target, mu.uid, mu.gid)
+		return os.Lchown(target, mu.UID, mu.GID)
 	})
 }

@@ -27,11 +27,7 @@ import (
 // One Dovecot serves the package; every test uses users of its own.
 var backend = dovecot.Shared{}
 
-func TestMain(m *testing.M) {
-	code := backend.Run(m)
-	harness.RemoveCAFiles()
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { harness.Main(m, &backend) }
 
 func dovecotServer(t testing.TB) *dovecot.Server {
 	t.Helper()
@@ -55,6 +51,23 @@ func newAccount(t testing.TB) account {
 		t.Fatal(err)
 	}
 	return a
+}
+
+// seededAccount makes a user of the test's own whose INBOX holds n
+// messages tagged tag0, tag1, ..., the i-th of about base+i*step octets. It
+// returns the messages and their UIDs, in order.
+func seededAccount(t testing.TB, tag string, n, base, step int) (account, [][]byte, []uint32) {
+	t.Helper()
+	a := newAccount(t)
+	msgs := make([][]byte, n)
+	for i := range msgs {
+		msgs[i] = message(fmt.Sprintf("%s%d", tag, i), base+i*step)
+	}
+	uids, err := dovecotServer(t).Append(a.User, a.Pass, "INBOX", msgs...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a, msgs, uids
 }
 
 // message builds a distinct message of about size octets, CRLF line ends,

@@ -2,7 +2,6 @@ package faults
 
 import (
 	"errors"
-	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -15,16 +14,7 @@ import (
 
 func lockAccount(t *testing.T, n int) (account, []uint32) {
 	t.Helper()
-	dc := dovecotServer(t)
-	a := newAccount(t)
-	var msgs [][]byte
-	for i := range n {
-		msgs = append(msgs, message(fmt.Sprintf("lock%d", i), 1500+i*100))
-	}
-	uids, err := dc.Append(a.User, a.Pass, "INBOX", msgs...)
-	if err != nil {
-		t.Fatal(err)
-	}
+	a, _, uids := seededAccount(t, "lock", n, 1500, 100)
 	return a, uids
 }
 

@@ -25,6 +25,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -129,6 +130,8 @@ type Proxy struct {
 	closed bool
 	fired  chan struct{} // signalled (non-blocking) on every event
 
+	moved [2]atomic.Int64 // bytes forwarded, per Direction, all connections
+
 	wg sync.WaitGroup
 }
 
@@ -156,6 +159,10 @@ func New(addr, target string) (*Proxy, error) {
 	go p.accept()
 	return p, nil
 }
+
+// Moved is how many bytes the proxy has forwarded in direction dir, over all
+// its connections: Downstream counts what the backend sent the gateway.
+func (p *Proxy) Moved(dir Direction) int64 { return p.moved[dir].Load() }
 
 // Addr is where clients connect (the gateway's backend address).
 func (p *Proxy) Addr() string { return p.ln.Addr().String() }
@@ -405,6 +412,7 @@ func (l *link) pass(dir Direction, data []byte, dst *net.TCPConn) bool {
 	if !l.write(dst, data[:cut]) {
 		return false
 	}
+	l.p.moved[dir].Add(int64(cut))
 	if which >= 0 {
 		return l.fire(which, l.matchers[which].tr.Action)
 	}

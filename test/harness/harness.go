@@ -26,6 +26,7 @@ import (
 
 	"mailgate/gateway"
 	"mailgate/gateway/config"
+	"mailgate/test/dovecot"
 	"mailgate/test/syncbuf"
 	"mailgate/test/testca"
 )
@@ -187,6 +188,15 @@ func CA(t testing.TB) (*testca.CA, string) {
 		t.Fatal(ca.err)
 	}
 	return ca.ca, ca.file
+}
+
+// Main is the TestMain of an end-to-end package whose tests share one
+// Dovecot: it runs the tests, stops the Dovecot if one was started, removes
+// the shared CA's files and exits with the tests' status.
+func Main(m *testing.M, backend *dovecot.Shared) {
+	code := backend.Run(m)
+	RemoveCAFiles()
+	os.Exit(code)
 }
 
 // RemoveCAFiles removes the shared CA's files, if CA made any; TestMain

@@ -18,7 +18,6 @@ import (
 	"encoding/hex"
 	"fmt"
 	"net"
-	"os"
 	"runtime"
 	"strings"
 	"sync"
@@ -34,11 +33,7 @@ import (
 // One Dovecot serves the package; every test uses users of its own.
 var backend = dovecot.Shared{}
 
-func TestMain(m *testing.M) {
-	code := backend.Run(m)
-	harness.RemoveCAFiles()
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { harness.Main(m, &backend) }
 
 // Timeouts of the gateway under attack, and what the tests allow on top.
 const (

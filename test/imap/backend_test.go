@@ -16,6 +16,7 @@ import (
 
 	"github.com/emersion/go-imap/v2"
 
+	"mailgate/test/loopback"
 	"mailgate/test/syncbuf"
 )
 
@@ -128,45 +129,19 @@ type tap = syncbuf.Buffer
 // startTap listens on loopback and relays every connection to target.
 func startTap(t *testing.T, target string) (*tap, string) {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
 	tp := &tap{}
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var conns []net.Conn
-	track := func(c net.Conn) { mu.Lock(); conns = append(conns, c); mu.Unlock() }
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			front, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			back, err := net.DialTimeout("tcp", target, ioTimeout)
-			if err != nil {
-				front.Close()
-				continue
-			}
-			track(front)
-			track(back)
-			wg.Add(2)
-			go func() { defer wg.Done(); io.Copy(back, io.TeeReader(front, tp)); back.Close() }()
-			go func() { defer wg.Done(); io.Copy(front, back); front.Close() }()
+	return tp, loopback.Serve(t, func(front net.Conn) {
+		back, err := net.DialTimeout("tcp", target, ioTimeout)
+		if err != nil {
+			front.Close()
+			return
 		}
-	}()
-	t.Cleanup(func() {
-		ln.Close()
-		mu.Lock()
-		for _, c := range conns {
-			c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
+		done := make(chan struct{})
+		go func() { io.Copy(front, back); front.Close(); close(done) }()
+		io.Copy(back, io.TeeReader(front, tp))
+		back.Close()
+		<-done
 	})
-	return tp, ln.Addr().String()
 }
 
 // TestForwardClientIP: with forward_client_ip, mailgate sends Dovecot an ID

@@ -8,7 +8,6 @@ import (
 	"net"
 	"os"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -18,6 +17,7 @@ import (
 
 	"mailgate/test/dovecot"
 	"mailgate/test/harness"
+	"mailgate/test/loopback"
 	"mailgate/test/transcript"
 )
 
@@ -209,35 +209,7 @@ func refusedAddr(t testing.TB) string {
 // never sends a byte: a backend that hangs before its greeting.
 func silentAddr(t testing.TB) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var mu sync.Mutex
-	var conns []net.Conn
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns = append(conns, c)
-			mu.Unlock()
-		}
-	}()
-	t.Cleanup(func() {
-		ln.Close()
-		<-done
-		mu.Lock()
-		defer mu.Unlock()
-		for _, c := range conns {
-			c.Close()
-		}
-	})
-	return ln.Addr().String()
+	return loopback.Serve(t, func(net.Conn) {}) // accepted, then never a byte
 }
 
 // ioTimeout bounds every read and write of the test clients.

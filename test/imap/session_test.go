@@ -153,7 +153,8 @@ func TestAuthenticatePlainSASLIR(t *testing.T) {
 }
 
 // TestWrongPassword: every way of presenting bad credentials gets
-// NO [AUTHENTICATIONFAILED] (RFC 5530), and the connection may try again.
+// NO [AUTHENTICATIONFAILED] (RFC 5530), and the connection may try again,
+// up to limits.preauth_bad_commands (3) failures, at which it ends.
 func TestWrongPassword(t *testing.T) {
 	t.Parallel()
 	g := startGateway(t, gwOptions{})
@@ -161,20 +162,28 @@ func TestWrongPassword(t *testing.T) {
 	wrong := "wrong-" + randomHex(t, 8)
 	harness.Secret(wrong)
 	c := dialRaw(t, g.Addr("imap-clear"))
+	c2 := dialRaw(t, g.Addr("imap-clear"))
 
-	for i, cmd := range []string{
-		fmt.Sprintf("LOGIN %q %q", a.User, wrong),
-		"AUTHENTICATE PLAIN " + base64.StdEncoding.EncodeToString([]byte("\x00"+a.User+"\x00"+wrong)),
-		fmt.Sprintf("LOGIN %q %q", "nobody-"+randomHex(t, 4)+"@"+domPlain, a.Pass),
+	for i, try := range []struct {
+		c   *rawClient
+		cmd string
+	}{
+		{c, fmt.Sprintf("LOGIN %q %q", a.User, wrong)},
+		{c, "AUTHENTICATE PLAIN " + base64.StdEncoding.EncodeToString([]byte("\x00"+a.User+"\x00"+wrong))},
+		{c2, fmt.Sprintf("LOGIN %q %q", "nobody-"+randomHex(t, 4)+"@"+domPlain, a.Pass)},
+		{c2, fmt.Sprintf("LOGIN %q %q", a.User, wrong)},
+		{c2, fmt.Sprintf("LOGIN %q %q", a.User, wrong)},
 	} {
 		tag := fmt.Sprintf("w%d", i)
-		_, st := c.Tagged(tag, cmd)
+		_, st := try.c.Tagged(tag, try.cmd)
 		if !strings.HasPrefix(st, tag+" NO [AUTHENTICATIONFAILED]") {
-			t.Errorf("%s: %q, want NO [AUTHENTICATIONFAILED]", strings.Fields(cmd)[0], st)
+			t.Errorf("%s: %q, want NO [AUTHENTICATIONFAILED]", strings.Fields(try.cmd)[0], st)
 		}
 	}
+	c2.Expect("* BYE Too many invalid commands")
+	c2.ExpectClosed()
 	if _, st := c.Tagged("ok", fmt.Sprintf("LOGIN %q %q", a.User, a.Pass)); !strings.HasPrefix(st, "ok OK") {
-		t.Fatalf("the right password after three wrong ones: %q", st)
+		t.Fatalf("the right password after two wrong ones: %q", st)
 	}
 	if !logHas(g, `"msg":"login failed"`, a.User) {
 		t.Errorf("no \"login failed\" log entry (fail2ban's line) for %s", a.User)

@@ -1,4 +1,4 @@
-package dovecot
+package mailserver
 
 import (
 	"bytes"
@@ -16,6 +16,14 @@ import (
 // go-imap's client has no timeouts of its own between responses, so every
 // helper closes its connection when this passes.
 var OpTimeout = 2 * time.Minute
+
+// IMAP is an IMAP server as another client of its users sees it: the
+// helpers below log in to Addr (cleartext LOGIN, as every test server here
+// allows on 127.0.0.1), do one thing and log out. The starters (test/dovecot,
+// test/cyrus, test/courier) embed it.
+type IMAP struct {
+	Addr string // 127.0.0.1:port of cleartext IMAP
+}
 
 // Client is a logged-in IMAP connection to the instance, closed by Close or
 // when OpTimeout passes.
@@ -37,8 +45,8 @@ func (c *Client) Close() error {
 }
 
 // Login opens a cleartext IMAP connection and logs in as user.
-func (s *Server) Login(user, password string) (*Client, error) {
-	conn, err := net.DialTimeout("tcp", s.IMAPAddr, 10*time.Second)
+func (s *IMAP) Login(user, password string) (*Client, error) {
+	conn, err := net.DialTimeout("tcp", s.Addr, 10*time.Second)
 	if err != nil {
 		return nil, err
 	}
@@ -56,15 +64,16 @@ func (s *Server) Login(user, password string) (*Client, error) {
 }
 
 // Append stores each message in mailbox (created when missing) with IMAP
-// APPEND, in order, and returns their UIDs (Dovecot answers APPENDUID).
-func (s *Server) Append(user, password, mailbox string, msgs ...[]byte) ([]uint32, error) {
+// APPEND, in order, and returns their UIDs (from APPENDUID, RFC 4315: every
+// server here has UIDPLUS).
+func (s *IMAP) Append(user, password, mailbox string, msgs ...[]byte) ([]uint32, error) {
 	return s.AppendFlags(user, password, mailbox, nil, msgs...)
 }
 
 // AppendConcurrently is Append for seeding many messages fast: msgs are
 // split over conns connections at once, so their UID order differs from
 // msgs' order, and no UIDs are returned. It returns the first error.
-func (s *Server) AppendConcurrently(user, password, mailbox string, conns int, msgs [][]byte) error {
+func (s *IMAP) AppendConcurrently(user, password, mailbox string, conns int, msgs [][]byte) error {
 	conns = max(1, min(conns, len(msgs)))
 	chunk := (len(msgs) + conns - 1) / conns
 	var wg sync.WaitGroup
@@ -83,7 +92,7 @@ func (s *Server) AppendConcurrently(user, password, mailbox string, conns int, m
 }
 
 // AppendFlags is Append with flags set on every message.
-func (s *Server) AppendFlags(user, password, mailbox string, flags []imap.Flag, msgs ...[]byte) ([]uint32, error) {
+func (s *IMAP) AppendFlags(user, password, mailbox string, flags []imap.Flag, msgs ...[]byte) ([]uint32, error) {
 	c, err := s.Login(user, password)
 	if err != nil {
 		return nil, err
@@ -114,7 +123,7 @@ func (s *Server) AppendFlags(user, password, mailbox string, flags []imap.Flag, 
 	return uids, nil
 }
 
-// Message is one message as Dovecot reports it.
+// Message is one message as the server reports it.
 type Message struct {
 	UID   uint32
 	Flags []imap.Flag
@@ -125,7 +134,7 @@ type Message struct {
 // Has reports whether the message carries flag.
 func (m Message) Has(flag imap.Flag) bool { return slices.Contains(m.Flags, flag) }
 
-// MailboxState is a mailbox read straight from Dovecot, for assertions.
+// MailboxState is a mailbox read straight from the server, for assertions.
 type MailboxState struct {
 	UIDValidity uint32
 	UIDNext     uint32
@@ -154,7 +163,7 @@ func (st *MailboxState) Message(uid uint32) (Message, bool) {
 // Mailbox reads mailbox without changing it (EXAMINE, BODY.PEEK[]): its
 // UIDVALIDITY, and every message's UID, flags and size, and with bodies also
 // the exact BODY[] bytes.
-func (s *Server) Mailbox(user, password, mailbox string, bodies bool) (*MailboxState, error) {
+func (s *IMAP) Mailbox(user, password, mailbox string, bodies bool) (*MailboxState, error) {
 	c, err := s.Login(user, password)
 	if err != nil {
 		return nil, err
@@ -195,7 +204,7 @@ func (s *Server) Mailbox(user, password, mailbox string, bodies bool) (*MailboxS
 
 // Store adds (or with remove, removes) flags on the messages with uids, the
 // way another IMAP client of the same user would.
-func (s *Server) Store(user, password, mailbox string, remove bool, flags []imap.Flag, uids ...uint32) error {
+func (s *IMAP) Store(user, password, mailbox string, remove bool, flags []imap.Flag, uids ...uint32) error {
 	c, err := s.Login(user, password)
 	if err != nil {
 		return err
@@ -213,7 +222,7 @@ func (s *Server) Store(user, password, mailbox string, remove bool, flags []imap
 
 // Expunge removes exactly the messages with uids (UID STORE \Deleted, UID
 // EXPUNGE), as another IMAP client would.
-func (s *Server) Expunge(user, password, mailbox string, uids ...uint32) error {
+func (s *IMAP) Expunge(user, password, mailbox string, uids ...uint32) error {
 	c, err := s.Login(user, password)
 	if err != nil {
 		return err
