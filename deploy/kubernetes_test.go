@@ -134,7 +134,8 @@ func (o k8sObject) decode(t *testing.T, v any) {
 // validates; the Deployment reads it from where the ConfigMap is mounted,
 // opens a container port for each listener and the metrics address, probes
 // /healthz and /readyz on the metrics port, runs non-root on a read-only
-// root with ACME storage on the PVC; the Service publishes each listener on
+// root with ACME storage in the cluster's Redis (or on a ReadWriteMany
+// PVC); the Service publishes each listener on
 // its well-known port and keeps client addresses.
 func TestKubernetes(t *testing.T) {
 	var kust struct {
@@ -174,7 +175,7 @@ func TestKubernetes(t *testing.T) {
 			byKind[o.Kind] = o
 		}
 	}
-	for _, kind := range []string{"ConfigMap", "Deployment", "Service", "PersistentVolumeClaim"} {
+	for _, kind := range []string{"ConfigMap", "Deployment", "Service"} {
 		if _, ok := byKind[kind]; !ok {
 			t.Fatalf("no %s among %v", kind, keys(byKind))
 		}
@@ -187,7 +188,10 @@ func TestKubernetes(t *testing.T) {
 	var svc k8sService
 	byKind["Service"].decode(t, &svc)
 	var pvc k8sPVC
-	byKind["PersistentVolumeClaim"].decode(t, &pvc)
+	pvcObj, havePVC := byKind["PersistentVolumeClaim"]
+	if havePVC {
+		pvcObj.decode(t, &pvc)
+	}
 
 	if len(dep.Spec.Template.Spec.Containers) != 1 {
 		t.Fatalf("want one container, got %d", len(dep.Spec.Template.Spec.Containers))
@@ -234,7 +238,7 @@ func TestKubernetes(t *testing.T) {
 		}
 	}
 	cfg, _ := parseConfig(t, "configmap.yaml "+key, []byte(data),
-		map[string]string{"/var/lib/mailgate": state, "/etc/mailgate-redis": secretDir})
+		map[string]string{"/etc/mailgate-redis": secretDir})
 
 	// Cluster mode: the replicas share locks and counts in Redis, whose
 	// address is in the ConfigMap and whose password is a file of the
@@ -260,18 +264,30 @@ func TestKubernetes(t *testing.T) {
 		t.Errorf("cluster.instance is empty: each pod must be named (the default is the host name, the pod's name)")
 	}
 
-	// ACME storage lives on the claim of pvc.yaml, shared by the replicas.
+	// ACME storage: in the cluster's Redis, so the replicas need no shared
+	// volume; a directory instead must be on a ReadWriteMany claim.
 	if cfg.TLS.ACME == nil {
-		t.Fatal("the ConfigMap's configuration has no tls.acme, so the PVC has no purpose")
+		t.Fatal("the ConfigMap's configuration has no tls.acme")
 	}
-	storage := strings.Replace(cfg.TLS.ACME.Storage, state, "/var/lib/mailgate", 1)
-	vol, _, ro = mountOf(storage)
-	if i, ok := volumes[vol]; !ok || pod.Volumes[i].PersistentVolumeClaim == nil ||
-		pod.Volumes[i].PersistentVolumeClaim.ClaimName != byKind["PersistentVolumeClaim"].Metadata.Name || ro {
-		t.Errorf("tls.acme.storage %s is not on a writable mount of PVC %s", storage, byKind["PersistentVolumeClaim"].Metadata.Name)
-	}
-	if dep.Spec.Replicas > 1 && !slices.Contains(pvc.Spec.AccessModes, "ReadWriteMany") {
-		t.Errorf("%d replicas share the ACME claim, which is %v: it must be ReadWriteMany (or use 1 replica)", dep.Spec.Replicas, pvc.Spec.AccessModes)
+	if cfg.TLS.ACME.Storage == "redis" {
+		if havePVC {
+			t.Errorf("tls.acme.storage is redis, yet %s holds a PersistentVolumeClaim nobody needs", pvcObj.file)
+		}
+		for _, v := range pod.Volumes {
+			if v.PersistentVolumeClaim != nil {
+				t.Errorf("volume %s mounts claim %s; with storage: redis the pods share no volume", v.Name, v.PersistentVolumeClaim.ClaimName)
+			}
+		}
+	} else {
+		storage := strings.Replace(cfg.TLS.ACME.Storage, state, "/var/lib/mailgate", 1)
+		vol, _, ro = mountOf(storage)
+		if i, ok := volumes[vol]; !ok || !havePVC || pod.Volumes[i].PersistentVolumeClaim == nil ||
+			pod.Volumes[i].PersistentVolumeClaim.ClaimName != pvcObj.Metadata.Name || ro {
+			t.Errorf("tls.acme.storage %s is not on a writable mount of a PersistentVolumeClaim", storage)
+		}
+		if dep.Spec.Replicas > 1 && !slices.Contains(pvc.Spec.AccessModes, "ReadWriteMany") {
+			t.Errorf("%d replicas share the ACME claim, which is %v: it must be ReadWriteMany (or use 1 replica)", dep.Spec.Replicas, pvc.Spec.AccessModes)
+		}
 	}
 	if dep.Spec.Replicas != 2 {
 		t.Errorf("replicas %d, want 2", dep.Spec.Replicas)
@@ -358,7 +374,7 @@ func TestKubernetes(t *testing.T) {
 	if pod.SecurityContext.RunAsNonRoot == nil || !*pod.SecurityContext.RunAsNonRoot || pod.SecurityContext.RunAsUser == 0 {
 		t.Errorf("pod must run as non-root")
 	}
-	if pod.SecurityContext.FSGroup == 0 {
+	if havePVC && pod.SecurityContext.FSGroup == 0 {
 		t.Errorf("pod has no fsGroup: the non-root user cannot write the ACME volume")
 	}
 	if !sc.ReadOnlyRootFilesystem || sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation || !slices.Contains(sc.Capabilities.Drop, "ALL") {

@@ -147,10 +147,15 @@ func (s *Server) Start(ctx context.Context) error {
 	if s.started {
 		return errors.New("gateway: already started")
 	}
+	var tlsOpts []mgtls.Option
 	if s.cluster != nil {
 		s.cluster.Start(ctx)
+		// tls.acme.storage: redis. The same client as the locks and
+		// limits: one health state, one set of connections.
+		tlsOpts = append(tlsOpts, mgtls.WithStorage(
+			cluster.NewStorage(s.cluster.Redis(), s.cluster.KeyPrefix(), s.log.Named("acme-storage"))))
 	}
-	certs, err := mgtls.New(ctx, s.cfg.TLS, s.log.Named("tls"))
+	certs, err := mgtls.New(ctx, s.cfg.TLS, s.log.Named("tls"), tlsOpts...)
 	if err != nil {
 		if s.cluster != nil {
 			s.cluster.Close()

@@ -4,23 +4,18 @@
 package cluster
 
 import (
-	"bufio"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -29,7 +24,7 @@ import (
 	"mailgate/test/dovecot"
 	"mailgate/test/harness"
 	"mailgate/test/pop3client"
-	"mailgate/test/syncbuf"
+	"mailgate/test/redistest"
 )
 
 // One Dovecot serves the package; every test uses users of its own.
@@ -41,104 +36,29 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// redisServer is a redis-server of one test, on a port of its own, keeping
-// nothing on disk.
+// redisServer is a redis-server of one test (test/redistest), which it
+// may stop and start again at the same address.
 type redisServer struct {
 	t    testing.TB
-	bin  string
-	conf string
 	Addr string
-	cmd  *exec.Cmd
-	done chan struct{}
-	out  *syncbuf.Buffer
+	stop func()
 }
 
-// startRedis runs redis-server for t (stopped in t.Cleanup). Redis cannot
-// take port 0, so a free port is found by listening and closing first.
-// Missing redis-server skips the test loudly, or fails it under CI=true.
+// startRedis runs redis-server for t (stopped in t.Cleanup). Missing
+// redis-server skips the test loudly, or fails it under CI=true.
 func startRedis(t testing.TB) *redisServer {
 	t.Helper()
-	bin := harness.NeedProgram(t, "redis-server")
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := ln.Addr().(*net.TCPAddr).Port
-	ln.Close()
-	dir := t.TempDir()
-	conf := filepath.Join(dir, "redis.conf")
-	if err := os.WriteFile(conf, []byte(fmt.Sprintf(`bind 127.0.0.1
-port %d
-daemonize no
-save ""
-appendonly no
-dir %s
-loglevel notice
-`, port, dir)), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	r := &redisServer{t: t, bin: bin, conf: conf, Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port))}
-	r.Start()
-	t.Cleanup(r.Stop)
-	return r
+	addr, stop := redistest.Start(t)
+	return &redisServer{t: t, Addr: addr, stop: stop}
 }
 
-// Start runs the server (again, after Stop, on the same port) and waits
-// until it answers PING.
+// Stop ends the server: Redis goes away mid-test.
+func (r *redisServer) Stop() { r.stop() }
+
+// Start brings it back, empty, at the same address.
 func (r *redisServer) Start() {
 	r.t.Helper()
-	r.out = &syncbuf.Buffer{}
-	r.cmd = exec.Command(r.bin, r.conf)
-	r.cmd.Stdout, r.cmd.Stderr = r.out, r.out
-	if err := r.cmd.Start(); err != nil {
-		r.t.Fatal(err)
-	}
-	r.done = make(chan struct{})
-	go func() { r.cmd.Wait(); close(r.done) }()
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		if pong(r.Addr) {
-			return
-		}
-		select {
-		case <-r.done:
-			r.t.Fatalf("redis-server exited:\n%s", r.out.String())
-		default:
-		}
-		if time.Now().After(deadline) {
-			r.t.Fatalf("redis-server did not answer PING:\n%s", r.out.String())
-		}
-	}
-}
-
-func pong(addr string) bool {
-	c, err := net.DialTimeout("tcp", addr, time.Second)
-	if err != nil {
-		return false
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(time.Second))
-	c.Write([]byte("PING\r\n"))
-	line, _ := bufio.NewReader(c).ReadString('\n')
-	return line == "+PONG\r\n"
-}
-
-// Stop ends the server (SIGTERM, then SIGKILL) and waits for it.
-func (r *redisServer) Stop() {
-	if r.cmd == nil || r.cmd.Process == nil {
-		return
-	}
-	select {
-	case <-r.done:
-		return
-	default:
-	}
-	r.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-r.done:
-	case <-time.After(5 * time.Second):
-		r.cmd.Process.Kill()
-		<-r.done
-	}
+	r.stop = redistest.StartAt(r.t, r.Addr)
 }
 
 // Client is a plain go-redis client on the server, for the tests' own look.
