@@ -225,6 +225,9 @@ func (s *Server) Reload(cfg *config.Config) error {
 	}
 	s.mu.Lock()
 	certs := s.certs
+	if !cluster.SameSettings(s.cfg.Cluster, cfg.Cluster) {
+		s.log.Warn("cluster settings changed; they need a restart and keep their running values until then")
+	}
 	s.cfg = cfg
 	s.mu.Unlock()
 	if certs != nil {

@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -157,4 +158,18 @@ func (c *Config) Validate() []error {
 		bad("instance", "%q: 1-128 letters, digits, '.', '_' and '-' (the host name is the default)", c.Instance)
 	}
 	return errs
+}
+
+// SameSettings reports whether a and b (nil: no cluster) configure the same
+// cluster, as far as the file says (a reload compares them: the cluster
+// client is built once, at start).
+func SameSettings(a, b *Config) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	ra, rb := a.Redis, b.Redis
+	return slices.Equal(ra.Addresses, rb.Addresses) && ra.MasterName == rb.MasterName &&
+		ra.Username == rb.Username && ra.PasswordFile == rb.PasswordFile && ra.password == rb.password &&
+		ra.DB == rb.DB && ra.TLS == rb.TLS && ra.CA == rb.CA && ra.ServerName == rb.ServerName &&
+		a.KeyPrefix == b.KeyPrefix && a.LockLease == b.LockLease && a.Instance == b.Instance
 }

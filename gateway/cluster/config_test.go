@@ -85,3 +85,30 @@ func TestConfigPasswordFromFile(t *testing.T) {
 		t.Fatalf("password %q, want the file's line", c.Redis.password)
 	}
 }
+
+func TestSameSettings(t *testing.T) {
+	mk := func(edit func(*Config)) *Config {
+		c := &Config{Redis: RedisConfig{Addresses: []string{"redis:6379"}}, Instance: "gw"}
+		if edit != nil {
+			edit(c)
+		}
+		c.ApplyDefaults()
+		c.Validate()
+		return c
+	}
+	if !SameSettings(mk(nil), mk(nil)) || !SameSettings(nil, nil) {
+		t.Fatal("equal settings differ")
+	}
+	for name, edit := range map[string]func(*Config){
+		"addresses": func(c *Config) { c.Redis.Addresses = []string{"other:6379"} },
+		"lease":     func(c *Config) { c.LockLease = time.Minute },
+		"instance":  func(c *Config) { c.Instance = "gw2" },
+	} {
+		if SameSettings(mk(nil), mk(edit)) {
+			t.Errorf("a change of %s is not seen", name)
+		}
+	}
+	if SameSettings(mk(nil), nil) {
+		t.Error("removing the section is not seen")
+	}
+}

@@ -9,8 +9,10 @@ import (
 
 	"github.com/alicebob/miniredis/v2"
 	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
 
+	"mailgate/test/redistest"
 	"mailgate/upstream"
 )
 
@@ -345,4 +347,43 @@ func TestLockerDegraded(t *testing.T) {
 	if m.Exists(key) {
 		t.Fatal("Release after the outage left the key")
 	}
+}
+
+// BenchmarkLock is one session's lock as a POP3 login and QUIT use it: Lock,
+// Confirm (before UPDATE) and Release; per process (local) and on a real
+// redis-server (cluster), interleaved op by op, each reported per lock.
+// -count 3 gives three runs: take the median.
+//
+//	go test -run '^$' -bench '^BenchmarkLock$' -count 3 ./gateway/cluster/
+func BenchmarkLock(b *testing.B) {
+	addr, _ := redistest.Start(b)
+	cfg := &Config{Redis: RedisConfig{Addresses: []string{addr}}, Instance: "bench"}
+	cfg.ApplyDefaults()
+	if errs := cfg.Validate(); len(errs) > 0 {
+		b.Fatal(errs)
+	}
+	c := New(cfg, zap.NewNop(), nil)
+	c.Start(context.Background())
+	b.Cleanup(func() { c.Close() })
+	ctx := context.Background()
+	lockers := []upstream.Locker{upstream.NewLocalLocker(), c.Locker(upstream.NewLocalLocker())}
+	var spent [2]time.Duration
+	n := 0
+	for b.Loop() {
+		for i, l := range lockers {
+			start := time.Now()
+			ls, err := l.Lock(ctx, bob, upstream.NewHolder(), upstream.LockExclusive, 0)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if err := ls.Confirm(ctx); err != nil {
+				b.Fatal(err)
+			}
+			ls.Release()
+			spent[i] += time.Since(start)
+		}
+		n++
+	}
+	b.ReportMetric(float64(spent[0].Nanoseconds())/float64(n), "local-ns/lock")
+	b.ReportMetric(float64(spent[1].Nanoseconds())/float64(n), "cluster-ns/lock")
 }

@@ -159,15 +159,7 @@ func messages(t testing.TB, a account) int {
 const clientTimeout = 20 * time.Second
 
 func login(addr string, a account) (*pop3client.Client, error) {
-	c, err := pop3client.Dial(addr, clientTimeout)
-	if err != nil {
-		return nil, err
-	}
-	if err := c.Login(a.User, a.Pass); err != nil {
-		c.Close()
-		return nil, err
-	}
-	return c, nil
+	return pop3client.DialLogin(addr, a.User, a.Pass, clientTimeout)
 }
 
 func mustLogin(t testing.TB, addr string, a account) *pop3client.Client {
