@@ -387,3 +387,68 @@ func BenchmarkLock(b *testing.B) {
 	b.ReportMetric(float64(spent[0].Nanoseconds())/float64(n), "local-ns/lock")
 	b.ReportMetric(float64(spent[1].Nanoseconds())/float64(n), "cluster-ns/lock")
 }
+
+// On Redis Cluster (several addresses: go-redis's ClusterClient) every
+// exchange is one key, or a pipeline of one-key commands, so none is
+// refused CROSSSLOT; the takeover messages cross over pub/sub too.
+func TestOnRedisCluster(t *testing.T) {
+	addr, _ := redistest.StartCluster(t)
+	client := func(instance string) *Client {
+		// The same seed twice: two addresses make it a Redis Cluster client.
+		cfg := &Config{Redis: RedisConfig{Addresses: []string{addr, addr}}, Instance: instance}
+		cfg.ApplyDefaults()
+		if errs := cfg.Validate(); len(errs) > 0 {
+			t.Fatal(errs)
+		}
+		c := New(cfg, zaptest.NewLogger(t), nil)
+		if _, ok := c.Redis().(*redis.ClusterClient); !ok {
+			t.Fatalf("%T, want a *redis.ClusterClient", c.Redis())
+		}
+		c.Start(context.Background())
+		t.Cleanup(func() { c.Close() })
+		if !c.Up() {
+			t.Fatal("the cluster client does not see the cluster")
+		}
+		return c
+	}
+	ca, cb := client("a"), client("b")
+	a, b := ca.Locker(upstream.NewLocalLocker()), cb.Locker(upstream.NewLocalLocker())
+	ctx := context.Background()
+	old := upstream.NewHolder()
+	la, err := a.Lock(ctx, bob, old, upstream.LockTakeover, time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Lock(ctx, bob, upstream.NewHolder(), upstream.LockExclusive, 0); !errors.Is(err, upstream.ErrInUse) {
+		t.Fatalf("exclusive across instances on Redis Cluster: %v, want ErrInUse", err)
+	}
+	old.Waiting(true)
+	time.Sleep(5 * time.Millisecond)
+	lb, err := b.Lock(ctx, bob, upstream.NewHolder(), upstream.LockTakeover, time.Millisecond)
+	if err != nil {
+		t.Fatalf("takeover across instances on Redis Cluster: %v", err)
+	}
+	la.Release()
+	if err := lb.Confirm(ctx); err != nil {
+		t.Fatal(err)
+	}
+	lb.Release()
+
+	f := ca.Failures()
+	keys := []string{"net:192.0.2.1/32", "acct:name:alice", "acct:routed:store:alice"}
+	for i := 1; i <= 2; i++ {
+		n, err := f.AddFailure(ctx, time.Minute, keys...)
+		if err != nil || n[0] != i || n[2] != i {
+			t.Fatalf("AddFailure %d: %v, %v", i, n, err)
+		}
+	}
+	if n, err := cb.Failures().Failures(ctx, keys...); err != nil || n[1] != 2 {
+		t.Fatalf("Failures from the other instance: %v, %v", n, err)
+	}
+	if err := f.Remember(ctx, time.Hour, "known:a|x", "known:b|y"); err != nil {
+		t.Fatal(err)
+	}
+	if k, err := cb.Failures().Known(ctx, "known:a|x", "known:c|z"); err != nil || !k[0] || k[1] {
+		t.Fatalf("Known: %v, %v", k, err)
+	}
+}

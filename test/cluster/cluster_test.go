@@ -220,6 +220,9 @@ func TestRedisStoppedMidRun(t *testing.T) {
 	for _, g := range gs {
 		waitMetric(t, g, "mailgate_cluster_up", 1, 5*time.Second)
 	}
+	if n := metric(t, gs[0], "mailgate_cluster_redis_rtt_seconds_count"); n < 1 {
+		t.Errorf("mailgate_cluster_redis_rtt_seconds has %v observations, want the health checks'", n)
+	}
 	a, b := newAccount(t, 3), newAccount(t, 1)
 	s := mustLogin(t, gs[0].Addr("pop3"), a)
 	if _, err := s.Retr(1); err != nil {
