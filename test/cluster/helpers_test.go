@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os"
 	"regexp"
 	"strconv"
 	"strings"
@@ -30,11 +29,7 @@ import (
 // One Dovecot serves the package; every test uses users of its own.
 var backend = dovecot.Shared{}
 
-func TestMain(m *testing.M) {
-	code := backend.Run(m)
-	harness.RemoveCAFiles()
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { harness.Main(m, &backend) }
 
 // redisServer is a redis-server of one test (test/redistest), which it
 // may stop and start again at the same address.
