@@ -29,13 +29,11 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"text/template"
 	"time"
 
 	"mailgate/test/mailserver"
-	"mailgate/test/syncbuf"
 	"mailgate/test/testca"
 )
 
@@ -106,21 +104,18 @@ type Server struct {
 	// IMAP helpers (Login, Append, Expunge, Mailbox...) act as another
 	// IMAP client of the instance's users.
 	mailserver.IMAP
-	Dir       string     // everything the instance writes; removed by Stop
+	// Dir (everything the instance writes), the master process, and Stop,
+	// which stops the master (SIGTERM, SIGKILL after 10s; it ends all its
+	// processes) and removes Dir.
+	mailserver.Instance
 	IMAPAddr  string     // 127.0.0.1:port, cleartext IMAP (STARTTLS offered when TLS)
 	IMAPSAddr string     // implicit TLS IMAP; empty unless Options.TLS
 	POP3Addr  string     // Dovecot's own POP3; empty unless Options.POP3
 	CA        *testca.CA // signer of the server certificate; nil unless Options.TLS
 	CAFile    string     // CA as a PEM file; empty unless Options.TLS
 
-	conf     string
-	cmd      *exec.Cmd
-	exited   chan struct{} // closed when the master has exited
-	exitErr  error         // set before exited is closed
-	stderr   *syncbuf.Buffer
-	mu       sync.Mutex // serializes AddUser
-	stopOnce sync.Once
-	stopErr  error
+	conf string
+	mu   sync.Mutex // serializes AddUser
 }
 
 // StartForTest starts a Server for t and stops it in t.Cleanup. When Dovecot
@@ -223,7 +218,7 @@ func Start(opts Options) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{Dir: dir, conf: filepath.Join(dir, "dovecot.conf")}
+	s := &Server{Instance: mailserver.Instance{Dir: dir}, conf: filepath.Join(dir, "dovecot.conf")}
 	if err := s.prepare(opts, mailUser); err != nil {
 		os.RemoveAll(dir)
 		return nil, err
@@ -451,89 +446,29 @@ func (s *Server) start(bin string, opts Options, mu mailUser, timeout time.Durat
 	// A previous attempt's log would be mistaken for this one's.
 	os.Remove(filepath.Join(s.Dir, "dovecot.log"))
 
-	s.stderr = &syncbuf.Buffer{}
-	cmd := exec.Command(bin, "-F", "-c", s.conf)
-	cmd.Stdout = s.stderr
-	cmd.Stderr = s.stderr
-	// If the test binary dies (a timeout panic), take the master with it; it
-	// takes its children.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
-	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("starting %s: %w", bin, err)
+	// -F: in the foreground, our child (the master takes its children with
+	// it).
+	p, err := mailserver.StartProcess(exec.Command(bin, "-F", "-c", s.conf))
+	if err != nil {
+		return err
 	}
-	s.cmd = cmd
-	s.exited = make(chan struct{})
-	go func() {
-		s.exitErr = cmd.Wait()
-		close(s.exited)
-	}()
-
-	deadline := time.Now().Add(timeout)
-	for {
-		err := mailserver.Greets(s.IMAPAddr)
-		if err == nil {
-			return nil
+	s.Proc = p
+	if err := p.WaitGreeting(s.IMAPAddr, timeout); err != nil {
+		if l := s.Log(); l != "" {
+			err = fmt.Errorf("%w\n--- dovecot.log ---\n%s", err, mailserver.Tail(l, 40))
 		}
-		select {
-		case <-s.exited:
-			out := s.diagnostics()
-			if strings.Contains(out, "Address already in use") {
-				return fmt.Errorf("%w: %s", errAddrInUse, out)
-			}
-			return fmt.Errorf("dovecot exited during startup (%v):\n%s", s.exitErr, out)
-		case <-time.After(50 * time.Millisecond):
+		if strings.Contains(err.Error(), "Address already in use") {
+			return fmt.Errorf("%w: %w", errAddrInUse, err)
 		}
-		if time.Now().After(deadline) {
-			s.kill()
-			return fmt.Errorf("dovecot did not greet on %s within %v (last: %v):\n%s", s.IMAPAddr, timeout, err, s.diagnostics())
-		}
+		return err
 	}
-}
-
-// Stop stops this instance's master (SIGTERM, SIGKILL after 10s), which ends
-// all its processes, then removes Dir. It is safe to call more than once.
-func (s *Server) Stop() error {
-	s.stopOnce.Do(func() {
-		s.stopErr = s.kill()
-		if err := os.RemoveAll(s.Dir); err != nil && s.stopErr == nil {
-			s.stopErr = err
-		}
-	})
-	return s.stopErr
-}
-
-func (s *Server) kill() error {
-	if s.cmd == nil {
-		return nil
-	}
-	select {
-	case <-s.exited:
-		return nil // already gone (a startup failure)
-	default:
-	}
-	s.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-s.exited:
-		return nil
-	case <-time.After(10 * time.Second):
-		s.cmd.Process.Kill()
-		<-s.exited
-		return fmt.Errorf("dovecot master %d ignored SIGTERM for 10s; killed", s.cmd.Process.Pid)
-	}
+	return nil
 }
 
 // Log returns what the instance has logged so far (for failure messages).
 func (s *Server) Log() string {
 	b, _ := os.ReadFile(filepath.Join(s.Dir, "dovecot.log"))
 	return string(b)
-}
-
-func (s *Server) diagnostics() string {
-	out := s.stderr.String()
-	if l := s.Log(); l != "" {
-		out += "\n--- dovecot.log ---\n" + mailserver.Tail(l, 40)
-	}
-	return out
 }
 
 // AddUser adds a passwd-file user, who can log in at once, also while the
