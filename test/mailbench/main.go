@@ -341,6 +341,11 @@ func (t *tally) fail(err error) {
 
 // popPass runs one POP3 download session per user, all at once.
 func popPass(ctx context.Context, addr string, users []user) (result, error) {
+	return pass(ctx, addr, users, popSession)
+}
+
+// pass runs session for every user, all at once, and tallies them.
+func pass(ctx context.Context, addr string, users []user, session func(context.Context, string, user, *tally) error) (result, error) {
 	var t tally
 	var wg sync.WaitGroup
 	start := time.Now()
@@ -348,7 +353,7 @@ func popPass(ctx context.Context, addr string, users []user) (result, error) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := popSession(ctx, addr, u, &t); err != nil {
+			if err := session(ctx, addr, u, &t); err != nil {
 				t.fail(fmt.Errorf("%s: %w", u.name, err))
 			}
 		}()
@@ -397,21 +402,7 @@ func popSession(ctx context.Context, addr string, u user, t *tally) error {
 // imapPass fetches every user's whole INBOX with one UID FETCH 1:*
 // BODY.PEEK[] per user, all at once.
 func imapPass(ctx context.Context, addr string, users []user) (result, error) {
-	var t tally
-	var wg sync.WaitGroup
-	start := time.Now()
-	for _, u := range users {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := imapSession(ctx, addr, u, &t); err != nil {
-				t.fail(fmt.Errorf("%s: %w", u.name, err))
-			}
-		}()
-	}
-	wg.Wait()
-	return result{elapsed: time.Since(start), messages: t.messages.Load(), bytes: t.bytes.Load(),
-		errors: t.errors.Load(), firstErr: t.first}, ctx.Err()
+	return pass(ctx, addr, users, imapSession)
 }
 
 func imapSession(ctx context.Context, addr string, u user, t *tally) error {
