@@ -211,19 +211,28 @@ type pop3Backend struct{ s *Server }
 var _ pop3.Backend = pop3Backend{}
 
 func (b pop3Backend) Open(ctx context.Context, lg pop3.Login) (pop3.Maildrop, error) {
-	start := time.Now()
-	var md *upstream.Maildrop
-	backend, err := b.s.authenticate(ctx, login{config.ProtocolPOP3, lg.User, lg.Password, lg.Remote, lg.Local, lg.Attempt},
-		func(t upstream.Target, user, password string, to upstream.Timeouts) error {
-			var err error
-			md, err = b.s.maildrops.Open(ctx, t, to, user, password)
-			return err
-		})
-	b.s.observeLogin(config.ProtocolPOP3, backend, start, err)
+	md, backend, err := logIn(ctx, b.s, login{config.ProtocolPOP3, lg.User, lg.Password, lg.Remote, lg.Local, lg.Attempt},
+		b.s.maildrops.Open)
 	if err != nil {
 		return nil, translate(err, pop3Errors)
 	}
 	return pop3Maildrop{md, b.s.metrics, backend}, nil
+}
+
+// logIn runs l through authenticate, with open (the front's way to log in
+// to a candidate server) as the attempt, and counts it: what open made and
+// the backend's name.
+func logIn[T any](ctx context.Context, s *Server, l login,
+	open func(context.Context, upstream.Target, upstream.Timeouts, string, string) (T, error)) (T, string, error) {
+	start := time.Now()
+	var made T
+	backend, err := s.authenticate(ctx, l, func(t upstream.Target, user, password string, to upstream.Timeouts) error {
+		var err error
+		made, err = open(ctx, t, to, user, password)
+		return err
+	})
+	s.observeLogin(l.protocol, backend, start, err)
+	return made, backend, err
 }
 
 // pop3Maildrop is an upstream maildrop as gateway/pop3 sees it: its errors
@@ -264,15 +273,8 @@ type imapBackend struct{ s *Server }
 var _ imap.Backend = imapBackend{}
 
 func (b imapBackend) Connect(ctx context.Context, lg imap.Login) (imap.Upstream, error) {
-	start := time.Now()
-	var sess *upstream.Session
-	backend, err := b.s.authenticate(ctx, login{config.ProtocolIMAP, lg.User, lg.Password, lg.Remote, lg.Local, lg.Attempt},
-		func(t upstream.Target, user, password string, to upstream.Timeouts) error {
-			var err error
-			sess, err = upstream.Login(ctx, t, to, user, password)
-			return err
-		})
-	b.s.observeLogin(config.ProtocolIMAP, backend, start, err)
+	sess, backend, err := logIn(ctx, b.s, login{config.ProtocolIMAP, lg.User, lg.Password, lg.Remote, lg.Local, lg.Attempt},
+		upstream.Login)
 	if err != nil {
 		return imap.Upstream{}, translate(err, imapErrors)
 	}
