@@ -91,13 +91,9 @@ func versionString() string {
 }
 
 func checkConfig(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("check-config", flag.ContinueOnError)
-	path := fs.String("config", "", "configuration file (or give FILE as the argument)")
-	if code, ok := parseFlags(fs, args, "check-config FILE", stdout, stderr); !ok {
+	fs, path := configFlags("check-config", "", "configuration file (or give FILE as the argument)")
+	if code, ok := parseConfigArgs(fs, path, args, "check-config FILE", stdout, stderr); !ok {
 		return code
-	}
-	if !configPath(fs, path, "check-config FILE", stderr) {
-		return 2
 	}
 	if *path == "" {
 		fmt.Fprintln(stderr, "usage: mailgate check-config FILE")
@@ -113,6 +109,28 @@ func checkConfig(args []string, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprintf(stdout, "%s: OK\n", *path)
 	return 0
+}
+
+// defaultConfig is where serve and the uidl-* commands look without -config.
+const defaultConfig = "/etc/mailgate/mailgate.yaml"
+
+// configFlags is the flag set of subcommand name with its -config flag
+// (default def, described by help).
+func configFlags(name, def, help string) (fs *flag.FlagSet, path *string) {
+	fs = flag.NewFlagSet(name, flag.ContinueOnError)
+	return fs, fs.String("config", def, help)
+}
+
+// parseConfigArgs is parseFlags, then configPath: the commands that take the
+// configuration file as -config or as their one argument.
+func parseConfigArgs(fs *flag.FlagSet, path *string, args []string, synopsis string, stdout, stderr io.Writer) (code int, ok bool) {
+	if code, ok := parseFlags(fs, args, synopsis, stdout, stderr); !ok {
+		return code, false
+	}
+	if !configPath(fs, path, synopsis, stderr) {
+		return 2, false
+	}
+	return 0, true
 }
 
 // parseFlags parses a subcommand's flags. -h and --help print the usage on
@@ -160,13 +178,9 @@ func configPath(fs *flag.FlagSet, path *string, synopsis string, stderr io.Write
 }
 
 func serve(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
-	path := fs.String("config", "/etc/mailgate/mailgate.yaml", "configuration file (or give FILE as the argument)")
-	if code, ok := parseFlags(fs, args, "serve [FILE | -config FILE]", stdout, stderr); !ok {
+	fs, path := configFlags("serve", defaultConfig, "configuration file (or give FILE as the argument)")
+	if code, ok := parseConfigArgs(fs, path, args, "serve [FILE | -config FILE]", stdout, stderr); !ok {
 		return code
-	}
-	if !configPath(fs, path, "serve [FILE | -config FILE]", stderr) {
-		return 2
 	}
 	cfg, err := config.Load(*path)
 	if err != nil {

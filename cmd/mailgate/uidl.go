@@ -10,7 +10,6 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -48,8 +47,7 @@ const uidlDropSynopsis = "uidl-drop -config FILE USER..."
 
 // uidlDrop forgets the maps of deleted users.
 func uidlDrop(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("uidl-drop", flag.ContinueOnError)
-	path := fs.String("config", "/etc/mailgate/mailgate.yaml", "configuration file")
+	fs, path := configFlags("uidl-drop", defaultConfig, "configuration file")
 	if code, ok := parseFlags(fs, args, uidlDropSynopsis, stdout, stderr); !ok {
 		return code
 	}
@@ -81,8 +79,7 @@ func uidlDrop(args []string, stdout, stderr io.Writer) int {
 
 // uidlStats prints what the store holds, and its cost per message.
 func uidlStats(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("uidl-stats", flag.ContinueOnError)
-	path := fs.String("config", "/etc/mailgate/mailgate.yaml", "configuration file")
+	fs, path := configFlags("uidl-stats", defaultConfig, "configuration file")
 	if code, ok := parseFlags(fs, args, "uidl-stats -config FILE", stdout, stderr); !ok {
 		return code
 	}
@@ -113,8 +110,7 @@ const uidlImportSynopsis = "uidl-import -config FILE -server HOST:PORT -users FI
 // that the users' clients download nothing again through mailgate. It
 // never deletes: QUIT after no DELE changes nothing (RFC 1939 §6).
 func uidlImport(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("uidl-import", flag.ContinueOnError)
-	path := fs.String("config", "/etc/mailgate/mailgate.yaml", "configuration file (its pop3.uidl_map.store and pop3.mailbox)")
+	fs, path := configFlags("uidl-import", defaultConfig, "configuration file (its pop3.uidl_map.store and pop3.mailbox)")
 	server := fs.String("server", "", "the old POP3 server, host:port")
 	tlsMode := fs.String("tls", "none", "none, starttls (STLS) or implicit (POP3S)")
 	caFile := fs.String("ca", "", "PEM file of the CA that signs the old server's certificate (default: the system's)")
