@@ -415,6 +415,26 @@ func size(s Size) *Size { return &s }
 var fastTimeouts = Timeouts{Dial: 2 * time.Second, Command: 2 * time.Second}
 
 // open opens alice's maildrop and closes it at the end of the test.
+// newMaildrops is NewMaildrops(cfg) logging to t; the test waits for the
+// maildrops' clean-ups when it ends.
+func newMaildrops(t testing.TB, cfg MaildropConfig) *Maildrops {
+	t.Helper()
+	mds := NewMaildrops(cfg, testLogger(t))
+	t.Cleanup(mds.Wait)
+	return mds
+}
+
+// openAlice is the usual start of a test: a backend (opts) where alice,
+// password pw, has msgs in her INBOX, maildrops with cfg, and her maildrop
+// open.
+func openAlice(t testing.TB, opts *backendOptions, cfg MaildropConfig, msgs ...string) (*backend, *Maildrops, *Maildrop) {
+	t.Helper()
+	b := newBackend(t, opts)
+	b.addUser("alice", "pw", msgs...)
+	mds := newMaildrops(t, cfg)
+	return b, mds, openMaildrop(t, mds, b, "alice", "pw")
+}
+
 func openMaildrop(t testing.TB, mds *Maildrops, b *backend, user, password string) *Maildrop {
 	t.Helper()
 	md, err := mds.Open(context.Background(), b.target(), fastTimeouts, user, password)

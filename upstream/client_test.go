@@ -76,8 +76,7 @@ func TestLoginBadPassword(t *testing.T) {
 	for _, noPlain := range []bool{false, true} {
 		b := newBackend(t, &backendOptions{noPlain: noPlain})
 		b.addUser("alice", "right")
-		mds := NewMaildrops(testConfig(nil), testLogger(t))
-		t.Cleanup(mds.Wait)
+		mds := newMaildrops(t, testConfig(nil))
 		_, err := mds.Open(context.Background(), b.target(), fastTimeouts, "alice", "wrong-secret")
 		if !errors.Is(err, ErrAuthFailed) {
 			t.Fatalf("noPlain=%v: err = %v, want ErrAuthFailed", noPlain, err)
@@ -98,8 +97,7 @@ func TestBackendDown(t *testing.T) {
 	cfg := &BackendConfig{Address: addr, TLS: TLSNone}
 	cfg.ApplyDefaults()
 	cfg.Validate()
-	mds := NewMaildrops(testConfig(nil), testLogger(t))
-	t.Cleanup(mds.Wait)
+	mds := newMaildrops(t, testConfig(nil))
 	start := time.Now()
 	_, err = mds.Open(context.Background(), Target{Name: "down", Address: addr, Config: cfg}, fastTimeouts, "alice", "pw")
 	if !errors.Is(err, ErrUnavailable) {
@@ -119,8 +117,7 @@ func TestSilentBackend(t *testing.T) {
 		cfg := &BackendConfig{Address: addr, TLS: TLSNone}
 		cfg.ApplyDefaults()
 		cfg.Validate()
-		mds := NewMaildrops(testConfig(nil), testLogger(t))
-		t.Cleanup(mds.Wait)
+		mds := newMaildrops(t, testConfig(nil))
 		start := time.Now()
 		_, err := mds.Open(context.Background(), Target{Name: "silent", Address: addr, Config: cfg}, to, "alice", "pw")
 		if !errors.Is(err, ErrUnavailable) {
@@ -139,8 +136,7 @@ func TestSilentBackendMidSession(t *testing.T) {
 	b := newBackend(t, nil)
 	b.addUser("alice", "pw", msg(1, 100), msg(2, 100))
 	to := Timeouts{Dial: 2 * time.Second, Command: 300 * time.Millisecond}
-	mds := NewMaildrops(testConfig(nil), testLogger(t))
-	t.Cleanup(mds.Wait)
+	mds := newMaildrops(t, testConfig(nil))
 	md, err := mds.Open(context.Background(), b.target(), to, "alice", "pw")
 	if err != nil {
 		t.Fatal(err)

@@ -41,8 +41,7 @@ func expungeElsewhere(t *testing.T, b *backend, uid imap.UID) {
 func TestCachedBodyOfExpungedMessageIsGone(t *testing.T) {
 	b := newBackend(t, nil)
 	b.addUser("alice", "pw", msgs(3, 200)...)
-	mds := NewMaildrops(testConfig(func(c *MaildropConfig) { c.FetchAhead = size(0) }), testLogger(t))
-	t.Cleanup(mds.Wait)
+	mds := newMaildrops(t, testConfig(func(c *MaildropConfig) { c.FetchAhead = size(0) }))
 	mds.staleAfter = 50 * time.Millisecond
 	md := openMaildrop(t, mds, b, "alice", "pw")
 	readAll(t)(md.Top(context.Background(), 2, 0))
@@ -70,8 +69,7 @@ func TestFetchedAheadBodyOfExpungedMessageIsGone(t *testing.T) {
 	b := newBackend(t, nil)
 	b.addUser("alice", "pw", msgs(4, 2000)...)
 	// No cache: the bodies fetched ahead stay with the fetcher.
-	mds := NewMaildrops(testConfig(func(c *MaildropConfig) { c.Cache.MaxBytes = size(0) }), testLogger(t))
-	t.Cleanup(mds.Wait)
+	mds := newMaildrops(t, testConfig(func(c *MaildropConfig) { c.Cache.MaxBytes = size(0) }))
 	mds.staleAfter = 50 * time.Millisecond
 	md := openMaildrop(t, mds, b, "alice", "pw")
 	readAll(t)(md.Retr(context.Background(), 1))
@@ -101,8 +99,7 @@ func TestFetchedAheadBodyOfExpungedMessageIsGone(t *testing.T) {
 func TestExpungeNotificationTriggersCheck(t *testing.T) {
 	b := newBackend(t, nil)
 	b.addUser("alice", "pw", msgs(3, 200)...)
-	mds := NewMaildrops(testConfig(func(c *MaildropConfig) { c.FetchAhead = size(0) }), testLogger(t))
-	t.Cleanup(mds.Wait)
+	mds := newMaildrops(t, testConfig(func(c *MaildropConfig) { c.FetchAhead = size(0) }))
 	mds.staleAfter = time.Hour
 	md := openMaildrop(t, mds, b, "alice", "pw")
 	readAll(t)(md.Top(context.Background(), 1, 0)) // cached
@@ -129,11 +126,7 @@ func TestDeletedFlagInFetchIsGone(t *testing.T) {
 
 // Cyrus sends FLAGS before UID: the \Deleted still counts.
 func testDeletedFlagInFetchIsGone(t *testing.T, opts *backendOptions) {
-	b := newBackend(t, opts)
-	b.addUser("alice", "pw", msgs(2, 200)...)
-	mds := NewMaildrops(testConfig(func(c *MaildropConfig) { c.FetchAhead = size(0) }), testLogger(t))
-	t.Cleanup(mds.Wait)
-	md := openMaildrop(t, mds, b, "alice", "pw")
+	b, mds, md := openAlice(t, opts, testConfig(func(c *MaildropConfig) { c.FetchAhead = size(0) }), msgs(2, 200)...)
 	other := b.client("alice", "pw")
 	if err := other.Store(imap.UIDSetNum(2), &imap.StoreFlags{Op: imap.StoreFlagsAdd, Silent: true,
 		Flags: []imap.Flag{imap.FlagDeleted}}, nil).Close(); err != nil {
@@ -156,11 +149,7 @@ func testDeletedFlagInFetchIsGone(t *testing.T, opts *backendOptions) {
 // no EXPUNGE seen, its size as announced, a recent answer. Counted as the
 // commands the backend received.
 func TestCachedRetrNoRoundTrip(t *testing.T) {
-	b := newBackend(t, nil)
-	b.addUser("alice", "pw", msgs(3, 200)...)
-	mds := NewMaildrops(testConfig(func(c *MaildropConfig) { c.FetchAhead = size(0) }), testLogger(t))
-	t.Cleanup(mds.Wait)
-	md := openMaildrop(t, mds, b, "alice", "pw")
+	b, _, md := openAlice(t, nil, testConfig(func(c *MaildropConfig) { c.FetchAhead = size(0) }), msgs(3, 200)...)
 	readAll(t)(md.Top(context.Background(), 2, 0))
 	before := b.commandCount()
 	readAll(t)(md.Retr(context.Background(), 2))

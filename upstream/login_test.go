@@ -462,8 +462,7 @@ func TestPipelinedLoginRefusedSendsNothingAfter(t *testing.T) {
 		}
 		got <- after
 	})
-	mds := NewMaildrops(testConfig(nil), testLogger(t))
-	t.Cleanup(mds.Wait)
+	mds := newMaildrops(t, testConfig(nil))
 	_, err := mds.Open(context.Background(), tgt, fastTimeouts, "alice", "wrong")
 	var le *LoginError
 	if !errors.Is(err, ErrAuthFailed) || !errors.As(err, &le) || le.Code != "AUTHENTICATIONFAILED" {
@@ -487,8 +486,7 @@ func TestPipelinedLoginRefusedSendsNothingAfter(t *testing.T) {
 func TestPipelinedBehindLoginOnlyWithoutSyncLiteral(t *testing.T) {
 	b := newBackend(t, &backendOptions{noPlain: true})
 	b.addUser("alice", "secret", "Subject: 1\r\n\r\none\r\n")
-	mds := NewMaildrops(testConfig(nil), testLogger(t))
-	t.Cleanup(mds.Wait)
+	mds := newMaildrops(t, testConfig(nil))
 	if md := openMaildrop(t, mds, b, "alice", "secret"); md.Len() != 1 {
 		t.Errorf("%d messages, want 1", md.Len())
 	}
@@ -534,8 +532,7 @@ func TestPipelinedBehindLoginOnlyWithoutSyncLiteral(t *testing.T) {
 func TestPipelinedLoginAgainstBackend(t *testing.T) {
 	b := newBackend(t, nil)
 	b.addUser("alice", "secret", "Subject: 1\r\n\r\none\r\n", "Subject: 2\r\n\r\ntwo\r\n")
-	mds := NewMaildrops(testConfig(nil), testLogger(t))
-	t.Cleanup(mds.Wait)
+	mds := newMaildrops(t, testConfig(nil))
 	if _, err := mds.Open(context.Background(), b.target(), fastTimeouts, "alice", "wrong"); !errors.Is(err, ErrAuthFailed) {
 		t.Fatalf("wrong password: %v, want ErrAuthFailed", err)
 	}

@@ -95,8 +95,7 @@ func TestSnapshotNumbersByUIDAndSkipsDeleted(t *testing.T) {
 	b := newBackend(t, nil)
 	b.addUser("alice", "pw", msgs(5, 200)...)
 	setFlag(t, b, "alice", "pw", 2, imap.FlagDeleted) // another client's pending deletion
-	mds := NewMaildrops(testConfig(nil), testLogger(t))
-	t.Cleanup(mds.Wait)
+	mds := newMaildrops(t, testConfig(nil))
 	md := openMaildrop(t, mds, b, "alice", "pw")
 	if md.Len() != 4 {
 		t.Fatalf("Len = %d, want 4 (UID 2 is \\Deleted)", md.Len())
@@ -120,11 +119,7 @@ func TestSnapshotNumbersByUIDAndSkipsDeleted(t *testing.T) {
 }
 
 func TestEmptyMailbox(t *testing.T) {
-	b := newBackend(t, nil)
-	b.addUser("alice", "pw")
-	mds := NewMaildrops(testConfig(nil), testLogger(t))
-	t.Cleanup(mds.Wait)
-	md := openMaildrop(t, mds, b, "alice", "pw")
+	_, _, md := openAlice(t, nil, testConfig(nil))
 	if md.Len() != 0 {
 		t.Fatalf("Len = %d", md.Len())
 	}
@@ -137,8 +132,7 @@ func TestUIDL(t *testing.T) {
 	b := newBackend(t, nil)
 	b.addUser("alice", "pw", msgs(3, 100)...)
 	for _, format := range []string{"%08Xu%08Xv", "%u.%v", "x%xu"} {
-		mds := NewMaildrops(testConfig(func(c *MaildropConfig) { c.UIDLFormat = format }), testLogger(t))
-		t.Cleanup(mds.Wait)
+		mds := newMaildrops(t, testConfig(func(c *MaildropConfig) { c.UIDLFormat = format }))
 		md := openMaildrop(t, mds, b, "alice", "pw")
 		seen := map[string]bool{}
 		for n := 1; n <= md.Len(); n++ {
@@ -170,9 +164,7 @@ func TestRetrExactBytes(t *testing.T) {
 	}
 	b := newBackend(t, nil)
 	b.addUser("alice", "pw", odd...)
-	cfg := testConfig(func(c *MaildropConfig) { c.SpoolMemory = 64 << 10; c.Cache.MaxMessageBytes = 32 << 10 })
-	mds := NewMaildrops(cfg, testLogger(t))
-	t.Cleanup(mds.Wait)
+	mds := newMaildrops(t, testConfig(func(c *MaildropConfig) { c.SpoolMemory = 64 << 10; c.Cache.MaxMessageBytes = 32 << 10 }))
 	mds.spoolDir = t.TempDir()
 	md := openMaildrop(t, mds, b, "alice", "pw")
 	for n := 1; n <= md.Len(); n++ {
@@ -200,11 +192,7 @@ func TestRetrExactBytes(t *testing.T) {
 // The body is authoritative: when RFC822.SIZE is wrong, Size reports the
 // body's length once it has been fetched.
 func TestSizeFollowsTheBody(t *testing.T) {
-	b := newBackend(t, &backendOptions{sizeLie: 7})
-	b.addUser("alice", "pw", msg(1, 500), msg(2, 500))
-	mds := NewMaildrops(testConfig(nil), testLogger(t))
-	t.Cleanup(mds.Wait)
-	md := openMaildrop(t, mds, b, "alice", "pw")
+	b, mds, md := openAlice(t, &backendOptions{sizeLie: 7}, testConfig(nil), msg(1, 500), msg(2, 500))
 	want := int64(len(msg(1, 500)))
 	if md.Size(1) != want+7 {
 		t.Fatalf("before RETR Size = %d, want the backend's %d", md.Size(1), want+7)
@@ -227,8 +215,7 @@ func TestSeenOnRetrNotTop(t *testing.T) {
 			b := newBackend(t, nil)
 			b.addUser("alice", "pw", msgs(3, 200)...)
 			cfg := testConfig(func(c *MaildropConfig) { c.FetchAhead = size(0) })
-			mds := NewMaildrops(cfg, testLogger(t))
-			t.Cleanup(mds.Wait)
+			mds := newMaildrops(t, cfg)
 			md := openMaildrop(t, mds, b, "alice", "pw")
 			readAll(t)(md.Top(context.Background(), 1, 0))
 			readAll(t)(md.Retr(context.Background(), 2))
@@ -262,8 +249,7 @@ func TestMarkSeenOff(t *testing.T) {
 	b := newBackend(t, nil)
 	b.addUser("alice", "pw", msgs(2, 200)...)
 	off := false
-	mds := NewMaildrops(testConfig(func(c *MaildropConfig) { c.MarkSeen = &off }), testLogger(t))
-	t.Cleanup(mds.Wait)
+	mds := newMaildrops(t, testConfig(func(c *MaildropConfig) { c.MarkSeen = &off }))
 	md := openMaildrop(t, mds, b, "alice", "pw")
 	readAll(t)(md.Retr(context.Background(), 1))
 	md.Close()
@@ -276,11 +262,7 @@ func TestMarkSeenOff(t *testing.T) {
 // A message expunged by another client gives ErrMessageGone; the session
 // goes on, with its numbers unchanged.
 func TestExpungedElsewhere(t *testing.T) {
-	b := newBackend(t, nil)
-	b.addUser("alice", "pw", msgs(4, 200)...)
-	mds := NewMaildrops(testConfig(nil), testLogger(t))
-	t.Cleanup(mds.Wait)
-	md := openMaildrop(t, mds, b, "alice", "pw")
+	b, _, md := openAlice(t, nil, testConfig(nil), msgs(4, 200)...)
 
 	other := b.client("alice", "pw")
 	if err := other.Store(imap.UIDSetNum(2), &imap.StoreFlags{Op: imap.StoreFlagsAdd, Silent: true,
@@ -314,8 +296,7 @@ func TestLockInUse(t *testing.T) {
 	b := newBackend(t, nil)
 	b.addUser("alice", "pw", msgs(2, 100)...)
 	b.addUser("bob", "pw", msgs(2, 100)...)
-	mds := NewMaildrops(testConfig(nil), testLogger(t))
-	t.Cleanup(mds.Wait)
+	mds := newMaildrops(t, testConfig(nil))
 	md, err := mds.Open(context.Background(), b.target(), fastTimeouts, "alice", "pw")
 	if err != nil {
 		t.Fatal(err)
@@ -341,11 +322,7 @@ func TestLockInUse(t *testing.T) {
 }
 
 func TestCommitExpungeOnlyOurs(t *testing.T) {
-	b := newBackend(t, nil)
-	b.addUser("alice", "pw", msgs(5, 100)...)
-	mds := NewMaildrops(testConfig(nil), testLogger(t))
-	t.Cleanup(mds.Wait)
-	md := openMaildrop(t, mds, b, "alice", "pw")
+	b, _, md := openAlice(t, nil, testConfig(nil), msgs(5, 100)...)
 	// Another client marks UID 5 \Deleted after our snapshot: not ours.
 	setFlag(t, b, "alice", "pw", 5, imap.FlagDeleted)
 	if err := md.Commit(context.Background(), []int{1, 3}); err != nil {
@@ -366,11 +343,7 @@ func TestCommitExpungeOnlyOurs(t *testing.T) {
 // Without UIDPLUS, nothing is expunged: the messages stay \Deleted, and
 // Commit says so (*NotExpungedError), so QUIT can tell the client.
 func TestCommitExpungeWithoutUIDPlus(t *testing.T) {
-	b := newBackend(t, &backendOptions{rev1Only: true})
-	b.addUser("alice", "pw", msgs(3, 100)...)
-	mds := NewMaildrops(testConfig(nil), testLogger(t))
-	t.Cleanup(mds.Wait)
-	md := openMaildrop(t, mds, b, "alice", "pw")
+	b, _, md := openAlice(t, &backendOptions{rev1Only: true}, testConfig(nil), msgs(3, 100)...)
 	var ne *NotExpungedError
 	if err := md.Commit(context.Background(), []int{2}); !errors.As(err, &ne) || errors.Is(err, ErrPartialCommit) {
 		t.Fatalf("Commit without UIDPLUS: err = %v, want a *NotExpungedError", err)
@@ -391,11 +364,7 @@ func TestCommitExpungeWithoutUIDPlus(t *testing.T) {
 }
 
 func TestCommitFlag(t *testing.T) {
-	b := newBackend(t, nil)
-	b.addUser("alice", "pw", msgs(3, 100)...)
-	mds := NewMaildrops(testConfig(func(c *MaildropConfig) { c.Delete = DeleteFlag }), testLogger(t))
-	t.Cleanup(mds.Wait)
-	md := openMaildrop(t, mds, b, "alice", "pw")
+	b, _, md := openAlice(t, nil, testConfig(func(c *MaildropConfig) { c.Delete = DeleteFlag }), msgs(3, 100)...)
 	if err := md.Commit(context.Background(), []int{1}); err != nil {
 		t.Fatal(err)
 	}
@@ -429,8 +398,7 @@ func TestCommitMove(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			mds := NewMaildrops(testConfig(func(c *MaildropConfig) { c.Delete = "move:Trash" }), testLogger(t))
-			t.Cleanup(mds.Wait)
+			mds := newMaildrops(t, testConfig(func(c *MaildropConfig) { c.Delete = "move:Trash" }))
 			md := openMaildrop(t, mds, b, "alice", "pw")
 			readAll(t)(md.Retr(context.Background(), 2))
 			err := md.Commit(context.Background(), []int{2})
@@ -467,11 +435,7 @@ func TestCommitMove(t *testing.T) {
 }
 
 func TestCommitBadNumber(t *testing.T) {
-	b := newBackend(t, nil)
-	b.addUser("alice", "pw", msgs(2, 100)...)
-	mds := NewMaildrops(testConfig(nil), testLogger(t))
-	t.Cleanup(mds.Wait)
-	md := openMaildrop(t, mds, b, "alice", "pw")
+	b, _, md := openAlice(t, nil, testConfig(nil), msgs(2, 100)...)
 	if err := md.Commit(context.Background(), []int{1, 3}); !errors.Is(err, ErrPartialCommit) {
 		t.Fatalf("err = %v, want ErrPartialCommit", err)
 	}
@@ -483,11 +447,7 @@ func TestCommitBadNumber(t *testing.T) {
 
 // Close without Commit deletes nothing (RFC 1939 §6).
 func TestCloseDeletesNothing(t *testing.T) {
-	b := newBackend(t, nil)
-	b.addUser("alice", "pw", msgs(3, 100)...)
-	mds := NewMaildrops(testConfig(nil), testLogger(t))
-	t.Cleanup(mds.Wait)
-	md := openMaildrop(t, mds, b, "alice", "pw")
+	b, mds, md := openAlice(t, nil, testConfig(nil), msgs(3, 100)...)
 	for n := 1; n <= 3; n++ {
 		readAll(t)(md.Retr(context.Background(), n))
 	}
@@ -504,12 +464,7 @@ func TestCloseDeletesNothing(t *testing.T) {
 }
 
 func TestCacheTopThenRetrOneFetch(t *testing.T) {
-	b := newBackend(t, nil)
-	b.addUser("alice", "pw", msgs(3, 1000)...)
-	cfg := testConfig(func(c *MaildropConfig) { c.FetchAhead = size(0) })
-	mds := NewMaildrops(cfg, testLogger(t))
-	t.Cleanup(mds.Wait)
-	md := openMaildrop(t, mds, b, "alice", "pw")
+	b, mds, md := openAlice(t, nil, testConfig(func(c *MaildropConfig) { c.FetchAhead = size(0) }), msgs(3, 1000)...)
 	top := readAll(t)(md.Top(context.Background(), 2, 0))
 	retr := readAll(t)(md.Retr(context.Background(), 2))
 	if !bytes.Equal(top, retr) || string(retr) != msg(2, 1000) {
@@ -539,8 +494,7 @@ func TestCacheNeverCrossesUsers(t *testing.T) {
 	b := newBackend(t, nil)
 	b.addUser("alice", "pw", "Subject: for alice\r\n\r\nalice's secret\r\n")
 	b.addUser("bob", "pw", "Subject: for bob\r\n\r\nbob's mail\r\n")
-	mds := NewMaildrops(testConfig(nil), testLogger(t))
-	t.Cleanup(mds.Wait)
+	mds := newMaildrops(t, testConfig(nil))
 	a := openMaildrop(t, mds, b, "alice", "pw")
 	readAll(t)(a.Retr(context.Background(), 1))
 	a.Close()
@@ -559,12 +513,7 @@ func TestCacheNeverCrossesUsers(t *testing.T) {
 
 // Concurrent readers of one message in one session cause one backend FETCH.
 func TestConcurrentReadersOneFetch(t *testing.T) {
-	b := newBackend(t, &backendOptions{latency: 30 * time.Millisecond})
-	b.addUser("alice", "pw", msgs(2, 2000)...)
-	cfg := testConfig(func(c *MaildropConfig) { c.FetchAhead = size(0) })
-	mds := NewMaildrops(cfg, testLogger(t))
-	t.Cleanup(mds.Wait)
-	md := openMaildrop(t, mds, b, "alice", "pw")
+	b, _, md := openAlice(t, &backendOptions{latency: 30 * time.Millisecond}, testConfig(func(c *MaildropConfig) { c.FetchAhead = size(0) }), msgs(2, 2000)...)
 	var wg sync.WaitGroup
 	errs := make(chan error, 8)
 	for i := range 8 {
@@ -604,11 +553,7 @@ func TestConcurrentReadersOneFetch(t *testing.T) {
 // backend round trip, not one per message.
 func TestFetchAhead(t *testing.T) {
 	const n = 20
-	b := newBackend(t, &backendOptions{latency: 20 * time.Millisecond})
-	b.addUser("alice", "pw", msgs(n, 3000)...)
-	mds := NewMaildrops(testConfig(nil), testLogger(t))
-	t.Cleanup(mds.Wait)
-	md := openMaildrop(t, mds, b, "alice", "pw")
+	b, _, md := openAlice(t, &backendOptions{latency: 20 * time.Millisecond}, testConfig(nil), msgs(n, 3000)...)
 	start := time.Now()
 	for i := 1; i <= n; i++ {
 		if got := readAll(t)(md.Retr(context.Background(), i)); string(got) != msg(i, 3000) {
@@ -644,9 +589,7 @@ func TestFetchAheadBudget(t *testing.T) {
 	b := newBackend(t, nil)
 	b.addUser("alice", "pw", msgs(n, 3000)...)
 	budget := int64(len(msg(2, 3000)))*3 + 100 // three messages, not four
-	cfg := testConfig(func(c *MaildropConfig) { c.FetchAhead = size(Size(budget)) })
-	mds := NewMaildrops(cfg, testLogger(t))
-	t.Cleanup(mds.Wait)
+	mds := newMaildrops(t, testConfig(func(c *MaildropConfig) { c.FetchAhead = size(Size(budget)) }))
 	md := openMaildrop(t, mds, b, "alice", "pw")
 	readAll(t)(md.Retr(context.Background(), 1))
 	deadline := time.Now().Add(2 * time.Second)
@@ -689,8 +632,7 @@ func TestFetchAheadJumpAndClose(t *testing.T) {
 		c.SpoolMemory = 16 << 10
 		c.Cache.MaxMessageBytes = 16 << 10 // nothing cached: every body spooled to a file
 	})
-	mds := NewMaildrops(cfg, testLogger(t))
-	t.Cleanup(mds.Wait)
+	mds := newMaildrops(t, cfg)
 	mds.spoolDir = t.TempDir()
 	md := openMaildrop(t, mds, b, "alice", "pw")
 	readAll(t)(md.Retr(context.Background(), 1))
@@ -716,11 +658,7 @@ func TestFetchAheadJumpAndClose(t *testing.T) {
 }
 
 func TestRetrContextCancelled(t *testing.T) {
-	b := newBackend(t, &backendOptions{latency: 60 * time.Millisecond})
-	b.addUser("alice", "pw", msgs(2, 100)...)
-	mds := NewMaildrops(testConfig(nil), testLogger(t))
-	t.Cleanup(mds.Wait)
-	md := openMaildrop(t, mds, b, "alice", "pw")
+	b, _, md := openAlice(t, &backendOptions{latency: 60 * time.Millisecond}, testConfig(nil), msgs(2, 100)...)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
 	defer cancel()
 	if _, err := md.Retr(ctx, 1); !errors.Is(err, context.DeadlineExceeded) {
@@ -740,11 +678,7 @@ func regexpMust(s string) *regexp.Regexp { return regexp.MustCompile(s) }
 // A backend that sends the body before the UID defeats go-imap's routing of
 // FETCH responses: that must be an error, not "message gone".
 func TestBodyBeforeUIDIsNotGone(t *testing.T) {
-	b := newBackend(t, &backendOptions{bodyFirst: true})
-	b.addUser("alice", "pw", msgs(2, 200)...)
-	mds := NewMaildrops(testConfig(nil), testLogger(t))
-	t.Cleanup(mds.Wait)
-	md := openMaildrop(t, mds, b, "alice", "pw")
+	_, _, md := openAlice(t, &backendOptions{bodyFirst: true}, testConfig(nil), msgs(2, 200)...)
 	_, err := md.Retr(context.Background(), 1)
 	if errors.Is(err, ErrMessageGone) || !errors.Is(err, ErrUnavailable) {
 		t.Fatalf("err = %v, want ErrUnavailable (not ErrMessageGone)", err)
@@ -757,9 +691,7 @@ func TestBodyBeforeUIDIsNotGone(t *testing.T) {
 func TestSingleflightAcrossSessions(t *testing.T) {
 	b := newBackend(t, &backendOptions{latency: 50 * time.Millisecond})
 	b.addUser("alice", "pw", msgs(2, 5000)...)
-	cfg := testConfig(func(c *MaildropConfig) { c.FetchAhead = size(0) })
-	mds := NewMaildrops(cfg, testLogger(t))
-	t.Cleanup(mds.Wait)
+	mds := newMaildrops(t, testConfig(func(c *MaildropConfig) { c.FetchAhead = size(0) }))
 	md1 := openMaildrop(t, mds, b, "alice", "pw")
 	md1.lease.Release()
 	md2 := openMaildrop(t, mds, b, "alice", "pw")
@@ -830,11 +762,7 @@ func TestFetchAheadWindowIsTheBudget(t *testing.T) {
 // the clean-up (the fetch, \Seen, LOGOUT) runs after the release, in the
 // background, and Maildrops.Wait sees it end within its bounds.
 func TestCloseReleasesTheLockAtOnce(t *testing.T) {
-	b := newBackend(t, nil)
-	b.addUser("alice", "pw", msgs(2, 100)...)
-	mds := NewMaildrops(testConfig(nil), testLogger(t))
-	t.Cleanup(mds.Wait)
-	md := openMaildrop(t, mds, b, "alice", "pw")
+	b, mds, md := openAlice(t, nil, testConfig(nil), msgs(2, 100)...)
 	readAll(t)(md.Retr(context.Background(), 2)) // a \Seen to flush
 	b.opts.stallBody.Store(true)
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
@@ -873,8 +801,7 @@ func TestLockKeyFoldsCase(t *testing.T) {
 	for _, u := range []string{"bob", "BOB", "Bob", "alice"} {
 		b.addUser(u, "pw", msgs(1, 100)...)
 	}
-	mds := NewMaildrops(testConfig(nil), testLogger(t))
-	t.Cleanup(mds.Wait)
+	mds := newMaildrops(t, testConfig(nil))
 	md := openMaildrop(t, mds, b, "bob", "pw")
 	for _, u := range []string{"BOB", "Bob"} {
 		if _, err := mds.Open(context.Background(), b.target(), fastTimeouts, u, "pw"); !errors.Is(err, ErrInUse) {

@@ -47,8 +47,7 @@ func quit(t *testing.T, md *Maildrop, deleted ...int) {
 
 // reuseMaildrops is a Maildrops with pop3.reuse of ttl over b.
 func reuseMaildrops(t *testing.T, ttl time.Duration) *Maildrops {
-	mds := NewMaildrops(testConfig(func(c *MaildropConfig) { c.Reuse = ttl }), testLogger(t))
-	t.Cleanup(mds.Wait)
+	mds := newMaildrops(t, testConfig(func(c *MaildropConfig) { c.Reuse = ttl }))
 	return mds
 }
 

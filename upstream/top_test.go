@@ -60,8 +60,7 @@ func TestTopHeaderOnlyMovesFewBytes(t *testing.T) {
 	b := newBackend(t, nil)
 	big := bigText(10<<20, 76)
 	b.addUser("alice", "pw", big)
-	mds := NewMaildrops(testConfig(func(c *MaildropConfig) { c.FetchAhead = size(0) }), testLogger(t))
-	t.Cleanup(mds.Wait)
+	mds := newMaildrops(t, testConfig(func(c *MaildropConfig) { c.FetchAhead = size(0) }))
 	md := openMaildrop(t, mds, b, "alice", "pw")
 	for _, k := range []int{0, 10} {
 		before := b.sent.Load()
@@ -105,8 +104,7 @@ func TestTopPartsEdgeCases(t *testing.T) {
 		raw = append(raw, c.m)
 	}
 	b.addUser("alice", "pw", raw...)
-	mds := NewMaildrops(testConfig(func(c *MaildropConfig) { c.FetchAhead = size(0) }), testLogger(t))
-	t.Cleanup(mds.Wait)
+	mds := newMaildrops(t, testConfig(func(c *MaildropConfig) { c.FetchAhead = size(0) }))
 	mds.topWhole = -1 << 40 // no message is small enough to be fetched whole
 	md := openMaildrop(t, mds, b, "alice", "pw")
 	for i, c := range cases {
@@ -143,8 +141,7 @@ func TestTopFromCachedBodyNoRoundTrip(t *testing.T) {
 	b := newBackend(t, nil)
 	m := msg(1, 100<<10)
 	b.addUser("alice", "pw", m)
-	mds := NewMaildrops(testConfig(func(c *MaildropConfig) { c.FetchAhead = size(0) }), testLogger(t))
-	t.Cleanup(mds.Wait)
+	mds := newMaildrops(t, testConfig(func(c *MaildropConfig) { c.FetchAhead = size(0) }))
 	md := openMaildrop(t, mds, b, "alice", "pw")
 	readAll(t)(md.Retr(context.Background(), 1))
 	before := b.commandCount()
@@ -161,11 +158,7 @@ func TestTopFromCachedBodyNoRoundTrip(t *testing.T) {
 // TOP in parts of a message expunged by another client, or flagged
 // \Deleted, answers ErrMessageGone; the maildrop goes on.
 func TestTopPartsOfGoneMessage(t *testing.T) {
-	b := newBackend(t, nil)
-	b.addUser("alice", "pw", msg(1, 50<<10), msg(2, 50<<10), msg(3, 50<<10))
-	mds := NewMaildrops(testConfig(func(c *MaildropConfig) { c.FetchAhead = size(0) }), testLogger(t))
-	t.Cleanup(mds.Wait)
-	md := openMaildrop(t, mds, b, "alice", "pw")
+	b, _, md := openAlice(t, nil, testConfig(func(c *MaildropConfig) { c.FetchAhead = size(0) }), msg(1, 50<<10), msg(2, 50<<10), msg(3, 50<<10))
 	expungeElsewhere(t, b, 1)
 	other := b.client("alice", "pw")
 	if err := other.Store(imap.UIDSetNum(2), &imap.StoreFlags{Op: imap.StoreFlagsAdd, Silent: true,
@@ -195,8 +188,7 @@ func TestTopPartsDisagreeFallsBackToWhole(t *testing.T) {
 	b := newBackend(t, &backendOptions{sizeLie: 7})
 	m := "Subject: s\r\n\r\n" + strings.Repeat("a short body line\r\n", 3)
 	b.addUser("alice", "pw", m)
-	mds := NewMaildrops(testConfig(func(c *MaildropConfig) { c.FetchAhead = size(0) }), testLogger(t))
-	t.Cleanup(mds.Wait)
+	mds := newMaildrops(t, testConfig(func(c *MaildropConfig) { c.FetchAhead = size(0) }))
 	mds.topWhole = -1 << 40
 	md := openMaildrop(t, mds, b, "alice", "pw")
 	got := readAll(t)(md.Top(context.Background(), 1, 10))
