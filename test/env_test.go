@@ -2,10 +2,8 @@ package test
 
 import (
 	"bytes"
-	"crypto/rand"
 	"crypto/tls"
 	"encoding/base64"
-	"encoding/hex"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -24,14 +22,8 @@ import (
 // The gateway (on 127.0.0.1) is a trusted proxy to Dovecot, so that
 // forward_client_ip reaches it; clients that test the forwarding connect
 // from 127.0.0.2, which is not trusted.
-var backend = dovecot.Shared{Options: dovecot.Options{TLS: true, POP3: true, TrustedNetworks: "127.0.0.1/32"}}
-
-func TestMain(m *testing.M) { harness.Main(m, &backend) }
-
-// dovecotServer returns the package's Dovecot, starting it on first use.
-func dovecotServer(t testing.TB) *dovecot.Server {
-	t.Helper()
-	return backend.Get(t)
+func TestMain(m *testing.M) {
+	harness.Main(m, dovecot.Options{TLS: true, POP3: true, TrustedNetworks: "127.0.0.1/32"})
 }
 
 // secretForms returns a password in every shape a careless log line could
@@ -44,15 +36,16 @@ func secretForms(user, pass string) []string {
 
 var userSeq atomic.Int64
 
-// account is a Dovecot user made for one test.
-type account struct {
-	User, Pass string
-}
+// dovecotServer returns the package's Dovecot, starting it on first use.
+func dovecotServer(t testing.TB) *dovecot.Server { return harness.Dovecot(t) }
 
-// newAccount adds a user with a random password, unique to this run.
+// account is a Dovecot user made for one test.
+type account = harness.Account
+
+// newAccount adds a user with a random password, unique to this run, named
+// after the test.
 func newAccount(t testing.TB) account {
 	t.Helper()
-	dc := dovecotServer(t)
 	name := strings.Map(func(r rune) rune {
 		switch {
 		case r >= 'a' && r <= 'z', r >= '0' && r <= '9':
@@ -65,17 +58,12 @@ func newAccount(t testing.TB) account {
 	if len(name) > 24 {
 		name = name[:24]
 	}
-	var rnd [8]byte
-	rand.Read(rnd[:])
-	a := account{User: fmt.Sprintf("%s-%d@e2e.test", name, userSeq.Add(1)), Pass: "pw-" + hex.EncodeToString(rnd[:])}
+	a := harness.NewAccount(t, name+"-", "e2e.test")
 	// Every form of every password of the run is searched for in each
 	// gateway's logs when its test ends: invariant 5 everywhere, not only in
 	// the test named after it.
 	for _, s := range secretForms(a.User, a.Pass) {
 		harness.Secret(s)
-	}
-	if err := dc.AddUser(a.User, a.Pass); err != nil {
-		t.Fatal(err)
 	}
 	return a
 }

@@ -5,8 +5,6 @@ package cluster
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -14,7 +12,6 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -27,9 +24,7 @@ import (
 )
 
 // One Dovecot serves the package; every test uses users of its own.
-var backend = dovecot.Shared{}
-
-func TestMain(m *testing.M) { harness.Main(m, &backend) }
+func TestMain(m *testing.M) { harness.Main(m, dovecot.Options{}) }
 
 // redisServer is a redis-server of one test (test/redistest), which it
 // may stop and start again at the same address.
@@ -99,7 +94,7 @@ cluster:
   key_prefix: "t:"
   lock_lease: %s
   instance: %s
-`, backend.Get(t).IMAPAddr, o.lock, o.authLimit, r.Addr, o.lease, o.instance)
+`, harness.Dovecot(t).IMAPAddr, o.lock, o.authLimit, r.Addr, o.lease, o.instance)
 }
 
 // gateways starts n in-process instances on r, named gw1..gwN.
@@ -114,21 +109,14 @@ func gateways(t *testing.T, r *redisServer, n int, o gwOptions) []*harness.Gatew
 }
 
 // account is a Dovecot user made for one test.
-type account struct{ User, Pass string }
+type account = harness.Account
 
-var userSeq atomic.Int64
-
+// newAccount makes a user of the test's own whose INBOX holds messages
+// messages.
 func newAccount(t testing.TB, messages int) account {
 	t.Helper()
-	dc := backend.Get(t)
-	var rnd [8]byte
-	rand.Read(rnd[:])
-	a := account{User: fmt.Sprintf("c%d-%s@cluster.test", userSeq.Add(1), hex.EncodeToString(rnd[:3])),
-		Pass: "pw-" + hex.EncodeToString(rnd[:])}
-	harness.Secret(a.Pass)
-	if err := dc.AddUser(a.User, a.Pass); err != nil {
-		t.Fatal(err)
-	}
+	dc := harness.Dovecot(t)
+	a := harness.NewAccount(t, "c", "cluster.test")
 	var msgs [][]byte
 	for i := range messages {
 		msgs = append(msgs, []byte(fmt.Sprintf("From: c@test\r\nSubject: m%d\r\n\r\nmessage %d of %s\r\n", i, i, a.User)))
@@ -144,7 +132,7 @@ func newAccount(t testing.TB, messages int) account {
 // messages is how many messages the account's INBOX holds.
 func messages(t testing.TB, a account) int {
 	t.Helper()
-	st, err := backend.Get(t).Mailbox(a.User, a.Pass, "INBOX", false)
+	st, err := harness.Dovecot(t).Mailbox(a.User, a.Pass, "INBOX", false)
 	if err != nil {
 		t.Fatal(err)
 	}

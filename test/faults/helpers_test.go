@@ -1,8 +1,6 @@
 package faults
 
 import (
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -11,7 +9,6 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -25,32 +22,16 @@ import (
 )
 
 // One Dovecot serves the package; every test uses users of its own.
-var backend = dovecot.Shared{}
+func TestMain(m *testing.M) { harness.Main(m, dovecot.Options{}) }
 
-func TestMain(m *testing.M) { harness.Main(m, &backend) }
-
-func dovecotServer(t testing.TB) *dovecot.Server {
-	t.Helper()
-	return backend.Get(t)
-}
+func dovecotServer(t testing.TB) *dovecot.Server { return harness.Dovecot(t) }
 
 // account is a Dovecot user made for one test.
-type account struct{ User, Pass string }
-
-var userSeq atomic.Int64
+type account = harness.Account
 
 func newAccount(t testing.TB) account {
 	t.Helper()
-	dc := dovecotServer(t)
-	var rnd [8]byte
-	rand.Read(rnd[:])
-	a := account{User: fmt.Sprintf("f%d-%s@faults.test", userSeq.Add(1), hex.EncodeToString(rnd[:3])),
-		Pass: "pw-" + hex.EncodeToString(rnd[:])}
-	harness.Secret(a.Pass)
-	if err := dc.AddUser(a.User, a.Pass); err != nil {
-		t.Fatal(err)
-	}
-	return a
+	return harness.NewAccount(t, "f", "faults.test")
 }
 
 // seededAccount makes a user of the test's own whose INBOX holds n

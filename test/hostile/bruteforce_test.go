@@ -1,8 +1,6 @@
 package hostile
 
 import (
-	"crypto/rand"
-	"encoding/hex"
 	"fmt"
 	"net"
 	"os"
@@ -24,7 +22,7 @@ const failureLimit = 10
 // routing rules and auth_failure_delay.
 func startLimited(t *testing.T, rules string, delay time.Duration) *harness.Gateway {
 	t.Helper()
-	dc := backend.Get(t)
+	dc := harness.Dovecot(t)
 	return harness.Start(t, fmt.Sprintf(`log: {level: info, format: json}
 listeners:
   - {name: pop3, protocol: pop3, address: "127.0.0.1:0", tls: none, allow_plaintext_auth: true, proxy_protocol: [127.0.0.1/32]}
@@ -42,14 +40,8 @@ timeouts: {backend_dial: 5s, backend_command: 10s, shutdown: 2s}
 // newUser adds a Dovecot user of the test's own at domain.
 func newUser(t *testing.T, domain string) (user, pass string) {
 	t.Helper()
-	var rnd [8]byte
-	rand.Read(rnd[:])
-	user, pass = "bf-"+hex.EncodeToString(rnd[:3])+"@"+domain, "pw-"+hex.EncodeToString(rnd[:])
-	harness.Secret(pass)
-	if err := backend.Get(t).AddUser(user, pass); err != nil {
-		t.Fatal(err)
-	}
-	return user, pass
+	a := harness.NewAccount(t, "bf", domain)
+	return a.User, a.Pass
 }
 
 // dialAs connects to addr presenting the client address from in a PROXY v1

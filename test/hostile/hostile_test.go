@@ -14,8 +14,6 @@ package hostile
 
 import (
 	"bufio"
-	"crypto/rand"
-	"encoding/hex"
 	"fmt"
 	"net"
 	"runtime"
@@ -31,9 +29,7 @@ import (
 )
 
 // One Dovecot serves the package; every test uses users of its own.
-var backend = dovecot.Shared{}
-
-func TestMain(m *testing.M) { harness.Main(m, &backend) }
+func TestMain(m *testing.M) { harness.Main(m, dovecot.Options{}) }
 
 // Timeouts of the gateway under attack, and what the tests allow on top.
 const (
@@ -55,14 +51,9 @@ type env struct {
 
 func start(t *testing.T) *env {
 	t.Helper()
-	dc := backend.Get(t)
-	var rnd [8]byte
-	rand.Read(rnd[:])
-	e := &env{user: "h-" + hex.EncodeToString(rnd[:3]) + "@hostile.test", pass: "pw-" + hex.EncodeToString(rnd[:])}
-	harness.Secret(e.pass)
-	if err := dc.AddUser(e.user, e.pass); err != nil {
-		t.Fatal(err)
-	}
+	dc := harness.Dovecot(t)
+	a := harness.NewAccount(t, "h", "hostile.test")
+	e := &env{user: a.User, pass: a.Pass}
 	if _, err := dc.Append(e.user, e.pass, "INBOX", []byte("Subject: one\r\n\r\nbody one\r\n"), []byte("Subject: two\r\n\r\nbody two\r\n")); err != nil {
 		t.Fatal(err)
 	}

@@ -49,7 +49,7 @@ func TestIPv6SubscriberIsOneNetwork(t *testing.T) {
 // from; another /64, and an IPv4 client, are not affected.
 func TestIPv6PerIPCountsTheNetwork(t *testing.T) {
 	const perIP = 3
-	dc := backend.Get(t)
+	dc := harness.Dovecot(t)
 	g := harness.Start(t, fmt.Sprintf(`log: {level: info, format: json}
 listeners:
   - {name: pop3, protocol: pop3, address: "127.0.0.1:0", tls: none, allow_plaintext_auth: true, proxy_protocol: [127.0.0.1/32]}
