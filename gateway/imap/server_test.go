@@ -39,20 +39,17 @@ func TestCleartextRefusesLoginWithPrivacyRequired(t *testing.T) {
 	if strings.Contains(g, "AUTH=") {
 		t.Errorf("greeting %q offers AUTH= before TLS", g)
 	}
-	c.Send("a LOGIN alice secret")
-	c.Expect("a NO [PRIVACYREQUIRED]")
+	c.Command("a LOGIN alice secret", "a NO [PRIVACYREQUIRED]")
 	c.SendRaw("b AUTHENTICATE PLAIN " + b64("\x00alice\x00secret") + "\r\n")
 	c.Expect("b NO [PRIVACYREQUIRED]")
-	c.Send("c AUTHENTICATE LOGIN")
-	c.Expect("c NO [PRIVACYREQUIRED]")
+	c.Command("c AUTHENTICATE LOGIN", "c NO [PRIVACYREQUIRED]")
 	c.Send("d CAPABILITY")
 	capLine := c.Expect("* CAPABILITY IMAP4rev1 ")
 	if !strings.Contains(capLine, "LOGINDISABLED") || strings.Contains(capLine, "AUTH=") {
 		t.Errorf("capability %q", capLine)
 	}
 	c.Expect("d OK")
-	c.Send("e LOGOUT")
-	c.Expect("* BYE")
+	c.Command("e LOGOUT", "* BYE")
 	c.Expect("e OK")
 	c.ExpectClosed()
 	if len(b.logins) != 0 {
@@ -65,22 +62,15 @@ func TestNotAuthenticatedCommands(t *testing.T) {
 	cfg.BadCommandLimit = 10 // this test makes three mistakes on purpose
 	c := startPipe(t, cfg)
 	c.Expect("* OK [CAPABILITY IMAP4rev1 SASL-IR LITERAL+ ID AUTH=PLAIN AUTH=LOGIN] mailgate ready")
-	c.Send("a NOOP")
-	c.Expect("a OK")
-	c.Send("b SELECT INBOX")
-	c.Expect("b BAD Log in first")
-	c.Send("c ID (\"name\" \"Thunderbird\" \"version\" NIL)")
-	c.Expect(`* ID ("name" "mailgate")`)
+	c.Command("a NOOP", "a OK")
+	c.Command("b SELECT INBOX", "b BAD Log in first")
+	c.Command("c ID (\"name\" \"Thunderbird\" \"version\" NIL)", `* ID ("name" "mailgate")`)
 	c.Expect("c OK")
-	c.Send("d ID NIL")
-	c.Expect("* ID")
+	c.Command("d ID NIL", "* ID")
 	c.Expect("d OK")
-	c.Send("e STARTTLS")
-	c.Expect("e BAD STARTTLS not available")
-	c.Send("f NOOP extra")
-	c.Expect("f BAD")
-	c.Send("g LOGOUT")
-	c.Expect("* BYE")
+	c.Command("e STARTTLS", "e BAD STARTTLS not available")
+	c.Command("f NOOP extra", "f BAD")
+	c.Command("g LOGOUT", "* BYE")
 	c.Expect("g OK")
 	c.ExpectClosed()
 }
@@ -121,10 +111,8 @@ func TestLoginVariantsReachBackend(t *testing.T) {
 		{"LOGIN atoms", func(c *transcript.Conn) { c.Send("a LOGIN alice secret") }, "alice", "secret"},
 		{"LOGIN quoted", func(c *transcript.Conn) { c.SendRaw(`a LOGIN "alice@example.org" "p a\"s\\s"` + "\r\n") }, "alice@example.org", `p a"s\s`},
 		{"LOGIN sync literals", func(c *transcript.Conn) {
-			c.Send("a LOGIN {5}")
-			c.Expect("+ ")
-			c.Send("alice {6}")
-			c.Expect("+ ")
+			c.Command("a LOGIN {5}", "+ ")
+			c.Command("alice {6}", "+ ")
 			c.Send("pässw")
 		}, "alice", "pässw"},
 		{"LOGIN LITERAL+", func(c *transcript.Conn) { c.SendRaw("a LOGIN {5+}\r\nalice {2+}\r\n\"\\\r\n") }, "alice", `"\`},
@@ -140,8 +128,7 @@ func TestLoginVariantsReachBackend(t *testing.T) {
 			c.SendRaw(b64("\x00alice\x00secret") + "\r\n")
 		}, "alice", "secret"},
 		{"LOGIN mechanism", func(c *transcript.Conn) {
-			c.Send("a AUTHENTICATE LOGIN")
-			c.Expect("+ " + b64("Username:"))
+			c.Command("a AUTHENTICATE LOGIN", "+ "+b64("Username:"))
 			c.SendRaw(b64("alice") + "\r\n")
 			c.Expect("+ " + b64("Password:"))
 			c.SendRaw(b64("secret") + "\r\n")
@@ -209,8 +196,7 @@ func TestLoginFailures(t *testing.T) {
 				t.Errorf("reply %q names the backend", l)
 			}
 			// The session goes on.
-			c.Send("z NOOP")
-			c.Expect("z OK")
+			c.Command("z NOOP", "z OK")
 		})
 	}
 }
@@ -219,16 +205,11 @@ func TestAuthenticateCancel(t *testing.T) {
 	b := newFakeBackend(nil)
 	c := startPipe(t, testConfig(t, b))
 	c.Expect("* OK")
-	c.Send("a AUTHENTICATE PLAIN")
-	c.Expect("+ ")
-	c.Send("*")
-	c.Expect("a BAD AUTHENTICATE cancelled")
-	c.Send("b AUTHENTICATE LOGIN")
-	c.Expect("+ ")
-	c.Send("not base64!")
-	c.Expect("b BAD")
-	c.Send("c NOOP")
-	c.Expect("c OK")
+	c.Command("a AUTHENTICATE PLAIN", "+ ")
+	c.Command("*", "a BAD AUTHENTICATE cancelled")
+	c.Command("b AUTHENTICATE LOGIN", "+ ")
+	c.Command("not base64!", "b BAD")
+	c.Command("c NOOP", "c OK")
 	if len(b.logins) != 0 {
 		t.Fatal("cancelled exchange reached the backend")
 	}
@@ -239,14 +220,10 @@ func TestBadCommandLimitDisconnects(t *testing.T) {
 	cfg.BadCommandLimit = 4
 	c := startPipe(t, cfg)
 	c.Expect("* OK")
-	c.Send("a FETCH 1 BODY[]")
-	c.Expect("a BAD")
-	c.Send("\x01\x02")
-	c.Expect("* BAD")
-	c.Send("b LOGIN alice wrong")
-	c.Expect("b NO [AUTHENTICATIONFAILED]")
-	c.Send("c LIST \"\" *")
-	c.Expect("c BAD")
+	c.Command("a FETCH 1 BODY[]", "a BAD")
+	c.Command("\x01\x02", "* BAD")
+	c.Command("b LOGIN alice wrong", "b NO [AUTHENTICATIONFAILED]")
+	c.Command("c LIST \"\" *", "c BAD")
 	c.Expect("* BYE Too many invalid commands")
 	c.ExpectClosed()
 }
@@ -257,14 +234,10 @@ func TestBadCommandLimitDisconnects(t *testing.T) {
 func TestDefaultPreauthAllowanceIsThree(t *testing.T) {
 	c := startPipe(t, testConfig(t, newFakeBackend(nil)))
 	c.Expect("* OK")
-	c.Send("EHLO attacker.example")
-	c.Expect("EHLO BAD")
-	c.Send("a FETCH 1 BODY[]")
-	c.Expect("a BAD")
-	c.Send("b NOOP")
-	c.Expect("b OK") // a good command does not reset the count, nor add to it
-	c.Send("MAIL FROM:<a@example.org>")
-	c.Expect("MAIL BAD")
+	c.Command("EHLO attacker.example", "EHLO BAD")
+	c.Command("a FETCH 1 BODY[]", "a BAD")
+	c.Command("b NOOP", "b OK") // a good command does not reset the count, nor add to it
+	c.Command("MAIL FROM:<a@example.org>", "MAIL BAD")
 	c.Expect("* BYE Too many invalid commands")
 	c.ExpectClosed()
 }
@@ -314,8 +287,7 @@ func TestStartTLS(t *testing.T) {
 	cfg.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}}
 	c := startPipe(t, cfg)
 	c.Expect("* OK")
-	c.Send("a STARTTLS")
-	c.Expect("a OK Begin TLS")
+	c.Command("a STARTTLS", "a OK Begin TLS")
 	c.StartTLS(&tls.Config{RootCAs: pool, ServerName: "localhost"})
 	tlsc := c
 	tlsc.Send("b CAPABILITY")
@@ -324,8 +296,7 @@ func TestStartTLS(t *testing.T) {
 		t.Fatalf("capabilities after TLS: %q", caps)
 	}
 	tlsc.Expect("b OK")
-	tlsc.Send("c STARTTLS")
-	tlsc.Expect("c BAD")
+	tlsc.Command("c STARTTLS", "c BAD")
 	tlsc.Send("d LOGIN alice secret")
 	<-b.logins
 	peer := <-b.peers
@@ -372,8 +343,7 @@ func TestImplicitTLS(t *testing.T) {
 	if strings.Contains(g, "STARTTLS") || !strings.Contains(g, "AUTH=PLAIN") {
 		t.Fatalf("greeting %q", g)
 	}
-	tlsc.Send("a LOGOUT")
-	tlsc.Expect("* BYE")
+	tlsc.Command("a LOGOUT", "* BYE")
 	tlsc.Expect("a OK")
 }
 
@@ -395,8 +365,7 @@ func TestCredentialsNeverLogged(t *testing.T) {
 			c.Expect("x1 NO")
 			c.SendRaw("x2 AUTHENTICATE PLAIN " + b64("\x00alice\x00Sup3rSecr3t") + "\r\n")
 			c.Expect("x2 NO")
-			c.Send("x3 LOGOUT")
-			c.Expect("* BYE")
+			c.Command("x3 LOGOUT", "* BYE")
 			c.Expect("x3 OK")
 		}
 		c.ExpectClosed()
@@ -418,8 +387,7 @@ func TestCredentialsNeverLogged(t *testing.T) {
 func TestProxyHeaderFromUntrustedPeerRefused(t *testing.T) {
 	c := startPipe(t, testConfig(t, newFakeBackend(nil)))
 	c.Expect("* OK")
-	c.Send("PROXY TCP4 203.0.113.9 127.0.0.1 4000 143")
-	c.Expect("* BYE PROXY protocol not accepted")
+	c.Command("PROXY TCP4 203.0.113.9 127.0.0.1 4000 143", "* BYE PROXY protocol not accepted")
 	c.ExpectClosed()
 }
 
@@ -434,8 +402,7 @@ func TestSessionEndResults(t *testing.T) {
 		result connlog.Result
 	}{
 		{"logout", nil, func(t *testing.T, c *transcript.Conn, _ *fakeBackend) {
-			c.Send("a LOGOUT")
-			c.Expect("* BYE")
+			c.Command("a LOGOUT", "* BYE")
 			c.Expect("a OK")
 			c.ExpectClosed()
 		}, connlog.Logout},
@@ -447,8 +414,7 @@ func TestSessionEndResults(t *testing.T) {
 			}, connlog.PreauthTimeout},
 		{"too many bad commands", func(cfg *Config) { cfg.BadCommandLimit = 1 },
 			func(t *testing.T, c *transcript.Conn, _ *fakeBackend) {
-				c.Send("a FETCH 1 BODY[]")
-				c.Expect("a BAD")
+				c.Command("a FETCH 1 BODY[]", "a BAD")
 				c.Expect("* BYE Too many invalid commands")
 				c.ExpectClosed()
 			}, connlog.TooManyBadCommands},
@@ -458,14 +424,12 @@ func TestSessionEndResults(t *testing.T) {
 			c.ExpectClosed()
 		}, connlog.CommandTooLong},
 		{"proxy refused", nil, func(t *testing.T, c *transcript.Conn, _ *fakeBackend) {
-			c.Send("PROXY TCP4 203.0.113.9 127.0.0.1 4000 143")
-			c.Expect("* BYE")
+			c.Command("PROXY TCP4 203.0.113.9 127.0.0.1 4000 143", "* BYE")
 			c.ExpectClosed()
 		}, connlog.ProxyRefused},
 		{"STARTTLS handshake failed", func(cfg *Config) { cfg.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}} },
 			func(t *testing.T, c *transcript.Conn, _ *fakeBackend) {
-				c.Send("a STARTTLS")
-				c.Expect("a OK")
+				c.Command("a STARTTLS", "a OK")
 				c.Send("not a TLS ClientHello")
 				c.ExpectClosed()
 			}, connlog.TLSFailed},
@@ -519,8 +483,7 @@ func TestConnectionIDsAreProcessWide(t *testing.T) {
 		cfg.Logger = zap.New(core)
 		c := startPipe(t, cfg) // a new Server each time
 		c.Expect("* OK")
-		c.Send("a LOGOUT")
-		c.Expect("* BYE")
+		c.Command("a LOGOUT", "* BYE")
 		c.Expect("a OK")
 		c.ExpectClosed()
 	}
@@ -559,10 +522,8 @@ func TestLoginLiteralRefusedWithoutContinuation(t *testing.T) {
 	if l := c.Line(); !strings.HasPrefix(l, "b NO [PRIVACYREQUIRED]") {
 		t.Fatalf("LOGIN with a password literal under LOGINDISABLED: %q", l)
 	}
-	c.Send("c NOOP")
-	c.Expect("c OK")
-	c.Send("d LOGOUT")
-	c.Expect("* BYE")
+	c.Command("c NOOP", "c OK")
+	c.Command("d LOGOUT", "* BYE")
 	c.Expect("d OK")
 	if len(b.logins) != 0 {
 		t.Fatal("credentials reached the backend over cleartext")
@@ -571,10 +532,8 @@ func TestLoginLiteralRefusedWithoutContinuation(t *testing.T) {
 	cfg = testConfig(t, newFakeBackend(nil)) // plaintext allowed
 	c = startPipe(t, cfg)
 	c.Expect("* OK")
-	c.Send("a LOGIN {5}")
-	c.Expect("+ ")
-	c.Send(`alice "secret"`)
-	c.Expect("a OK")
+	c.Command("a LOGIN {5}", "+ ")
+	c.Command(`alice "secret"`, "a OK")
 }
 
 // TestEmptyPasswordNeverReachesTheBackend: finding 7. LOGIN with "" and
@@ -594,8 +553,7 @@ func TestEmptyPasswordNeverReachesTheBackend(t *testing.T) {
 			c.Expect("* OK")
 			c.SendRaw(tc.cmd + "\r\n")
 			c.Expect("a NO [AUTHENTICATIONFAILED]")
-			c.Send("z LOGOUT")
-			c.Expect("* BYE")
+			c.Command("z LOGOUT", "* BYE")
 			c.Expect("z OK")
 			if len(b.logins) != 0 {
 				t.Errorf("%s: an empty password reached the backend", tc.name)
@@ -653,8 +611,7 @@ func TestMaximalIDAccepted(t *testing.T) {
 	if n := len(q.String()); n <= 16<<10 || n > maxLine {
 		t.Fatalf("quoted ID of %d octets: want over the old 16 KiB cap and within maxLine %d", n, maxLine)
 	}
-	c.Send(q.String())
-	c.Expect(`* ID ("name" "mailgate")`)
+	c.Command(q.String(), `* ID ("name" "mailgate")`)
 	c.Expect("q OK ID completed")
 
 	// LITERAL+: the whole command at once.
@@ -690,8 +647,7 @@ func TestMaximalIDAccepted(t *testing.T) {
 	c.Expect(`* ID ("name" "mailgate")`)
 	c.Expect("s OK ID completed")
 
-	c.Send("a LOGIN alice secret")
-	c.Expect("a OK")
+	c.Command("a LOGIN alice secret", "a OK")
 	if len(b.logins) != 1 {
 		t.Fatalf("backend saw %d logins, want 1", len(b.logins))
 	}
@@ -717,18 +673,13 @@ func TestLongUserNameRefusedLocally(t *testing.T) {
 	c := startPipe(t, cfg)
 	c.Expect("* OK")
 	long := strings.Repeat("u", 256)
-	c.Send("a LOGIN " + long + " secret")
-	c.Expect("a NO [AUTHENTICATIONFAILED]")
+	c.Command("a LOGIN "+long+" secret", "a NO [AUTHENTICATIONFAILED]")
 	c.SendRaw("b LOGIN {8000+}\r\n" + strings.Repeat("x", 8000) + " secret\r\n")
 	c.Expect("b NO [AUTHENTICATIONFAILED]")
-	c.Send("c AUTHENTICATE PLAIN " + b64("\x00"+long+"\x00secret"))
-	c.Expect("c NO [AUTHENTICATIONFAILED]")
-	c.Send("d AUTHENTICATE LOGIN")
-	c.Expect("+ ")
-	c.Send(b64(long))
-	c.Expect("+ ")
-	c.Send(b64("secret"))
-	c.Expect("d NO [AUTHENTICATIONFAILED]")
+	c.Command("c AUTHENTICATE PLAIN "+b64("\x00"+long+"\x00secret"), "c NO [AUTHENTICATIONFAILED]")
+	c.Command("d AUTHENTICATE LOGIN", "+ ")
+	c.Command(b64(long), "+ ")
+	c.Command(b64("secret"), "d NO [AUTHENTICATIONFAILED]")
 	c.Expect("* BYE Too many invalid commands")
 	c.ExpectClosed()
 	select {
@@ -740,8 +691,7 @@ func TestLongUserNameRefusedLocally(t *testing.T) {
 	// 255 octets is still a user name.
 	c = startPipe(t, testConfig(t, b))
 	c.Expect("* OK")
-	c.Send("a LOGIN " + strings.Repeat("u", 255) + " secret")
-	c.Expect("a OK")
+	c.Command("a LOGIN "+strings.Repeat("u", 255)+" secret", "a OK")
 	if l := <-b.logins; len(l.User) != 255 {
 		t.Fatalf("backend got a %d-octet name", len(l.User))
 	}
@@ -758,8 +708,7 @@ func TestHTTPRequestEndsConnection(t *testing.T) {
 			cfg.Logger = zap.New(core)
 			c := startPipe(t, cfg)
 			c.Expect("* OK")
-			c.Send("a NOOP")
-			c.Expect("a OK")
+			c.Command("a NOOP", "a OK")
 			go c.NetConn().Write([]byte(line + "\r\nHost: mail.example.org\r\n\r\n"))
 			c.ExpectClosed()
 			deadline := time.Now().Add(5 * time.Second)
@@ -774,6 +723,5 @@ func TestHTTPRequestEndsConnection(t *testing.T) {
 	// An IMAP tag that only starts like a method is IMAP.
 	c := startPipe(t, testConfig(t, newFakeBackend(nil)))
 	c.Expect("* OK")
-	c.Send("GETX NOOP")
-	c.Expect("GETX OK")
+	c.Command("GETX NOOP", "GETX OK")
 }
