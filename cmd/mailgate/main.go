@@ -48,26 +48,27 @@ func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 
+// commands are the subcommands, by name; each takes the arguments after its
+// name and returns the exit code.
+var commands = map[string]func(args []string, stdout, stderr io.Writer) int{
+	"serve":        serve,
+	"check-config": checkConfig,
+	"demo":         demo,
+	"healthcheck":  healthcheck,
+	"uidl-import":  uidlImport,
+	"uidl-drop":    uidlDrop,
+	"uidl-stats":   uidlStats,
+}
+
 func run(args []string, stdout, stderr io.Writer) int {
 	if len(args) == 0 {
 		fmt.Fprint(stderr, usage)
 		return 2
 	}
+	if cmd, ok := commands[args[0]]; ok {
+		return cmd(args[1:], stdout, stderr)
+	}
 	switch args[0] {
-	case "serve":
-		return serve(args[1:], stdout, stderr)
-	case "check-config":
-		return checkConfig(args[1:], stdout, stderr)
-	case "demo":
-		return demo(args[1:], stdout, stderr)
-	case "healthcheck":
-		return healthcheck(args[1:], stdout, stderr)
-	case "uidl-import":
-		return uidlImport(args[1:], stdout, stderr)
-	case "uidl-drop":
-		return uidlDrop(args[1:], stdout, stderr)
-	case "uidl-stats":
-		return uidlStats(args[1:], stdout, stderr)
 	case "version", "-version", "--version":
 		fmt.Fprintf(stdout, "mailgate %s\n", versionString())
 		return 0
