@@ -21,7 +21,6 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -55,13 +54,19 @@ func Require(t testing.TB) {
 // too).
 func Start(t testing.TB) (addr string, stop func()) {
 	t.Helper()
+	return startOnFreePort(t)
+}
+
+// startOnFreePort runs a redis-server with extra arguments on a free port of
+// 127.0.0.1. A port found free can be taken before the server binds it:
+// it retries with another.
+func startOnFreePort(t testing.TB, extra ...string) (addr string, stop func()) {
+	t.Helper()
 	Require(t)
 	var err error
-	// A port found free can be taken before the server binds it: retry
-	// with another.
 	for range 3 {
 		addr = freeAddr(t)
-		if stop, err = start(t, addr); err == nil {
+		if stop, err = start(t, addr, extra...); err == nil {
 			return addr, stop
 		}
 	}
@@ -88,18 +93,8 @@ func StartAt(t testing.TB, addr string) (stop func()) {
 // (CROSSSLOT).
 func StartCluster(t testing.TB) (addr string, stop func()) {
 	t.Helper()
-	Require(t)
-	var err error
-	for range 3 {
-		addr = freeAddr(t)
-		if stop, err = start(t, addr, "--cluster-enabled", "yes",
-			"--cluster-config-file", filepath.Join(t.TempDir(), "nodes.conf")); err == nil {
-			break
-		}
-	}
-	if err != nil {
-		t.Fatalf("redistest: %v", err)
-	}
+	// nodes.conf goes in the attempt's --dir, the server's working directory.
+	addr, stop = startOnFreePort(t, "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf")
 	// CLUSTER ADDSLOTS 0 ... 16383 (ADDSLOTSRANGE needs Redis 7).
 	args := []string{"CLUSTER", "ADDSLOTS"}
 	for slot := range 16384 {
