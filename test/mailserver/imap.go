@@ -202,17 +202,27 @@ func (s *IMAP) Mailbox(user, password, mailbox string, bodies bool) (*MailboxSta
 	return st, nil
 }
 
+// selected logs in as user and selects mailbox (read-write).
+func (s *IMAP) selected(user, password, mailbox string) (*Client, error) {
+	c, err := s.Login(user, password)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := c.Select(mailbox, nil).Wait(); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("select %s: %w", mailbox, err)
+	}
+	return c, nil
+}
+
 // Store adds (or with remove, removes) flags on the messages with uids, the
 // way another IMAP client of the same user would.
 func (s *IMAP) Store(user, password, mailbox string, remove bool, flags []imap.Flag, uids ...uint32) error {
-	c, err := s.Login(user, password)
+	c, err := s.selected(user, password, mailbox)
 	if err != nil {
 		return err
 	}
 	defer c.Close()
-	if _, err := c.Select(mailbox, nil).Wait(); err != nil {
-		return fmt.Errorf("select %s: %w", mailbox, err)
-	}
 	op := imap.StoreFlagsAdd
 	if remove {
 		op = imap.StoreFlagsDel
@@ -223,14 +233,11 @@ func (s *IMAP) Store(user, password, mailbox string, remove bool, flags []imap.F
 // Expunge removes exactly the messages with uids (UID STORE \Deleted, UID
 // EXPUNGE), as another IMAP client would.
 func (s *IMAP) Expunge(user, password, mailbox string, uids ...uint32) error {
-	c, err := s.Login(user, password)
+	c, err := s.selected(user, password, mailbox)
 	if err != nil {
 		return err
 	}
 	defer c.Close()
-	if _, err := c.Select(mailbox, nil).Wait(); err != nil {
-		return fmt.Errorf("select %s: %w", mailbox, err)
-	}
 	set := uidSet(uids)
 	if err := c.Client.Store(set, &imap.StoreFlags{Op: imap.StoreFlagsAdd, Silent: true,
 		Flags: []imap.Flag{imap.FlagDeleted}}, nil).Close(); err != nil {
