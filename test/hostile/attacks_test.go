@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"crypto/rand"
 	"crypto/tls"
+	"fmt"
 	"net"
 	"strings"
 	"sync"
@@ -92,63 +93,59 @@ func TestSlowloris(t *testing.T) {
 // refused with an error, within a bounded heap, and the connection either
 // stays usable or is closed; nobody else notices.
 func TestLongLines(t *testing.T) {
-	e := start(t)
+	big := []byte(strings.Repeat("A", 1<<20) + "\r\n")
+	start(t).attackEach(t, "sending 1 MiB lines", []string{"pop3", "imap"}, func(c net.Conn, l string) {
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		r := bufio.NewReader(c)
+		r.ReadString('\n') // greeting
+		if _, err := c.Write(big); err != nil {
+			return // closed mid-line: fine
+		}
+		line, err := r.ReadString('\n')
+		if err != nil {
+			return // closed: fine
+		}
+		if !strings.HasPrefix(line, "-ERR") && !strings.Contains(line, " BAD") && !strings.Contains(line, " BYE") {
+			t.Errorf("%s answered a 1 MiB line with %q", l, clip(line))
+		}
+	})
+}
+
+// attackEach runs attack on ten connections to each of listeners at once,
+// with a normal client served on every listener meanwhile (probeAll), and
+// checks that the heap grew by less than the budget.
+func (e *env) attackEach(t *testing.T, what string, listeners []string, attack func(c net.Conn, listener string)) {
+	t.Helper()
 	const clients = 10
 	before := heapInuse()
-	big := []byte(strings.Repeat("A", 1<<20) + "\r\n")
 	var wg sync.WaitGroup
-	for _, l := range []string{"pop3", "imap"} {
+	for _, l := range listeners {
 		for _, c := range dialMany(t, e.g.Addr(l), clients) {
-			wg.Go(func() {
-				c.SetDeadline(time.Now().Add(10 * time.Second))
-				r := bufio.NewReader(c)
-				r.ReadString('\n') // greeting
-				if _, err := c.Write(big); err != nil {
-					return // closed mid-line: fine
-				}
-				line, err := r.ReadString('\n')
-				if err != nil {
-					return // closed: fine
-				}
-				if !strings.HasPrefix(line, "-ERR") && !strings.Contains(line, " BAD") && !strings.Contains(line, " BYE") {
-					t.Errorf("%s answered a 1 MiB line with %q", l, clip(line))
-				}
-			})
+			wg.Go(func() { attack(c, l) })
 		}
 	}
-	time.Sleep(200 * time.Millisecond)
+	time.Sleep(200 * time.Millisecond) // the attack under way
 	e.probeAll(t)
 	wg.Wait()
-	checkHeap(t, "20 clients sending 1 MiB lines", before)
+	checkHeap(t, fmt.Sprintf("%d clients %s", clients*len(listeners), what), before)
 }
 
 // TestBinaryJunk: random bytes (NULs, bare CRs, 8-bit) get errors and, after
 // the bad-command limit, a closed connection, well before any timeout.
 func TestBinaryJunk(t *testing.T) {
-	e := start(t)
-	const clients = 10
-	before := heapInuse()
-	var wg sync.WaitGroup
-	for _, l := range []string{"pop3", "imap", "pop3s", "imaps"} {
-		for _, c := range dialMany(t, e.g.Addr(l), clients) {
-			wg.Go(func() {
-				junk := make([]byte, 64<<10)
-				rand.Read(junk)
-				// Some line ends, so that the junk is many bad commands.
-				for i := 100; i < len(junk); i += 100 {
-					junk[i] = '\n'
-				}
-				c.SetWriteDeadline(time.Now().Add(5 * time.Second))
-				c.Write(junk)
-				// The gateway must hang up: bad commands on the cleartext
-				// listeners, a failed handshake on the TLS ones.
-				waitClosed(t, c, 10*time.Second)
-			})
+	start(t).attackEach(t, "sending binary junk", []string{"pop3", "imap", "pop3s", "imaps"}, func(c net.Conn, _ string) {
+		junk := make([]byte, 64<<10)
+		rand.Read(junk)
+		// Some line ends, so that the junk is many bad commands.
+		for i := 100; i < len(junk); i += 100 {
+			junk[i] = '\n'
 		}
-	}
-	e.probeAll(t)
-	wg.Wait()
-	checkHeap(t, "40 clients sending binary junk", before)
+		c.SetWriteDeadline(time.Now().Add(5 * time.Second))
+		c.Write(junk)
+		// The gateway must hang up: bad commands on the cleartext
+		// listeners, a failed handshake on the TLS ones.
+		waitClosed(t, c, 10*time.Second)
+	})
 }
 
 // TestHalfOpen: a thousand connections on each cleartext listener that
