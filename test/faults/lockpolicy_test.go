@@ -18,6 +18,14 @@ func lockAccount(t *testing.T, n int) (account, []uint32) {
 	return a, uids
 }
 
+// lockGateway is a gateway with the pop3 settings pop3 in front of the
+// Dovecot, and a user of the test's own with three messages.
+func lockGateway(t *testing.T, pop3 string) (*harness.Gateway, account, []uint32) {
+	t.Helper()
+	a, uids := lockAccount(t, 3)
+	return harness.Start(t, gatewayYAML(dovecotServer(t).IMAPAddr, pop3)), a, uids
+}
+
 func loginOnce(addr string, a account) (*pop3client.Client, error) {
 	return pop3client.DialLogin(addr, a.User, a.Pass, clientTimeout)
 }
@@ -31,9 +39,7 @@ func isInUse(err error) bool {
 // for takeover_after, and the older one's DELEs are lost (no UPDATE); one
 // that is busier than that keeps the lock ([IN-USE]).
 func TestLockTakeover(t *testing.T) {
-	dc := dovecotServer(t)
-	a, uids := lockAccount(t, 3)
-	g := harness.Start(t, gatewayYAML(dc.IMAPAddr, "{lock: takeover, takeover_after: 1s}"))
+	g, a, uids := lockGateway(t, "{lock: takeover, takeover_after: 1s}")
 
 	old := dialPOP3(t, g.Addr("pop3"), a, 0)
 	defer old.Close()
@@ -131,9 +137,7 @@ func TestLockTakeoverNeverCutsUpdate(t *testing.T) {
 // none: two sessions of one user at once, each with its own snapshot; a
 // message one of them deleted is gone for the other (-ERR), which goes on.
 func TestLockNone(t *testing.T) {
-	dc := dovecotServer(t)
-	a, uids := lockAccount(t, 3)
-	g := harness.Start(t, gatewayYAML(dc.IMAPAddr, "{lock: none}"))
+	g, a, uids := lockGateway(t, "{lock: none}")
 	one := dialPOP3(t, g.Addr("pop3"), a, 0)
 	defer one.Close()
 	two, err := loginOnce(g.Addr("pop3"), a)
