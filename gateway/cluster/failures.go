@@ -41,9 +41,10 @@ func (c *Client) Failures() *Failures { return &Failures{c} }
 
 func (f *Failures) key(k string) string { return f.c.cfg.KeyPrefix + "fail:" + k }
 
-// run sends one pipeline under the exchange deadline; with Redis known to
-// be away it sends nothing.
-func (f *Failures) run(ctx context.Context, fill func(redis.Pipeliner)) ([]redis.Cmder, error) {
+// run sends one pipeline, cmd for each of keys (given the key under the
+// prefix), under the exchange deadline; with Redis known to be away it
+// sends nothing.
+func (f *Failures) run(ctx context.Context, keys []string, cmd func(p redis.Pipeliner, key string)) ([]redis.Cmder, error) {
 	if !f.c.Up() {
 		return nil, errDegraded
 	}
@@ -51,7 +52,12 @@ func (f *Failures) run(ctx context.Context, fill func(redis.Pipeliner)) ([]redis
 	defer cancel()
 	// A pipeline of one-key commands: Redis Cluster splits it by slot,
 	// where one MGET across slots would be refused.
-	cmds, err := f.c.rdb.Pipelined(ctx, func(p redis.Pipeliner) error { fill(p); return nil })
+	cmds, err := f.c.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for _, k := range keys {
+			cmd(p, f.key(k))
+		}
+		return nil
+	})
 	if err != nil && !errors.Is(err, redis.Nil) {
 		f.c.failed(err)
 		return nil, err
@@ -61,40 +67,34 @@ func (f *Failures) run(ctx context.Context, fill func(redis.Pipeliner)) ([]redis
 
 // Failures implements the limiter's store: the count of each key.
 func (f *Failures) Failures(ctx context.Context, keys ...string) ([]int, error) {
-	cmds, err := f.run(ctx, func(p redis.Pipeliner) {
-		for _, k := range keys {
-			p.Get(ctx, f.key(k))
-		}
+	cmds, err := f.run(ctx, keys, func(p redis.Pipeliner, key string) {
+		p.Get(ctx, key)
 	})
 	if err != nil {
 		return nil, err
 	}
-	n := make([]int, len(keys))
-	for i, c := range cmds {
-		v, err := c.(*redis.StringCmd).Int()
-		if err != nil && !errors.Is(err, redis.Nil) {
-			return nil, err
-		}
-		n[i] = v
-	}
-	return n, nil
+	return counts(cmds)
 }
 
 // AddFailure implements the limiter's store: one more failure under each
 // key, in a window of per from its first.
 func (f *Failures) AddFailure(ctx context.Context, per time.Duration, keys ...string) ([]int, error) {
-	cmds, err := f.run(ctx, func(p redis.Pipeliner) {
-		for _, k := range keys {
-			failureScript.Eval(ctx, p, []string{f.key(k)}, per.Milliseconds()) // EVALSHA cannot fall back inside a pipeline
-		}
+	cmds, err := f.run(ctx, keys, func(p redis.Pipeliner, key string) {
+		failureScript.Eval(ctx, p, []string{key}, per.Milliseconds()) // EVALSHA cannot fall back inside a pipeline
 	})
 	if err != nil {
 		return nil, err
 	}
-	n := make([]int, len(keys))
+	return counts(cmds)
+}
+
+// counts is the number each of cmds replied; a key that does not exist
+// (redis.Nil) counts 0.
+func counts(cmds []redis.Cmder) ([]int, error) {
+	n := make([]int, len(cmds))
 	for i, c := range cmds {
-		v, err := c.(*redis.Cmd).Int()
-		if err != nil {
+		v, err := c.(interface{ Int() (int, error) }).Int()
+		if err != nil && !errors.Is(err, redis.Nil) {
 			return nil, err
 		}
 		n[i] = v
@@ -104,10 +104,8 @@ func (f *Failures) AddFailure(ctx context.Context, per time.Duration, keys ...st
 
 // Known implements the limiter's store: whether each key was remembered.
 func (f *Failures) Known(ctx context.Context, keys ...string) ([]bool, error) {
-	cmds, err := f.run(ctx, func(p redis.Pipeliner) {
-		for _, k := range keys {
-			p.Exists(ctx, f.key(k))
-		}
+	cmds, err := f.run(ctx, keys, func(p redis.Pipeliner, key string) {
+		p.Exists(ctx, key)
 	})
 	if err != nil {
 		return nil, err
@@ -121,10 +119,8 @@ func (f *Failures) Known(ctx context.Context, keys ...string) ([]bool, error) {
 
 // Remember implements the limiter's store: each key, for ttl.
 func (f *Failures) Remember(ctx context.Context, ttl time.Duration, keys ...string) error {
-	_, err := f.run(ctx, func(p redis.Pipeliner) {
-		for _, k := range keys {
-			p.Set(ctx, f.key(k), "1", ttl)
-		}
+	_, err := f.run(ctx, keys, func(p redis.Pipeliner, key string) {
+		p.Set(ctx, key, "1", ttl)
 	})
 	return err
 }
