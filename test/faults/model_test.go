@@ -242,25 +242,21 @@ func popSession(addr string, a account, r *rand.Rand) *popObservation {
 			for _, it := range items {
 				o.sizes[it.N] = it.Size
 			}
-		case op < 50:
+		case op < 60: // RETR below 50, TOP from 50
 			if n == 0 || deleted[k] {
 				continue
 			}
-			body, err := c.Retr(k)
-			o.retrs = append(o.retrs, retrSeen{uid: uidFromUIDL(o.listing[k-1].UIDL), top: -1, body: body, err: err, which: fmt.Sprintf("RETR %d", k)})
-			if err != nil && !isReply(err) {
-				o.fatal = err
-				return o
+			seen := retrSeen{uid: uidFromUIDL(o.listing[k-1].UIDL), top: -1, which: fmt.Sprintf("RETR %d", k)}
+			if op < 50 {
+				seen.body, seen.err = c.Retr(k)
+			} else {
+				seen.top = r.IntN(5)
+				seen.which = fmt.Sprintf("TOP %d %d", k, seen.top)
+				seen.body, seen.err = c.Top(k, seen.top)
 			}
-		case op < 60:
-			if n == 0 || deleted[k] {
-				continue
-			}
-			lines := r.IntN(5)
-			body, err := c.Top(k, lines)
-			o.retrs = append(o.retrs, retrSeen{uid: uidFromUIDL(o.listing[k-1].UIDL), top: lines, body: body, err: err, which: fmt.Sprintf("TOP %d %d", k, lines)})
-			if err != nil && !isReply(err) {
-				o.fatal = err
+			o.retrs = append(o.retrs, seen)
+			if seen.err != nil && !isReply(seen.err) {
+				o.fatal = seen.err
 				return o
 			}
 		case op < 80:
