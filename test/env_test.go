@@ -181,6 +181,16 @@ func (g *gw) login(a account) *pop3client.Client {
 	return c
 }
 
+// dele marks messages ns deleted (DELE), failing t on an error.
+func dele(t testing.TB, c *pop3client.Client, ns ...int) {
+	t.Helper()
+	for _, n := range ns {
+		if err := c.Dele(n); err != nil {
+			t.Fatalf("DELE %d: %v", n, err)
+		}
+	}
+}
+
 // loginEventually logs in on the cleartext listener, retrying while the
 // previous session of the same user still holds the lock (a session's end is
 // asynchronous to its client's close).

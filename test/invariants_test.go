@@ -32,11 +32,7 @@ func TestInvariant1_OnlyDeletedAndQuitRemoves(t *testing.T) {
 	uids := seed(t, a, msgs...)
 
 	c := g.login(a)
-	for _, n := range []int{2, 4} {
-		if err := c.Dele(n); err != nil {
-			t.Fatalf("DELE %d: %v", n, err)
-		}
-	}
+	dele(t, c, 2, 4)
 	// RFC 1939 §5: deleted messages are not counted and not listed.
 	if n, _, err := c.Stat(); err != nil || n != 3 {
 		t.Errorf("STAT after two DELEs: %d messages, %v; want 3", n, err)
@@ -77,11 +73,7 @@ func TestInvariant1_DroppedConnectionDeletesNothing(t *testing.T) {
 	uids := seed(t, a, message("drop-1", "one\r\n"), message("drop-2", "two\r\n"), message("drop-3", "three\r\n"))
 
 	c := g.login(a)
-	for n := 1; n <= 3; n++ {
-		if err := c.Dele(n); err != nil {
-			t.Fatalf("DELE %d: %v", n, err)
-		}
-	}
+	dele(t, c, 1, 2, 3)
 	c.Close() // no QUIT
 
 	// A new session (once the old one is gone) sees all three.
@@ -109,12 +101,7 @@ func TestInvariant1_ShutdownDeletesNothing(t *testing.T) {
 	uids := seed(t, a, message("shut-1", "one\r\n"), message("shut-2", "two\r\n"))
 
 	c := g.login(a)
-	if err := c.Dele(1); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.Dele(2); err != nil {
-		t.Fatal(err)
-	}
+	dele(t, c, 1, 2)
 	g.Stop(500 * time.Millisecond) // the client idles in TRANSACTION: cut it
 	if err := c.Dele(1); err == nil {
 		t.Error("the session still answers after the gateway shut down")
@@ -129,12 +116,7 @@ func TestInvariant1_DeleRsetQuitDeletesNothing(t *testing.T) {
 	uids := seed(t, a, message("rset-1", "one\r\n"), message("rset-2", "two\r\n"))
 
 	c := g.login(a)
-	if err := c.Dele(1); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.Dele(2); err != nil {
-		t.Fatal(err)
-	}
+	dele(t, c, 1, 2)
 	if n, _, _ := c.Stat(); n != 0 {
 		t.Errorf("STAT after DELE of both = %d messages, want 0", n)
 	}
@@ -172,9 +154,7 @@ func TestInvariant1_OtherClientsDeletedMessageSurvivesQuit(t *testing.T) {
 	if n, _, err := c.Stat(); err != nil || n != 3 {
 		t.Fatalf("STAT = %d, %v; want 3 (the \\Deleted message left out)", n, err)
 	}
-	if err := c.Dele(2); err != nil {
-		t.Fatal(err)
-	}
+	dele(t, c, 2)
 	// Meanwhile another client flags message 3 \Deleted too.
 	if err := dc.Store(a.User, a.Pass, "INBOX", false, []imap.Flag{imap.FlagDeleted}, uids[2]); err != nil {
 		t.Fatal(err)

@@ -58,9 +58,7 @@ func TestExpungedMidSessionRetrErrSessionGoesOn(t *testing.T) {
 	if n, _, err := c.Stat(); err != nil || n != 3 {
 		t.Errorf("STAT later in the session = %d, %v; want 3 (the snapshot is fixed)", n, err)
 	}
-	if err := c.Dele(1); err != nil {
-		t.Fatal(err)
-	}
+	dele(t, c, 1)
 	if err := c.Quit(); err != nil {
 		t.Fatalf("QUIT: %v", err)
 	}
