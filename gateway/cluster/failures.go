@@ -67,9 +67,7 @@ func (f *Failures) run(ctx context.Context, keys []string, cmd func(p redis.Pipe
 
 // Failures implements the limiter's store: the count of each key.
 func (f *Failures) Failures(ctx context.Context, keys ...string) ([]int, error) {
-	cmds, err := f.run(ctx, keys, func(p redis.Pipeliner, key string) {
-		p.Get(ctx, key)
-	})
+	cmds, err := f.run(ctx, keys, func(p redis.Pipeliner, key string) { p.Get(ctx, key) })
 	if err != nil {
 		return nil, err
 	}
@@ -104,9 +102,7 @@ func counts(cmds []redis.Cmder) ([]int, error) {
 
 // Known implements the limiter's store: whether each key was remembered.
 func (f *Failures) Known(ctx context.Context, keys ...string) ([]bool, error) {
-	cmds, err := f.run(ctx, keys, func(p redis.Pipeliner, key string) {
-		p.Exists(ctx, key)
-	})
+	cmds, err := f.run(ctx, keys, func(p redis.Pipeliner, key string) { p.Exists(ctx, key) })
 	if err != nil {
 		return nil, err
 	}
@@ -119,8 +115,6 @@ func (f *Failures) Known(ctx context.Context, keys ...string) ([]bool, error) {
 
 // Remember implements the limiter's store: each key, for ttl.
 func (f *Failures) Remember(ctx context.Context, ttl time.Duration, keys ...string) error {
-	_, err := f.run(ctx, keys, func(p redis.Pipeliner, key string) {
-		p.Set(ctx, key, "1", ttl)
-	})
+	_, err := f.run(ctx, keys, func(p redis.Pipeliner, key string) { p.Set(ctx, key, "1", ttl) })
 	return err
 }
