@@ -107,12 +107,29 @@ func mustGet(t *testing.T, m *miniredis.Miniredis, k string) string {
 	return v
 }
 
+// twoInstances is a Redis and the lockers of two instances, a and b, with
+// 30s leases.
+func twoInstances(t *testing.T) (m *miniredis.Miniredis, a, b *Locker) {
+	t.Helper()
+	m = lockRedis(t)
+	return m, lockClient(t, m, "a", 30*time.Second).Locker(upstream.NewLocalLocker()),
+		lockClient(t, m, "b", 30*time.Second).Locker(upstream.NewLocalLocker())
+}
+
+// mustBeTaken fails t with msg unless h was told its lock was taken over.
+func mustBeTaken(t *testing.T, h *upstream.Holder, msg string) {
+	t.Helper()
+	select {
+	case <-h.Taken():
+	default:
+		t.Fatal(msg)
+	}
+}
+
 var bob = upstream.LockKey{Backend: "store", User: "bob@example.org"}
 
 func TestLockerExclusiveAcrossInstances(t *testing.T) {
-	m := lockRedis(t)
-	a := lockClient(t, m, "a", 30*time.Second).Locker(upstream.NewLocalLocker())
-	b := lockClient(t, m, "b", 30*time.Second).Locker(upstream.NewLocalLocker())
+	m, a, b := twoInstances(t)
 	ctx := context.Background()
 	la, err := a.Lock(ctx, bob, upstream.NewHolder(), upstream.LockExclusive, time.Second)
 	if err != nil {
@@ -161,11 +178,7 @@ func TestLockerSameInstanceHandsOver(t *testing.T) {
 	if err != nil {
 		t.Fatalf("takeover on one instance: %v", err)
 	}
-	select {
-	case <-old.Taken():
-	default:
-		t.Fatal("the older session was not told")
-	}
+	mustBeTaken(t, old, "the older session was not told")
 	l1.Release()
 	if err := l2.Confirm(ctx); err != nil {
 		t.Fatalf("the newcomer's lease after the old session's release: %v", err)
@@ -177,9 +190,7 @@ func TestLockerSameInstanceHandsOver(t *testing.T) {
 }
 
 func TestLockerTakeoverAcrossInstances(t *testing.T) {
-	m := lockRedis(t)
-	a := lockClient(t, m, "a", 30*time.Second).Locker(upstream.NewLocalLocker())
-	b := lockClient(t, m, "b", 30*time.Second).Locker(upstream.NewLocalLocker())
+	m, a, b := twoInstances(t)
 	ctx := context.Background()
 	old := upstream.NewHolder()
 	la, err := a.Lock(ctx, bob, old, upstream.LockTakeover, time.Hour)
@@ -200,11 +211,7 @@ func TestLockerTakeoverAcrossInstances(t *testing.T) {
 	if err != nil {
 		t.Fatalf("takeover across instances: %v", err)
 	}
-	select {
-	case <-old.Taken():
-	default:
-		t.Fatal("the session on the owner instance was not ended")
-	}
+	mustBeTaken(t, old, "the session on the owner instance was not ended")
 	if v := mustGet(t, m, "mailgate:lock:store:bob@example.org"); !strings.HasSuffix(v, " b") {
 		t.Fatalf("lock value %q after the takeover: want b's", v)
 	}
@@ -222,9 +229,7 @@ func TestLockerTakeoverAcrossInstances(t *testing.T) {
 
 // An owner in UPDATE is waited for, then the newcomer gets the lock.
 func TestLockerTakeoverWaitsForUpdate(t *testing.T) {
-	m := lockRedis(t)
-	a := lockClient(t, m, "a", 30*time.Second).Locker(upstream.NewLocalLocker())
-	b := lockClient(t, m, "b", 30*time.Second).Locker(upstream.NewLocalLocker())
+	_, a, b := twoInstances(t)
 	ctx := context.Background()
 	old := upstream.NewHolder()
 	la, err := a.Lock(ctx, bob, old, upstream.LockTakeover, 0)
