@@ -127,26 +127,18 @@ func TestFailedLoginFloodFromOneIPIsRefusedWhileAnotherLogsIn(t *testing.T) {
 	addr := srv.Addr("pop3")
 	// 127.0.0.2 guesses passwords: three failures (the limit is 3/min)...
 	for i := 0; i < 3; i++ {
-		c := dialPOP3(t, addr, "127.0.0.2")
-		c.Line()
-		c.Command("USER alice", "")
-		if r := c.Command(fmt.Sprintf("PASS wrong%d", i), ""); !strings.HasPrefix(r, "-ERR [AUTH]") {
+		if _, r := pop3Login(t, addr, "127.0.0.2", "alice", fmt.Sprintf("wrong%d", i)); !strings.HasPrefix(r, "-ERR [AUTH]") {
 			t.Fatalf("wrong password %d: %q", i, r)
 		}
 	}
 	// ...then even the right password is refused, temporarily.
-	c := dialPOP3(t, addr, "127.0.0.2")
-	c.Line()
-	c.Command("USER alice", "")
-	if r := c.Command("PASS secret", ""); !strings.HasPrefix(r, "-ERR [SYS/TEMP]") {
+	if _, r := pop3Login(t, addr, "127.0.0.2", "alice", "secret"); !strings.HasPrefix(r, "-ERR [SYS/TEMP]") {
 		t.Fatalf("login from a flooding address: %q, want -ERR [SYS/TEMP]", r)
 	}
 	// Meanwhile alice, from another address, logs in with her password:
 	// the failures cost the address that made them, not her.
-	c = dialPOP3(t, addr, "127.0.0.3")
-	c.Line()
-	c.Command("USER alice", "")
-	if r := c.Command("PASS secret", ""); !strings.HasPrefix(r, "+OK") {
+	c, r := pop3Login(t, addr, "127.0.0.3", "alice", "secret")
+	if !strings.HasPrefix(r, "+OK") {
 		t.Fatalf("alice from another address while 127.0.0.2 guesses: %q", r)
 	}
 	c.Command("QUIT", "")
@@ -166,15 +158,10 @@ func TestLoginFromAnotherIPWhileOneIsFlooding(t *testing.T) {
 	srv, _ := startGateway(t, baseConfig, memBackend(t, testMessage))
 	addr := srv.Addr("pop3")
 	for i := 0; i < 3; i++ {
-		c := dialPOP3(t, addr, "127.0.0.2")
-		c.Line()
-		c.Command("USER mallory", "")
-		c.Command("PASS guess", "")
+		pop3Login(t, addr, "127.0.0.2", "mallory", "guess")
 	}
-	c := dialPOP3(t, addr, "127.0.0.3")
-	c.Line()
-	c.Command("USER alice", "")
-	if r := c.Command("PASS secret", ""); !strings.HasPrefix(r, "+OK") {
+	c, r := pop3Login(t, addr, "127.0.0.3", "alice", "secret")
+	if !strings.HasPrefix(r, "+OK") {
 		t.Fatalf("login from a well-behaved address: %q", r)
 	}
 	c.Command("QUIT", "")

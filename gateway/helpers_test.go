@@ -88,4 +88,14 @@ func dialPOP3(t *testing.T, addr net.Addr, from string) *transcript.Conn {
 	return c
 }
 
+// pop3Login dials addr from the address from, reads the greeting, sends
+// USER and PASS and returns the connection and the reply to PASS.
+func pop3Login(t *testing.T, addr net.Addr, from, user, pass string) (*transcript.Conn, string) {
+	t.Helper()
+	c := dialPOP3(t, addr, from)
+	c.Line()
+	c.Command("USER "+user, "")
+	return c, c.Command("PASS "+pass, "")
+}
+
 func zapString(k, v string) zap.Field { return zap.String(k, v) }

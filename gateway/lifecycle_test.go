@@ -37,10 +37,7 @@ func messageCount(t *testing.T, addr string) uint32 {
 func TestShutdownWithDeletionsPendingDeletesNothing(t *testing.T) {
 	backend := memBackend(t, testMessage, testMessage, testMessage)
 	srv, _ := startGateway(t, baseConfig, backend)
-	c := dialPOP3(t, srv.Addr("pop3"), "")
-	c.Line()
-	c.Command("USER alice", "")
-	c.Command("PASS secret", "")
+	c, _ := pop3Login(t, srv.Addr("pop3"), "", "alice", "secret")
 	for _, n := range []string{"1", "2", "3"} {
 		if r := c.Command("DELE "+n, ""); !strings.HasPrefix(r, "+OK") {
 			t.Fatalf("DELE %s: %q", n, r)
@@ -60,10 +57,7 @@ func TestShutdownWithDeletionsPendingDeletesNothing(t *testing.T) {
 func TestShutdownGraceLetsASessionFinish(t *testing.T) {
 	backend := memBackend(t, testMessage, testMessage)
 	srv, _ := startGateway(t, baseConfig, backend)
-	c := dialPOP3(t, srv.Addr("pop3"), "")
-	c.Line()
-	c.Command("USER alice", "")
-	c.Command("PASS secret", "")
+	c, _ := pop3Login(t, srv.Addr("pop3"), "", "alice", "secret")
 	done := make(chan struct{})
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -99,10 +93,7 @@ func TestShutdownDuringRetrNeverSendsATruncatedBody(t *testing.T) {
 	big := "Subject: big\r\n\r\n" + strings.Repeat(strings.Repeat("x", 998)+"\r\n", 16000) // 16 MB: more than the socket buffers
 	backend := memBackend(t, big)
 	srv, _ := startGateway(t, baseConfig, backend)
-	c := dialPOP3(t, srv.Addr("pop3"), "")
-	c.Line()
-	c.Command("USER alice", "")
-	c.Command("PASS secret", "")
+	c, _ := pop3Login(t, srv.Addr("pop3"), "", "alice", "secret")
 	c.Send("RETR 1")
 	first := c.Line()
 	if !strings.HasPrefix(first, "+OK") {
@@ -147,10 +138,7 @@ func TestReloadRoutesNewSessionsAndKeepsSessionsInFlight(t *testing.T) {
 	b := memBackend(t, testMessage, testMessage)
 	srv, _ := startGateway(t, baseConfig, a)
 
-	inFlight := dialPOP3(t, srv.Addr("pop3"), "")
-	inFlight.Line()
-	inFlight.Command("USER alice", "")
-	inFlight.Command("PASS secret", "")
+	inFlight, _ := pop3Login(t, srv.Addr("pop3"), "", "alice", "secret")
 
 	cfg, err := config.Parse([]byte(strings.ReplaceAll(baseConfig, "BACKEND", b)))
 	if err != nil {
@@ -164,10 +152,7 @@ func TestReloadRoutesNewSessionsAndKeepsSessionsInFlight(t *testing.T) {
 	}
 	inFlight.Command("QUIT", "")
 
-	c := dialPOP3(t, srv.Addr("pop3"), "")
-	c.Line()
-	c.Command("USER alice", "")
-	c.Command("PASS secret", "")
+	c, _ := pop3Login(t, srv.Addr("pop3"), "", "alice", "secret")
 	if r := c.Command("STAT", ""); !strings.HasPrefix(r, "+OK 2 ") {
 		t.Errorf("new session after reload: STAT %q, want backend B's two messages", r)
 	}

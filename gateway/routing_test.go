@@ -12,10 +12,7 @@ import (
 
 func loginPOP3(t *testing.T, srv *Server, user, pass string) string {
 	t.Helper()
-	c := dialPOP3(t, srv.Addr("pop3"), "")
-	c.Line()
-	c.Command("USER "+user, "")
-	r := c.Command("PASS "+pass, "")
+	c, r := pop3Login(t, srv.Addr("pop3"), "", user, pass)
 	if strings.HasPrefix(r, "+OK") {
 		c.Command("QUIT", "")
 	}
