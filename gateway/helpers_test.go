@@ -47,14 +47,30 @@ func stopBackend(t *testing.T, addr string) {
 	srv.(*imaptest.Server).Close()
 }
 
-// startGateway runs a gateway from YAML (BACKEND is replaced by backend)
-// and returns it with an observer of its logs.
-func startGateway(t *testing.T, yaml, backend string) (*Server, *observer.ObservedLogs) {
+// parseConfig parses YAML with BACKEND replaced by backend.
+func parseConfig(t *testing.T, yaml, backend string) *config.Config {
 	t.Helper()
 	cfg, err := config.Parse([]byte(strings.ReplaceAll(yaml, "BACKEND", backend)))
 	if err != nil {
 		t.Fatal(err)
 	}
+	return cfg
+}
+
+// reload reloads srv from YAML (BACKEND replaced by backend), as a SIGHUP
+// does.
+func reload(t *testing.T, srv *Server, yaml, backend string) {
+	t.Helper()
+	if err := srv.Reload(parseConfig(t, yaml, backend)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// startGateway runs a gateway from YAML (BACKEND is replaced by backend)
+// and returns it with an observer of its logs.
+func startGateway(t *testing.T, yaml, backend string) (*Server, *observer.ObservedLogs) {
+	t.Helper()
+	cfg := parseConfig(t, yaml, backend)
 	core, logs := observer.New(zap.DebugLevel)
 	srv, err := New(cfg, zap.New(core))
 	if err != nil {

@@ -12,7 +12,6 @@ import (
 
 	"github.com/emersion/go-imap/v2/imapclient"
 
-	"mailgate/gateway/config"
 	"mailgate/test/loopback"
 )
 
@@ -140,13 +139,7 @@ func TestReloadRoutesNewSessionsAndKeepsSessionsInFlight(t *testing.T) {
 
 	inFlight, _ := pop3Login(t, srv.Addr("pop3"), "", "alice", "secret")
 
-	cfg, err := config.Parse([]byte(strings.ReplaceAll(baseConfig, "BACKEND", b)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.Reload(cfg); err != nil {
-		t.Fatal(err)
-	}
+	reload(t, srv, baseConfig, b)
 	if r := inFlight.Command("STAT", ""); r != "+OK 1 "+strconv.Itoa(len(testMessage)) {
 		t.Errorf("session in flight after reload: STAT %q, want backend A's single message", r)
 	}
@@ -165,14 +158,7 @@ func TestReloadAppliesLimits(t *testing.T) {
 	if g := first.Line(); !strings.HasPrefix(g, "+OK") {
 		t.Fatalf("greeting %q", g)
 	}
-	cfg, err := config.Parse([]byte(strings.ReplaceAll(strings.Replace(baseConfig,
-		"limits: {", "limits: {per_ip: 1, ", 1), "BACKEND", "127.0.0.1:1")))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.Reload(cfg); err != nil {
-		t.Fatal(err)
-	}
+	reload(t, srv, strings.Replace(baseConfig, "limits: {", "limits: {per_ip: 1, ", 1), "127.0.0.1:1")
 	second := dialPOP3(t, srv.Addr("pop3"), "127.0.0.9")
 	if g := second.Line(); !strings.HasPrefix(g, "-ERR [SYS/TEMP]") {
 		t.Fatalf("a second connection from one address after reloading per_ip: 1: %q", g)
@@ -227,13 +213,7 @@ func TestReloadAppliesPOP3BackendTimeouts(t *testing.T) {
 	backend := stallingProxy(t, memBackend(t, testMessage))
 	slow := baseConfig + "timeouts: {backend_command: 1m}\n"
 	srv, _ := startGateway(t, slow, backend)
-	cfg, err := config.Parse([]byte(strings.ReplaceAll(baseConfig+"timeouts: {backend_command: 300ms}\n", "BACKEND", backend)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.Reload(cfg); err != nil {
-		t.Fatal(err)
-	}
+	reload(t, srv, baseConfig+"timeouts: {backend_command: 300ms}\n", backend)
 	c := dialPOP3(t, srv.Addr("pop3"), "")
 	c.Expect("+OK")
 	c.Command("USER alice", "+OK")
@@ -252,14 +232,7 @@ func TestReloadAppliesFrontSettings(t *testing.T) {
 	srv, _ := startGateway(t, baseConfig, memBackend(t, testMessage))
 	before := dialPOP3(t, srv.Addr("pop3"), "")
 	before.Expect("+OK")
-	cfg, err := config.Parse([]byte(strings.ReplaceAll(strings.Replace(baseConfig,
-		"limits: {", "limits: {preauth_bad_commands: 1, ", 1), "BACKEND", "127.0.0.1:1")))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.Reload(cfg); err != nil {
-		t.Fatal(err)
-	}
+	reload(t, srv, strings.Replace(baseConfig, "limits: {", "limits: {preauth_bad_commands: 1, ", 1), "127.0.0.1:1")
 	after := dialPOP3(t, srv.Addr("pop3"), "")
 	after.Expect("+OK")
 	after.Command("BOGUS", "-ERR")

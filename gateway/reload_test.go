@@ -7,7 +7,6 @@ import (
 
 	"go.uber.org/zap/zapcore"
 
-	"mailgate/gateway/config"
 	"mailgate/test/testca"
 )
 
@@ -17,16 +16,10 @@ import (
 func TestReloadWarnsAboutListenerChanges(t *testing.T) {
 	backend := memBackend(t, testMessage)
 	srv, logs := startGateway(t, baseConfig, backend)
-	reload := func(yaml string) []string {
+	reloadWarnings := func(yaml string) []string {
 		t.Helper()
-		cfg, err := config.Parse([]byte(strings.ReplaceAll(yaml, "BACKEND", backend)))
-		if err != nil {
-			t.Fatal(err)
-		}
 		logs.TakeAll()
-		if err := srv.Reload(cfg); err != nil {
-			t.Fatal(err)
-		}
+		reload(t, srv, yaml, backend)
 		var warnings []string
 		for _, e := range logs.TakeAll() {
 			if e.Level == zapcore.WarnLevel {
@@ -44,7 +37,7 @@ func TestReloadWarnsAboutListenerChanges(t *testing.T) {
 		return warnings
 	}
 
-	if w := reload(baseConfig); len(w) != 0 {
+	if w := reloadWarnings(baseConfig); len(w) != 0 {
 		t.Errorf("reloading the same configuration warned: %q", w)
 	}
 
@@ -62,7 +55,7 @@ func TestReloadWarnsAboutListenerChanges(t *testing.T) {
 		`listener settings changed that need a restart; they keep their running values until then listener=pop3 [address: "127.0.0.1:0" -> "127.0.0.2:0"] [proxy_protocol: "[]" -> "[10.0.0.0/8]"]`,
 		"new listener in the configuration; it starts at the next restart listener=imap2",
 	}
-	if got := reload(changed); !slices.Equal(got, want) {
+	if got := reloadWarnings(changed); !slices.Equal(got, want) {
 		t.Errorf("warnings after changing listeners:\n\t%s\nwant\n\t%s", strings.Join(got, "\n\t"), strings.Join(want, "\n\t"))
 	}
 
@@ -72,7 +65,7 @@ func TestReloadWarnsAboutListenerChanges(t *testing.T) {
 	cert, key := testCertFiles(t)
 	protocol = strings.NewReplacer("CERT", cert, "KEY", key).Replace(protocol)
 	want = []string{`listener settings changed that need a restart; they keep their running values until then listener=pop3 [protocol: "pop3" -> "imap"] [tls: "none" -> "implicit"]`}
-	if got := reload(protocol); !slices.Equal(got, want) {
+	if got := reloadWarnings(protocol); !slices.Equal(got, want) {
 		t.Errorf("warnings after changing protocol and tls:\n\t%s\nwant\n\t%s", strings.Join(got, "\n\t"), strings.Join(want, "\n\t"))
 	}
 
