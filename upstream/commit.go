@@ -127,17 +127,7 @@ func (d *Maildrop) remove(wd *watchdog, uids imap.UIDSet, policy string) error {
 	case policy == DeleteFlag:
 		return d.storeDeleted(uids)
 	case policy == DeleteExpunge:
-		if err := d.storeDeleted(uids); err != nil {
-			return err
-		}
-		if !uidPlus {
-			d.log.Warn("backend lacks UIDPLUS: deleted messages are flagged \\Deleted but not expunged",
-				zap.String("uids", uids.String()))
-			return &NotExpungedError{UIDs: uids.String()}
-		}
-		wd.reset(d.to.Command)
-		_, err := d.c.UIDExpunge(uids).Collect()
-		return commandErrorIf("UID EXPUNGE", err)
+		return d.expungeExactly(wd, uids, uidPlus, "backend lacks UIDPLUS: deleted messages are flagged \\Deleted but not expunged")
 	case strings.HasPrefix(policy, DeleteMovePfx):
 		dest := strings.TrimPrefix(policy, DeleteMovePfx)
 		err := d.move(wd, uids, dest, uidPlus)
@@ -166,12 +156,19 @@ func (d *Maildrop) move(wd *watchdog, uids imap.UIDSet, dest string, uidPlus boo
 		return commandErrorIf("UID COPY", err)
 	}
 	wd.reset(d.to.Command)
+	return d.expungeExactly(wd, uids, uidPlus, "backend lacks MOVE and UIDPLUS: moved messages are copied and flagged \\Deleted, not expunged")
+}
+
+// expungeExactly flags uids \Deleted and expunges those messages alone with
+// UID EXPUNGE (RFC 4315 §2.1), never another client's \Deleted messages.
+// Without UIDPLUS they stay flagged: it logs warning and returns a
+// NotExpungedError.
+func (d *Maildrop) expungeExactly(wd *watchdog, uids imap.UIDSet, uidPlus bool, warning string) error {
 	if err := d.storeDeleted(uids); err != nil {
 		return err
 	}
 	if !uidPlus {
-		d.log.Warn("backend lacks MOVE and UIDPLUS: moved messages are copied and flagged \\Deleted, not expunged",
-			zap.String("uids", uids.String()))
+		d.log.Warn(warning, zap.String("uids", uids.String()))
 		return &NotExpungedError{UIDs: uids.String()}
 	}
 	wd.reset(d.to.Command)
