@@ -522,41 +522,36 @@ func parseNumber(arg string) (int, bool) {
 	return n, true
 }
 
+// cmdLIST: RFC 1939 §5, a message's size in octets.
 func (s *session) cmdLIST(cmd command) (transition, error) {
-	if len(cmd.args) == 1 {
-		n, err := s.msgNumber(cmd.args[0])
-		if err != nil {
-			return stay, err
-		}
-		s.w.writeOK(strconv.Itoa(n) + " " + strconv.FormatInt(s.md.Size(n), 10))
-		return stay, nil
-	}
-	count, octets := s.totals()
-	s.w.writeOK(strconv.Itoa(count) + " messages (" + strconv.FormatInt(octets, 10) + " octets)")
-	for n := 1; n <= s.md.Len(); n++ {
-		if !s.deleted[n] {
-			s.w.writeLine(strconv.Itoa(n) + " " + strconv.FormatInt(s.md.Size(n), 10))
-		}
-	}
-	s.w.writeEnd()
-	return stay, nil
+	return s.scanListing(cmd, func() string {
+		count, octets := s.totals()
+		return strconv.Itoa(count) + " messages (" + strconv.FormatInt(octets, 10) + " octets)"
+	}, func(n int) string { return strconv.FormatInt(s.md.Size(n), 10) })
 }
 
 // cmdUIDL: RFC 1939 §7. The unique-ids are 0x21-0x7E, so a listing line
 // never starts with "." and needs no stuffing.
 func (s *session) cmdUIDL(cmd command) (transition, error) {
+	return s.scanListing(cmd, func() string { return "unique-id listing follows" }, s.md.UIDL)
+}
+
+// scanListing answers LIST and UIDL: with a message number, "+OK n info(n)";
+// without, +OK with header() and then "n info(n)" for each message not
+// marked deleted (RFC 1939 §5, §7).
+func (s *session) scanListing(cmd command, header func() string, info func(n int) string) (transition, error) {
 	if len(cmd.args) == 1 {
 		n, err := s.msgNumber(cmd.args[0])
 		if err != nil {
 			return stay, err
 		}
-		s.w.writeOK(strconv.Itoa(n) + " " + s.md.UIDL(n))
+		s.w.writeOK(strconv.Itoa(n) + " " + info(n))
 		return stay, nil
 	}
-	s.w.writeOK("unique-id listing follows")
+	s.w.writeOK(header())
 	for n := 1; n <= s.md.Len(); n++ {
 		if !s.deleted[n] {
-			s.w.writeLine(strconv.Itoa(n) + " " + s.md.UIDL(n))
+			s.w.writeLine(strconv.Itoa(n) + " " + info(n))
 		}
 	}
 	s.w.writeEnd()
