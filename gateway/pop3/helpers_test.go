@@ -258,6 +258,17 @@ func newTestServer(t *testing.T, b *fakeBackend, mod func(*Config)) *testServer 
 	return ts
 }
 
+// wantCommits waits for the sessions to end, then checks the commits the
+// backend saw (nil: none) and how many maildrops were closed.
+func (ts *testServer) wantCommits(want [][]int, closes int) {
+	ts.t.Helper()
+	ts.wait()
+	// Sprint: a commit of no deletions may be nil or empty.
+	if commits, n := ts.b.counts(); fmt.Sprint(commits) != fmt.Sprint(want) || n != closes {
+		ts.t.Fatalf("commits %v closes %d, want %v and %d", commits, n, want, closes)
+	}
+}
+
 // wait waits until every session has ended (the listener is closed).
 func (ts *testServer) wait() {
 	ts.t.Helper()

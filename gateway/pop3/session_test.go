@@ -133,11 +133,7 @@ func TestUSERPASSAndQuit(t *testing.T) {
 	c.Command("pass "+testPass, "+OK maildrop has 3 messages (")
 	c.Command("QUIT", "+OK mailgate signing off (0 messages deleted)")
 	c.ExpectClosed()
-	ts.wait()
-	commits, closes := ts.b.counts()
-	if !reflect.DeepEqual(commits, [][]int{{}}) || closes != 1 {
-		t.Fatalf("commits %v closes %d, want one empty commit and one close", commits, closes)
-	}
+	ts.wantCommits([][]int{{}}, 1)
 	if logins, _, _ := ts.b.calls(); len(logins) != 1 {
 		t.Fatalf("%d logins", len(logins))
 	} else if got := logins[0]; got.User != testUser || got.Password != testPass || got.Remote == nil {
@@ -270,10 +266,7 @@ func TestStatListUidlDeleRset(t *testing.T) {
 	c.Command("STAT", fmt.Sprintf("+OK 1 %d", s2))
 	c.Command("QUIT", "+OK mailgate signing off (2 messages deleted)")
 	c.ExpectClosed()
-	ts.wait()
-	if commits, closes := ts.b.counts(); !reflect.DeepEqual(commits, [][]int{{1, 3}}) || closes != 1 {
-		t.Fatalf("commits %v closes %d, want [[1 3]] and one close", commits, closes)
-	}
+	ts.wantCommits([][]int{{1, 3}}, 1)
 }
 
 func TestQuitInAuthorizationCommitsNothing(t *testing.T) {
@@ -322,10 +315,7 @@ func TestEndWithoutQuitCommitsNothing(t *testing.T) {
 			c.Command("DELE 1", "+OK")
 			c.Command("DELE 3", "+OK")
 			tt.end(ts, c)
-			ts.wait()
-			if commits, closes := ts.b.counts(); len(commits) != 0 || closes != 1 {
-				t.Fatalf("commits %v closes %d, want no commit and one close", commits, closes)
-			}
+			ts.wantCommits(nil, 1)
 			ends := logs.FilterMessage("session end")
 			if ends.Len() != 1 || ends.FilterField(tt.result.Field()).Len() != 1 {
 				t.Fatalf("session end lines %v, want one with result %s", ends.All(), tt.result)
@@ -358,10 +348,7 @@ func TestCommitFailure(t *testing.T) {
 	c.Command("DELE 1", "+OK")
 	c.Command("QUIT", "-ERR [SYS/TEMP] some deleted messages not removed")
 	c.ExpectClosed()
-	ts.wait()
-	if commits, closes := ts.b.counts(); !reflect.DeepEqual(commits, [][]int{{1}}) || closes != 1 {
-		t.Fatalf("commits %v closes %d", commits, closes)
-	}
+	ts.wantCommits([][]int{{1}}, 1)
 }
 
 // notExpungedErr is what upstream's Commit returns without UIDPLUS.
@@ -382,10 +369,7 @@ func TestCommitNotExpungedSaysSo(t *testing.T) {
 	c.Command("DELE 2", "+OK")
 	c.Command("QUIT", "+OK mailgate signing off (2 messages marked deleted; the server keeps them flagged \\Deleted until it expunges them)")
 	c.ExpectClosed()
-	ts.wait()
-	if commits, closes := ts.b.counts(); !reflect.DeepEqual(commits, [][]int{{1, 2}}) || closes != 1 {
-		t.Fatalf("commits %v closes %d", commits, closes)
-	}
+	ts.wantCommits([][]int{{1, 2}}, 1)
 }
 
 func TestRETRExactBytes(t *testing.T) {
@@ -458,10 +442,7 @@ func TestBodyFailureMidTransferClosesWithoutTerminator(t *testing.T) {
 			if !strings.HasPrefix(rest, "Subject: two\r\n") {
 				t.Fatalf("got %q", rest)
 			}
-			ts.wait()
-			if commits, closes := ts.b.counts(); len(commits) != 0 || closes != 1 {
-				t.Fatalf("commits %v closes %d", commits, closes)
-			}
+			ts.wantCommits(nil, 1)
 		})
 	}
 }
@@ -587,10 +568,7 @@ func TestPanicEndsOnlyTheSession(t *testing.T) {
 	c.ExpectClosed()
 	other.Command("STAT", "+OK 3 ")
 	other.Command("QUIT", "+OK")
-	ts.wait()
-	if commits, closes := ts.b.counts(); len(commits) != 1 || len(commits[0]) != 0 || closes != 2 {
-		t.Fatalf("commits %v closes %d, want only the other session's empty commit and two closes", commits, closes)
-	}
+	ts.wantCommits([][]int{{}}, 2) // only the other session's empty commit
 }
 
 // A PROXY protocol header reaching the POP3 front comes from a peer the

@@ -106,15 +106,9 @@ var cases = []struct {
 }
 
 func gatewayYAML(backendAddr string) string {
-	return fmt.Sprintf(`log: {level: debug, format: json}
-listeners:
-  - {name: pop3, protocol: pop3, address: "127.0.0.1:0", tls: none, allow_plaintext_auth: true}
-backends:
-  imap: {address: %q, tls: none}
-routing: {default: imap}
-limits: {per_ip: 10000, auth_failures_per_ip: 100000/min, auth_failure_delay: 1ms}
+	return harness.POP3Config("imap", backendAddr, `limits: {per_ip: 10000, auth_failures_per_ip: 100000/min, auth_failure_delay: 1ms}
 timeouts: {backend_dial: 5s, backend_command: 10s, shutdown: 2s}
-`, backendAddr)
+`)
 }
 
 // env is one case's backend, gateway and user.

@@ -79,13 +79,7 @@ func gatewayYAML(t testing.TB, r *redisServer, o gwOptions) string {
 	if o.authLimit == "" {
 		o.authLimit = "100000/min"
 	}
-	return fmt.Sprintf(`log: {level: debug, format: json}
-listeners:
-  - {name: pop3, protocol: pop3, address: "127.0.0.1:0", tls: none, allow_plaintext_auth: true}
-backends:
-  dovecot: {address: %q, tls: none}
-routing: {default: dovecot}
-pop3: {lock: %s, takeover_after: 1s, cache: {max_bytes: 0B}, fetch_ahead: 0B}
+	return harness.POP3Config("dovecot", harness.Dovecot(t).IMAPAddr, fmt.Sprintf(`pop3: {lock: %s, takeover_after: 1s, cache: {max_bytes: 0B}, fetch_ahead: 0B}
 limits: {per_ip: 10000, auth_failures_per_ip: %s, auth_failure_delay: 1ms}
 timeouts: {shutdown: 2s}
 metrics: {address: "127.0.0.1:0"}
@@ -94,7 +88,7 @@ cluster:
   key_prefix: "t:"
   lock_lease: %s
   instance: %s
-`, harness.Dovecot(t).IMAPAddr, o.lock, o.authLimit, r.Addr, o.lease, o.instance)
+`, o.lock, o.authLimit, r.Addr, o.lease, o.instance))
 }
 
 // gateways starts n in-process instances on r, named gw1..gwN.

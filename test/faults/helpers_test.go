@@ -72,16 +72,10 @@ func gatewayYAML(backendAddr, pop3Section string) string {
 	if pop3Section == "" {
 		pop3Section = "{cache: {max_bytes: 0B}, fetch_ahead: 0B}"
 	}
-	return fmt.Sprintf(`log: {level: debug, format: json}
-listeners:
-  - {name: pop3, protocol: pop3, address: "127.0.0.1:0", tls: none, allow_plaintext_auth: true}
-backends:
-  dovecot: {address: %q, tls: none}
-routing: {default: dovecot}
-pop3: %s
+	return harness.POP3Config("dovecot", backendAddr, fmt.Sprintf(`pop3: %s
 limits: {per_ip: 10000, auth_failures_per_ip: 100000/min, auth_failure_delay: 1ms}
 timeouts: {backend_dial: %s, backend_command: %s, shutdown: 2s}
-`, backendAddr, pop3Section, backendDial, backendCommand)
+`, pop3Section, backendDial, backendCommand))
 }
 
 // The gateway's backend timeouts in these tests, and the slack allowed on

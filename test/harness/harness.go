@@ -14,6 +14,7 @@ package harness
 import (
 	"context"
 	"crypto/tls"
+	"fmt"
 	"os"
 	"os/exec"
 	"strings"
@@ -29,6 +30,21 @@ import (
 	"mailgate/test/syncbuf"
 	"mailgate/test/testca"
 )
+
+// POP3Config is the configuration most end-to-end tests start from: JSON
+// logs at debug level (what Start reads), one cleartext POP3 listener named
+// pop3 that allows plaintext logins, and one backend, name, at the IMAP
+// address backendAddr, the default route. settings (more top-level YAML:
+// pop3, limits, timeouts...) follow.
+func POP3Config(name, backendAddr, settings string) string {
+	return fmt.Sprintf(`log: {level: debug, format: json}
+listeners:
+  - {name: pop3, protocol: pop3, address: "127.0.0.1:0", tls: none, allow_plaintext_auth: true}
+backends:
+  %s: {address: %q, tls: none}
+routing: {default: %s}
+`, name, backendAddr, name) + settings
+}
 
 // Gateway is an in-process mailgate.
 type Gateway struct {
