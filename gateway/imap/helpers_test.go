@@ -83,6 +83,25 @@ func startPipe(t *testing.T, cfg Config) *transcript.Conn {
 
 // testCert returns a CA pool and a server certificate for 127.0.0.1 and
 // "localhost" signed by it (test/testca).
+// greet starts a session with cfg (startPipe) and reads its greeting.
+func greet(t *testing.T, cfg Config) *transcript.Conn {
+	t.Helper()
+	c := startPipe(t, cfg)
+	c.Expect("* OK")
+	return c
+}
+
+// tlsConfig is testConfig with a certificate for STARTTLS and implicit TLS
+// (pool trusts it) and plaintext logins refused without TLS.
+func tlsConfig(t *testing.T, b Backend) (cfg Config, pool *x509.CertPool) {
+	t.Helper()
+	pool, cert := testCert(t)
+	cfg = testConfig(t, b)
+	cfg.AllowPlaintextAuth = false
+	cfg.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}}
+	return cfg, pool
+}
+
 func testCert(t testing.TB) (*x509.CertPool, tls.Certificate) {
 	t.Helper()
 	ca := testca.NewT(t)

@@ -23,11 +23,8 @@ func b64(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) 
 // LOGINDISABLED, offers no AUTH= mechanism, and refuses every login with
 // PRIVACYREQUIRED (RFC 9051 §6.2.3 and §7.2.2, RFC 8314).
 func TestCleartextRefusesLoginWithPrivacyRequired(t *testing.T) {
-	_, cert := testCert(t)
 	b := newFakeBackend(nil)
-	cfg := testConfig(t, b)
-	cfg.AllowPlaintextAuth = false
-	cfg.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}}
+	cfg, _ := tlsConfig(t, b)
 	cfg.BadCommandLimit = 10 // each refusal counts; this test makes three
 	c := startPipe(t, cfg)
 	g := c.Expect("* OK [CAPABILITY ")
@@ -91,8 +88,7 @@ func TestIDBounds(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			c := startPipe(t, testConfig(t, newFakeBackend(nil)))
-			c.Expect("* OK")
+			c := greet(t, testConfig(t, newFakeBackend(nil)))
 			c.SendRaw("a ID " + tt.args + "\r\n")
 			c.Expect("a BAD")
 		})
@@ -142,8 +138,7 @@ func TestLoginVariantsReachBackend(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			b := newFakeBackend(nil)
-			c := startPipe(t, testConfig(t, b))
-			c.Expect("* OK")
+			c := greet(t, testConfig(t, b))
 			tt.dialog(c)
 			login := <-b.logins
 			if login.User != tt.user || login.Password != tt.pass {
@@ -188,8 +183,7 @@ func TestLoginFailures(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			b := newFakeBackend(tt.backend)
-			c := startPipe(t, testConfig(t, b))
-			c.Expect("* OK")
+			c := greet(t, testConfig(t, b))
 			c.SendRaw(tt.dialog)
 			l := c.Expect(tt.want)
 			if strings.Contains(l, "10.9.9.9") || strings.Contains(l, "routing") {
@@ -203,8 +197,7 @@ func TestLoginFailures(t *testing.T) {
 
 func TestAuthenticateCancel(t *testing.T) {
 	b := newFakeBackend(nil)
-	c := startPipe(t, testConfig(t, b))
-	c.Expect("* OK")
+	c := greet(t, testConfig(t, b))
 	c.Command("a AUTHENTICATE PLAIN", "+ ")
 	c.Command("*", "a BAD AUTHENTICATE cancelled")
 	c.Command("b AUTHENTICATE LOGIN", "+ ")
@@ -218,8 +211,7 @@ func TestAuthenticateCancel(t *testing.T) {
 func TestBadCommandLimitDisconnects(t *testing.T) {
 	cfg := testConfig(t, newFakeBackend(fmt.Errorf("%w: no", ErrAuthFailed)))
 	cfg.BadCommandLimit = 4
-	c := startPipe(t, cfg)
-	c.Expect("* OK")
+	c := greet(t, cfg)
 	c.Command("a FETCH 1 BODY[]", "a BAD")
 	c.Command("\x01\x02", "* BAD")
 	c.Command("b LOGIN alice wrong", "b NO [AUTHENTICATIONFAILED]")
@@ -232,8 +224,7 @@ func TestBadCommandLimitDisconnects(t *testing.T) {
 // mistake ends the connection, as in Dovecot's login processes. A mail
 // client errs once or twice; another protocol's client errs on every line.
 func TestDefaultPreauthAllowanceIsThree(t *testing.T) {
-	c := startPipe(t, testConfig(t, newFakeBackend(nil)))
-	c.Expect("* OK")
+	c := greet(t, testConfig(t, newFakeBackend(nil)))
 	c.Command("EHLO attacker.example", "EHLO BAD")
 	c.Command("a FETCH 1 BODY[]", "a BAD")
 	c.Command("b NOOP", "b OK") // a good command does not reset the count, nor add to it
@@ -243,8 +234,7 @@ func TestDefaultPreauthAllowanceIsThree(t *testing.T) {
 }
 
 func TestLongLineDisconnects(t *testing.T) {
-	c := startPipe(t, testConfig(t, newFakeBackend(nil)))
-	c.Expect("* OK")
+	c := greet(t, testConfig(t, newFakeBackend(nil)))
 	go c.NetConn().Write([]byte(strings.Repeat("A", 100<<10))) // 100 KB of garbage, no LF
 	c.Expect("* BYE Command too long")
 	c.ExpectClosed()
@@ -253,8 +243,7 @@ func TestLongLineDisconnects(t *testing.T) {
 func TestPreauthTimeout(t *testing.T) {
 	cfg := testConfig(t, newFakeBackend(nil))
 	cfg.PreauthTimeout = 150 * time.Millisecond
-	c := startPipe(t, cfg)
-	c.Expect("* OK")
+	c := greet(t, cfg)
 	start := time.Now()
 	c.Expect("* BYE Autologout")
 	c.ExpectClosed()
@@ -267,8 +256,7 @@ func TestPreauthTimeout(t *testing.T) {
 // LOGIN and SELECT in one packet).
 func TestPipelinedAfterLoginGoesToBackend(t *testing.T) {
 	b := newFakeBackend(nil)
-	c := startPipe(t, testConfig(t, b))
-	c.Expect("* OK")
+	c := greet(t, testConfig(t, b))
 	c.SendRaw("a LOGIN alice secret\r\nb SELECT INBOX\r\n")
 	<-b.logins
 	peer := <-b.peers
@@ -280,13 +268,9 @@ func TestPipelinedAfterLoginGoesToBackend(t *testing.T) {
 // STARTTLS: fresh capabilities over TLS; nothing of the cleartext phase
 // survives; LOGIN works afterwards.
 func TestStartTLS(t *testing.T) {
-	pool, cert := testCert(t)
 	b := newFakeBackend(nil)
-	cfg := testConfig(t, b)
-	cfg.AllowPlaintextAuth = false
-	cfg.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}}
-	c := startPipe(t, cfg)
-	c.Expect("* OK")
+	cfg, pool := tlsConfig(t, b)
+	c := greet(t, cfg)
 	c.Command("a STARTTLS", "a OK Begin TLS")
 	c.StartTLS(&tls.Config{RootCAs: pool, ServerName: "localhost"})
 	tlsc := c
@@ -309,13 +293,9 @@ func TestStartTLS(t *testing.T) {
 // STARTTLS command injection; RFC 9051 §6.2.1 lets nothing of the cleartext
 // phase survive): STARTTLS fails and they are answered as cleartext.
 func TestStartTLSRefusesPipelinedCommands(t *testing.T) {
-	_, cert := testCert(t)
 	b := newFakeBackend(nil)
-	cfg := testConfig(t, b)
-	cfg.AllowPlaintextAuth = false
-	cfg.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}}
-	c := startPipe(t, cfg)
-	c.Expect("* OK")
+	cfg, _ := tlsConfig(t, b)
+	c := greet(t, cfg)
 	c.SendRaw("a STARTTLS\r\nb LOGIN alice secret\r\n")
 	c.Expect("a BAD STARTTLS must be the last command")
 	c.Expect("b NO [PRIVACYREQUIRED]")
@@ -330,12 +310,9 @@ func TestStartTLSRefusesPipelinedCommands(t *testing.T) {
 }
 
 func TestImplicitTLS(t *testing.T) {
-	pool, cert := testCert(t)
 	b := newFakeBackend(nil)
-	cfg := testConfig(t, b)
-	cfg.AllowPlaintextAuth = false
+	cfg, pool := tlsConfig(t, b)
 	cfg.ImplicitTLS = true
-	cfg.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}}
 	c := startPipe(t, cfg) // a plain conn: Serve wraps it with TLSConfig
 	c.StartTLS(&tls.Config{RootCAs: pool, ServerName: "localhost"})
 	tlsc := c
@@ -354,8 +331,7 @@ func TestCredentialsNeverLogged(t *testing.T) {
 		b := newFakeBackend(berr)
 		cfg := testConfig(t, b)
 		cfg.Logger = zap.New(core)
-		c := startPipe(t, cfg)
-		c.Expect("* OK")
+		c := greet(t, cfg)
 		c.Send("x1 LOGIN alice Sup3rSecr3t")
 		if berr == nil {
 			<-b.peers
@@ -385,8 +361,7 @@ func TestCredentialsNeverLogged(t *testing.T) {
 // A PROXY protocol header reaching the IMAP front comes from a peer the
 // listener does not trust: it is refused and the connection closed.
 func TestProxyHeaderFromUntrustedPeerRefused(t *testing.T) {
-	c := startPipe(t, testConfig(t, newFakeBackend(nil)))
-	c.Expect("* OK")
+	c := greet(t, testConfig(t, newFakeBackend(nil)))
 	c.Command("PROXY TCP4 203.0.113.9 127.0.0.1 4000 143", "* BYE PROXY protocol not accepted")
 	c.ExpectClosed()
 }
@@ -459,8 +434,7 @@ func TestSessionEndResults(t *testing.T) {
 			if tt.mod != nil {
 				tt.mod(&cfg)
 			}
-			c := startPipe(t, cfg)
-			c.Expect("* OK")
+			c := greet(t, cfg)
 			tt.run(t, c, b)
 			deadline := time.Now().Add(5 * time.Second)
 			for logs.FilterMessage("session end").Len() == 0 && time.Now().Before(deadline) {
@@ -507,11 +481,8 @@ func TestConnectionIDsAreProcessWide(t *testing.T) {
 // must not send the literal). With TLS (or allow_plaintext_auth) the same
 // command gets its continuation.
 func TestLoginLiteralRefusedWithoutContinuation(t *testing.T) {
-	_, cert := testCert(t)
 	b := newFakeBackend(nil)
-	cfg := testConfig(t, b)
-	cfg.AllowPlaintextAuth = false
-	cfg.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}}
+	cfg, _ := tlsConfig(t, b)
 	c := startPipe(t, cfg)
 	c.Expect("* OK [CAPABILITY ")
 	c.Send("a LOGIN {5}")
@@ -530,8 +501,7 @@ func TestLoginLiteralRefusedWithoutContinuation(t *testing.T) {
 	}
 
 	cfg = testConfig(t, newFakeBackend(nil)) // plaintext allowed
-	c = startPipe(t, cfg)
-	c.Expect("* OK")
+	c = greet(t, cfg)
 	c.Command("a LOGIN {5}", "+ ")
 	c.Command(`alice "secret"`, "a OK")
 }
@@ -549,8 +519,7 @@ func TestEmptyPasswordNeverReachesTheBackend(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			b := newFakeBackend(nil)
-			c := startPipe(t, testConfig(t, b))
-			c.Expect("* OK")
+			c := greet(t, testConfig(t, b))
 			c.SendRaw(tc.cmd + "\r\n")
 			c.Expect("a NO [AUTHENTICATIONFAILED]")
 			c.Command("z LOGOUT", "* BYE")
@@ -569,8 +538,7 @@ func TestPlaintextRefusalLogged(t *testing.T) {
 	cfg := testConfig(t, newFakeBackend(nil))
 	cfg.AllowPlaintextAuth = false
 	cfg.Logger = zap.New(core)
-	c := startPipe(t, cfg)
-	c.Expect("* OK")
+	c := greet(t, cfg)
 	c.Command(`a LOGIN "alice" "secret"`, "a NO [PRIVACYREQUIRED]")
 	c.Command(`b LOGIN "alice" "secret"`, "b NO [PRIVACYREQUIRED]")
 	c.Command("c LOGOUT", "* BYE")
@@ -596,8 +564,7 @@ func TestPlaintextRefusalLogged(t *testing.T) {
 // long").
 func TestMaximalIDAccepted(t *testing.T) {
 	b := newFakeBackend(nil)
-	c := startPipe(t, testConfig(t, b))
-	c.Expect("* OK")
+	c := greet(t, testConfig(t, b))
 
 	var q strings.Builder
 	q.WriteString("q ID (")
@@ -655,8 +622,7 @@ func TestMaximalIDAccepted(t *testing.T) {
 
 // TestOverlongIDStillBounded: one line past maxLine still ends the session.
 func TestOverlongIDStillBounded(t *testing.T) {
-	c := startPipe(t, testConfig(t, newFakeBackend(nil)))
-	c.Expect("* OK")
+	c := greet(t, testConfig(t, newFakeBackend(nil)))
 	go c.NetConn().Write([]byte("a ID (\"k\" \"" + strings.Repeat("v", maxLine) + "\")\r\n"))
 	c.Expect("* BYE Command too long")
 	c.ExpectClosed()
@@ -670,8 +636,7 @@ func TestLongUserNameRefusedLocally(t *testing.T) {
 	b := newFakeBackend(nil)
 	cfg := testConfig(t, b)
 	cfg.BadCommandLimit = 4
-	c := startPipe(t, cfg)
-	c.Expect("* OK")
+	c := greet(t, cfg)
 	long := strings.Repeat("u", 256)
 	c.Command("a LOGIN "+long+" secret", "a NO [AUTHENTICATIONFAILED]")
 	c.SendRaw("b LOGIN {8000+}\r\n" + strings.Repeat("x", 8000) + " secret\r\n")
@@ -689,8 +654,7 @@ func TestLongUserNameRefusedLocally(t *testing.T) {
 	}
 
 	// 255 octets is still a user name.
-	c = startPipe(t, testConfig(t, b))
-	c.Expect("* OK")
+	c = greet(t, testConfig(t, b))
 	c.Command("a LOGIN "+strings.Repeat("u", 255)+" secret", "a OK")
 	if l := <-b.logins; len(l.User) != 255 {
 		t.Fatalf("backend got a %d-octet name", len(l.User))
@@ -706,8 +670,7 @@ func TestHTTPRequestEndsConnection(t *testing.T) {
 			core, logs := observer.New(zap.InfoLevel)
 			cfg := testConfig(t, newFakeBackend(nil))
 			cfg.Logger = zap.New(core)
-			c := startPipe(t, cfg)
-			c.Expect("* OK")
+			c := greet(t, cfg)
 			c.Command("a NOOP", "a OK")
 			go c.NetConn().Write([]byte(line + "\r\nHost: mail.example.org\r\n\r\n"))
 			c.ExpectClosed()
@@ -721,7 +684,6 @@ func TestHTTPRequestEndsConnection(t *testing.T) {
 		})
 	}
 	// An IMAP tag that only starts like a method is IMAP.
-	c := startPipe(t, testConfig(t, newFakeBackend(nil)))
-	c.Expect("* OK")
+	c := greet(t, testConfig(t, newFakeBackend(nil)))
 	c.Command("GETX NOOP", "GETX OK")
 }
