@@ -211,11 +211,21 @@ func TestAuthenticateCancel(t *testing.T) {
 func TestBadCommandLimitDisconnects(t *testing.T) {
 	cfg := testConfig(t, newFakeBackend(fmt.Errorf("%w: no", ErrAuthFailed)))
 	cfg.BadCommandLimit = 4
+	endsAfterMistakes(t, cfg,
+		[2]string{"a FETCH 1 BODY[]", "a BAD"},
+		[2]string{"\x01\x02", "* BAD"},
+		[2]string{"b LOGIN alice wrong", "b NO [AUTHENTICATIONFAILED]"},
+		[2]string{"c LIST \"\" *", "c BAD"})
+}
+
+// endsAfterMistakes runs the steps (a command, the start of its reply) of a
+// session with cfg; then the session must end: too many invalid commands.
+func endsAfterMistakes(t *testing.T, cfg Config, steps ...[2]string) {
+	t.Helper()
 	c := greet(t, cfg)
-	c.Command("a FETCH 1 BODY[]", "a BAD")
-	c.Command("\x01\x02", "* BAD")
-	c.Command("b LOGIN alice wrong", "b NO [AUTHENTICATIONFAILED]")
-	c.Command("c LIST \"\" *", "c BAD")
+	for _, st := range steps {
+		c.Command(st[0], st[1])
+	}
 	c.Expect("* BYE Too many invalid commands")
 	c.ExpectClosed()
 }
@@ -224,13 +234,11 @@ func TestBadCommandLimitDisconnects(t *testing.T) {
 // mistake ends the connection, as in Dovecot's login processes. A mail
 // client errs once or twice; another protocol's client errs on every line.
 func TestDefaultPreauthAllowanceIsThree(t *testing.T) {
-	c := greet(t, testConfig(t, newFakeBackend(nil)))
-	c.Command("EHLO attacker.example", "EHLO BAD")
-	c.Command("a FETCH 1 BODY[]", "a BAD")
-	c.Command("b NOOP", "b OK") // a good command does not reset the count, nor add to it
-	c.Command("MAIL FROM:<a@example.org>", "MAIL BAD")
-	c.Expect("* BYE Too many invalid commands")
-	c.ExpectClosed()
+	endsAfterMistakes(t, testConfig(t, newFakeBackend(nil)),
+		[2]string{"EHLO attacker.example", "EHLO BAD"},
+		[2]string{"a FETCH 1 BODY[]", "a BAD"},
+		[2]string{"b NOOP", "b OK"}, // a good command does not reset the count, nor add to it
+		[2]string{"MAIL FROM:<a@example.org>", "MAIL BAD"})
 }
 
 func TestLongLineDisconnects(t *testing.T) {
