@@ -83,6 +83,14 @@ func startPipe(t *testing.T, cfg Config) *transcript.Conn {
 
 // testCert returns a CA pool and a server certificate for 127.0.0.1 and
 // "localhost" signed by it (test/testca).
+// handoff sends login with send (the client's Send or SendRaw), waits until
+// the backend has the login, and returns the backend's end of the session.
+func (b *fakeBackend) handoff(send func(string), login string) net.Conn {
+	send(login)
+	<-b.logins
+	return <-b.peers
+}
+
 // greet starts a session with cfg (startPipe) and reads its greeting.
 func greet(t *testing.T, cfg Config) *transcript.Conn {
 	t.Helper()

@@ -265,9 +265,7 @@ func TestPreauthTimeout(t *testing.T) {
 func TestPipelinedAfterLoginGoesToBackend(t *testing.T) {
 	b := newFakeBackend(nil)
 	c := greet(t, testConfig(t, b))
-	c.SendRaw("a LOGIN alice secret\r\nb SELECT INBOX\r\n")
-	<-b.logins
-	peer := <-b.peers
+	peer := b.handoff(c.SendRaw, "a LOGIN alice secret\r\nb SELECT INBOX\r\n")
 	defer peer.Close()
 	c.Expect("a OK")
 	transcript.New(t, peer).Expect("b SELECT INBOX")
@@ -289,9 +287,7 @@ func TestStartTLS(t *testing.T) {
 	}
 	tlsc.Expect("b OK")
 	tlsc.Command("c STARTTLS", "c BAD")
-	tlsc.Send("d LOGIN alice secret")
-	<-b.logins
-	peer := <-b.peers
+	peer := b.handoff(tlsc.Send, "d LOGIN alice secret")
 	tlsc.Expect("d OK [CAPABILITY")
 	peer.Close()
 	tlsc.ExpectClosed()
@@ -318,8 +314,7 @@ func TestStartTLSRefusesPipelinedCommands(t *testing.T) {
 }
 
 func TestImplicitTLS(t *testing.T) {
-	b := newFakeBackend(nil)
-	cfg, pool := tlsConfig(t, b)
+	cfg, pool := tlsConfig(t, newFakeBackend(nil))
 	cfg.ImplicitTLS = true
 	c := startPipe(t, cfg) // a plain conn: Serve wraps it with TLSConfig
 	c.StartTLS(&tls.Config{RootCAs: pool, ServerName: "localhost"})
@@ -417,17 +412,13 @@ func TestSessionEndResults(t *testing.T) {
 				c.ExpectClosed()
 			}, connlog.TLSFailed},
 		{"backend closed", nil, func(t *testing.T, c *transcript.Conn, b *fakeBackend) {
-			c.Send("a LOGIN alice secret")
-			<-b.logins
-			peer := <-b.peers
+			peer := b.handoff(c.Send, "a LOGIN alice secret")
 			c.Expect("a OK")
 			peer.Close()
 			c.ExpectClosed()
 		}, connlog.BackendClosed},
 		{"client closed after login", nil, func(t *testing.T, c *transcript.Conn, b *fakeBackend) {
-			c.Send("a LOGIN alice secret")
-			<-b.logins
-			peer := <-b.peers
+			peer := b.handoff(c.Send, "a LOGIN alice secret")
 			t.Cleanup(func() { peer.Close() }) // after the check: the client must close first
 			c.Expect("a OK")
 			c.NetConn().Close() // net.Pipe cannot pass a half-close on
