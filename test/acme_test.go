@@ -27,16 +27,7 @@ func TestACMECertificateServesEveryListener(t *testing.T) {
 	msg := message("acme", "Served over a certificate from ACME.\r\n")
 	seed(t, a, msg)
 
-	yaml := fmt.Sprintf(`log: {level: debug}
-tls:
-  acme:
-    domains: [mail.test]
-    email: postmaster@mail.test
-    ca: %q
-    ca_root: %q
-    storage: %q
-    challenges: {tls_alpn: %q}
-listeners:
+	yaml := "log: {level: debug}\n" + pebble.MailgateACME(t.TempDir(), pebble.TLSALPNAddr()) + fmt.Sprintf(`listeners:
   - {name: pop3s, protocol: pop3, address: "127.0.0.1:0", tls: implicit}
   - {name: pop3,  protocol: pop3, address: "127.0.0.1:0", tls: starttls}
   - {name: imaps, protocol: imap, address: "127.0.0.1:0", tls: implicit}
@@ -45,7 +36,7 @@ backends:
   dovecot: {address: %q, tls: none}
 routing: {default: dovecot}
 limits: {auth_failure_delay: 1ms}
-`, pebble.Directory, pebble.CARoot, t.TempDir(), pebble.TLSALPNAddr(), dc.IMAPAddr)
+`, dc.IMAPAddr)
 	g := harness.Start(t, yaml)
 
 	roots := pebble.Roots(t)

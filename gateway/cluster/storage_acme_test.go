@@ -6,7 +6,6 @@ import (
 	"crypto/x509"
 	"errors"
 	"io/fs"
-	"os"
 	"path"
 	"strings"
 	"sync"
@@ -31,14 +30,6 @@ import (
 func TestStorageCertmagicPebble(t *testing.T) {
 	srv := pebbletest.Start(t, pebbletest.Options{AlwaysValid: true})
 	addr, stopRedis := redistest.Start(t)
-	pemRoot, err := os.ReadFile(srv.CARoot)
-	if err != nil {
-		t.Fatal(err)
-	}
-	apiRoots := x509.NewCertPool()
-	if !apiRoots.AppendCertsFromPEM(pemRoot) {
-		t.Fatal("no PEM in Pebble's API root")
-	}
 	var obtained atomic.Int32 // certmagic's cert_obtained events, all instances
 	newInstance := func(name string) *certmagic.Config {
 		client := redis.NewClient(&redis.Options{Addr: addr, ContextTimeoutEnabled: true})
@@ -65,7 +56,7 @@ func TestStorageCertmagicPebble(t *testing.T) {
 		port := pebbletest.FreePorts(t, 1)[0]
 		magic.Issuers = []certmagic.Issuer{certmagic.NewACMEIssuer(magic, certmagic.ACMEIssuer{
 			CA:                   srv.Directory,
-			TrustedRoots:         apiRoots,
+			TrustedRoots:         srv.APIRoots(),
 			Email:                "postmaster@mail.test",
 			Agreed:               true,
 			DisableHTTPChallenge: true,

@@ -24,15 +24,7 @@ func TestACMEStorageOnRedisOneCertificateForThree(t *testing.T) {
 		yaml := gatewayYAML(t, r, gwOptions{instance: fmt.Sprintf("gw%d", i+1)})
 		yaml = strings.Replace(yaml, "tls: none, allow_plaintext_auth: true}",
 			"tls: none, allow_plaintext_auth: true}\n  - {name: pop3s, protocol: pop3, address: \"127.0.0.1:0\", tls: implicit}", 1)
-		yaml += fmt.Sprintf(`tls:
-  acme:
-    domains: [mail.test]
-    email: postmaster@mail.test
-    ca: %q
-    ca_root: %q
-    storage: redis
-    challenges: {tls_alpn: "127.0.0.1:%d"}
-`, pebble.Directory, pebble.CARoot, pebbletest.FreePorts(t, 1)[0])
+		yaml += pebble.MailgateACME("redis", fmt.Sprintf("127.0.0.1:%d", pebbletest.FreePorts(t, 1)[0]))
 		gs = append(gs, harness.Start(t, yaml))
 	}
 	roots := pebble.Roots(t)

@@ -180,6 +180,25 @@ func Start(t testing.TB, opts Options) *Server {
 	return s
 }
 
+// APIRoots is the pool that trusts Pebble's HTTPS API (the CA of CARoot),
+// for an ACME client of the directory.
+func (s *Server) APIRoots() *x509.CertPool { return s.apiCAs }
+
+// MailgateACME is the tls section of a mailgate configuration that obtains
+// a certificate for mail.test from this Pebble: storage is tls.acme.storage
+// (a directory, or redis), alpn the address of the tls-alpn-01 responder.
+func (s *Server) MailgateACME(storage, alpn string) string {
+	return fmt.Sprintf(`tls:
+  acme:
+    domains: [mail.test]
+    email: postmaster@mail.test
+    ca: %q
+    ca_root: %q
+    storage: %q
+    challenges: {tls_alpn: %q}
+`, s.Directory, s.CARoot, storage, alpn)
+}
+
 // Roots returns the pool of Pebble's issuing root (GET /roots/0 on the
 // management API; Pebble makes a new root at every start). A client that
 // trusts only this pool validates certificates Pebble issued.
