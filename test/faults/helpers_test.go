@@ -104,9 +104,8 @@ func uidOf(t testing.TB, uidl string) uint32 {
 // fails: -ERR [SYS/TEMP], or the connection closed (never another -ERR, a
 // hang until the client's own deadline, or a malformed answer).
 func cleanFailure(err error) bool {
-	var re *pop3client.ReplyError
-	if errors.As(err, &re) {
-		return re.Code() == "SYS/TEMP"
+	if code, ok := pop3client.ErrCode(err); ok {
+		return code == "SYS/TEMP"
 	}
 	var ne net.Error
 	if errors.As(err, &ne) && ne.Timeout() {
@@ -190,8 +189,7 @@ func dialPOP3(t testing.TB, addr string, a account, wait time.Duration) *pop3cli
 			return c
 		}
 		c.Close()
-		var re *pop3client.ReplyError
-		if !errors.As(err, &re) || re.Code() != "IN-USE" || time.Now().After(deadline) {
+		if code, _ := pop3client.ErrCode(err); code != "IN-USE" || time.Now().After(deadline) {
 			t.Fatalf("login as %s: %v", a.User, err)
 		}
 		time.Sleep(50 * time.Millisecond)

@@ -1,7 +1,6 @@
 package faults
 
 import (
-	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -31,8 +30,8 @@ func loginOnce(addr string, a account) (*pop3client.Client, error) {
 }
 
 func isInUse(err error) bool {
-	var re *pop3client.ReplyError
-	return errors.As(err, &re) && re.Code() == "IN-USE"
+	code, _ := pop3client.ErrCode(err)
+	return code == "IN-USE"
 }
 
 // takeover: a newer session ends an older one that has waited for a command

@@ -27,6 +27,7 @@ import (
 
 	"mailgate/gateway"
 	"mailgate/gateway/config"
+	"mailgate/test/pop3client"
 	"mailgate/test/syncbuf"
 	"mailgate/test/testca"
 )
@@ -44,6 +45,16 @@ backends:
   %s: {address: %q, tls: none}
 routing: {default: %s}
 `, name, backendAddr, name) + settings
+}
+
+// WantGone checks the answer to what, a command on a message another client
+// expunged during the session: a plain -ERR, not [SYS/TEMP] (RFC 3206: the
+// session goes on, and trying again would not help).
+func WantGone(t testing.TB, what string, err error) {
+	t.Helper()
+	if code, ok := pop3client.ErrCode(err); !ok || code == "SYS/TEMP" {
+		t.Errorf("%s of a message expunged elsewhere: err = %v, want a plain -ERR", what, err)
+	}
 }
 
 // Gateway is an in-process mailgate.

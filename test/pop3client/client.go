@@ -34,6 +34,16 @@ type Client struct {
 	Greeting string        // the server's greeting line, without +OK
 }
 
+// ErrCode is the response code (RFC 2449: "IN-USE", "SYS/TEMP", or "") of
+// the -ERR answer err wraps; ok is false when err is no -ERR answer.
+func ErrCode(err error) (code string, ok bool) {
+	var re *ReplyError
+	if !errors.As(err, &re) {
+		return "", false
+	}
+	return re.Code(), true
+}
+
 // ReplyError is a -ERR answer.
 type ReplyError struct {
 	Cmd  string // the command keyword (arguments left out: they may be secret)
@@ -243,8 +253,7 @@ func LoginRetry(dial func() (*Client, error), user, password string, within time
 			return c, nil
 		}
 		c.Close()
-		var re *ReplyError
-		if !errors.As(err, &re) || re.Code() != "IN-USE" || time.Now().After(deadline) {
+		if code, _ := ErrCode(err); code != "IN-USE" || time.Now().After(deadline) {
 			return nil, err
 		}
 		time.Sleep(20 * time.Millisecond)
