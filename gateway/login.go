@@ -244,6 +244,9 @@ type pop3Maildrop struct {
 	backend string
 }
 
+// Through the embedded *upstream.Maildrop this also keeps upstream's
+// maildrop to the contract of gateway/pop3.Maildrop (upstream must not
+// import the fronts).
 var _ pop3.Maildrop = pop3Maildrop{}
 
 func (c pop3Maildrop) Backend() string { return c.backend }

@@ -17,21 +17,6 @@ import (
 	"github.com/emersion/go-imap/v2"
 )
 
-// maildrop is the contract of gateway/pop3.Maildrop, copied here because
-// upstream must not import the gateway. If this stops compiling, the two
-// have drifted apart.
-type maildrop interface {
-	Len() int
-	Size(n int) int64
-	UIDL(n int) string
-	Retr(ctx context.Context, n int) (io.ReadCloser, error)
-	Top(ctx context.Context, n, lines int) (io.ReadCloser, error)
-	Commit(ctx context.Context, deleted []int) error
-	Close() error
-}
-
-var _ maildrop = (*Maildrop)(nil)
-
 // msg is a realistic message of about size bytes, number i, with a line
 // that starts with a dot (dot-stuffing territory).
 func msg(i, size int) string {
