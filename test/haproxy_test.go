@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"mailgate/test/harness"
+	"mailgate/test/mailserver"
 	"mailgate/test/pop3client"
 )
 
@@ -117,7 +118,7 @@ backend mailgate
 
 	logs := g.Logs()
 	if !strings.Contains(logs, `"msg":"login failed"`) || !strings.Contains(logs, `"client_ip":"127.0.0.5"`) {
-		t.Errorf("the failed login was not logged with the original client address:\n%s", harness.TailLines(logs, 20))
+		t.Errorf("the failed login was not logged with the original client address:\n%s", mailserver.Tail(logs, 20))
 	}
 	mu.Lock()
 	ips := append([]string(nil), clientIPs...)

@@ -27,6 +27,7 @@ import (
 
 	"mailgate/gateway"
 	"mailgate/gateway/config"
+	"mailgate/test/mailserver"
 	"mailgate/test/pop3client"
 	"mailgate/test/syncbuf"
 	"mailgate/test/testca"
@@ -75,7 +76,7 @@ func Start(t testing.TB, yaml string) *Gateway {
 		g.Stop(15 * time.Second)
 		g.CheckNoSecrets()
 		if t.Failed() {
-			t.Logf("gateway log (last 60 lines):\n%s", TailLines(g.Logs(), 60))
+			t.Logf("gateway log (last 60 lines):\n%s", mailserver.Tail(g.Logs(), 60))
 		}
 	})
 	return g
@@ -240,13 +241,4 @@ func LeafFiles(t testing.TB, dir string) (cert, key string) {
 		t.Fatal(err)
 	}
 	return cert, key
-}
-
-// TailLines returns the last n lines of s.
-func TailLines(s string, n int) string {
-	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
 }

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"mailgate/test/dovecot"
+	"mailgate/test/mailserver"
 	"mailgate/test/pop3client"
 	"mailgate/upstream"
 )
@@ -333,17 +334,9 @@ func startIMAPC(ctx context.Context, backend string, users []user) (*dovecot.Ser
 	if err != nil {
 		log := px.Log()
 		px.Stop()
-		return nil, fmt.Errorf("first login through imapc: %v\n%s", err, tailLines(log, 10))
+		return nil, fmt.Errorf("first login through imapc: %v\n%s", err, mailserver.Tail(log, 10))
 	}
 	return px, nil
-}
-
-func tailLines(s string, n int) string {
-	l := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	if len(l) > n {
-		l = l[len(l)-n:]
-	}
-	return strings.Join(l, "\n")
 }
 
 // loginOnce connects, logs in, STATs and QUITs; it returns the time to
