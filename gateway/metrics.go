@@ -68,42 +68,33 @@ func (cm *clusterMetrics) observe(up bool, rtt time.Duration) {
 	}
 }
 
+// counterVec is a counter vector named name, described by help, with labels.
+func counterVec(name, help string, labels ...string) *prometheus.CounterVec {
+	return prometheus.NewCounterVec(prometheus.CounterOpts{Name: name, Help: help}, labels)
+}
+
 func newMetrics(cache func() upstream.CacheStats) *metrics {
 	reg := prometheus.NewRegistry()
 	m := &metrics{
-		reg: reg,
-		connections: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "mailgate_connections_total", Help: "Client connections accepted.",
-		}, []string{"listener", "protocol"}),
+		reg:         reg,
+		connections: counterVec("mailgate_connections_total", "Client connections accepted.", "listener", "protocol"),
 		activeConnections: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "mailgate_connections_active", Help: "Client connections open now.",
 		}, []string{"listener", "protocol"}),
-		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "mailgate_connections_refused_total", Help: "Client connections refused by a limit.",
-		}, []string{"listener", "reason"}),
-		tlsHandshakes: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "mailgate_tls_handshakes_total", Help: "TLS handshakes with clients (implicit, STLS, STARTTLS), by result.",
-		}, []string{"listener", "result"}),
-		logins: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "mailgate_logins_total", Help: "Client logins, by result (ok, auth_failed, in_use, unavailable).",
-		}, []string{"protocol", "result"}),
+		refused:       counterVec("mailgate_connections_refused_total", "Client connections refused by a limit.", "listener", "reason"),
+		tlsHandshakes: counterVec("mailgate_tls_handshakes_total", "TLS handshakes with clients (implicit, STLS, STARTTLS), by result.", "listener", "result"),
+		logins:        counterVec("mailgate_logins_total", "Client logins, by result (ok, auth_failed, in_use, unavailable).", "protocol", "result"),
 		backendLogin: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "mailgate_backend_login_seconds",
 			Help:    "Time to route, dial and log in to the backend (for POP3 also to open the maildrop).",
 			Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
 		}, []string{"protocol", "backend", "result"}),
-		pop3Commands: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "mailgate_pop3_commands_total", Help: "POP3 commands, by command.",
-		}, []string{"command"}),
-		bytesToClients: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "mailgate_bytes_to_clients_total", Help: "Bytes written to POP3 clients.",
-		}, []string{"listener", "protocol"}),
+		pop3Commands:   counterVec("mailgate_pop3_commands_total", "POP3 commands, by command.", "command"),
+		bytesToClients: counterVec("mailgate_bytes_to_clients_total", "Bytes written to POP3 clients.", "listener", "protocol"),
 		deletions: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "mailgate_pop3_deletions_committed_total", Help: "Messages removed at POP3 QUIT.",
 		}),
-		errors: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "mailgate_errors_total", Help: "Errors answered to clients, by response code.",
-		}, []string{"protocol", "code"}),
+		errors: counterVec("mailgate_errors_total", "Errors answered to clients, by response code.", "protocol", "code"),
 	}
 	reg.MustRegister(m.connections, m.activeConnections, m.refused, m.tlsHandshakes, m.logins,
 		m.backendLogin, m.pop3Commands, m.bytesToClients, m.deletions, m.errors,
