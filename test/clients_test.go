@@ -40,7 +40,7 @@ func TestCurl(t *testing.T) {
 	a := newAccount(t)
 	msgs := [][]byte{message("curl-1", "Hello from curl.\r\n.dot line\r\n"), message("curl-2", "second\r\n")}
 	seed(t, a, msgs...)
-	st := state(t, a, true)
+	st := a.Inbox(t, true)
 	home := t.TempDir()
 	_, caFile := harness.CA(t)
 
@@ -140,7 +140,7 @@ poll %s with proto POP3 port %s uidl
 		t.Errorf("second run delivered again:\n%s", again[len(got):])
 	}
 	// keep: nothing was removed from the store.
-	if n := len(state(t, a, false).Messages); n != 3 {
+	if n := len(a.Inbox(t, false).Messages); n != 3 {
 		t.Errorf("the store holds %d messages after fetchmail --keep, want 3", n)
 	}
 }
@@ -179,7 +179,7 @@ func TestPythonPoplib(t *testing.T) {
 	g := startGateway(t, gwOptions{})
 	a := newAccount(t)
 	seed(t, a, message("poplib-1", "Hello, Python.\r\n..two dots\r\n"), message("poplib-2", "caf\xc3\xa9\r\n"))
-	st := state(t, a, true)
+	st := a.Inbox(t, true)
 	home := t.TempDir()
 	_, caFile := harness.CA(t)
 	script := writeFile(t, home, "pop.py", poplibScript, 0o644)

@@ -78,16 +78,6 @@ func seed(t testing.TB, a account, msgs ...[]byte) []uint32 {
 	return uids
 }
 
-// state reads the account's INBOX straight from Dovecot.
-func state(t testing.TB, a account, bodies bool) *dovecot.MailboxState {
-	t.Helper()
-	st, err := dovecotServer(t).Mailbox(a.User, a.Pass, "INBOX", bodies)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return st
-}
-
 // gwOptions vary the generated configuration.
 type gwOptions struct {
 	// Backend is the backends.dovecot entry; empty: cleartext IMAP.

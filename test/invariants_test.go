@@ -41,7 +41,7 @@ func TestInvariant1_OnlyDeletedAndQuitRemoves(t *testing.T) {
 		t.Error("RETR of a deleted message succeeded")
 	}
 	// Before QUIT, the backend has not been touched: not even \Deleted.
-	for _, m := range state(t, a, false).Messages {
+	for _, m := range a.Inbox(t, false).Messages {
 		if m.Has(imap.FlagDeleted) {
 			t.Errorf("UID %d is flagged \\Deleted before QUIT (another client's EXPUNGE would remove it)", m.UID)
 		}
@@ -50,7 +50,7 @@ func TestInvariant1_OnlyDeletedAndQuitRemoves(t *testing.T) {
 		t.Fatalf("QUIT: %v", err)
 	}
 
-	st := state(t, a, true)
+	st := a.Inbox(t, true)
 	if want := []uint32{uids[0], uids[2], uids[4]}; !slices.Equal(st.UIDs(), want) {
 		t.Fatalf("after DELE 2, DELE 4, QUIT: backend UIDs %v, want %v", st.UIDs(), want)
 	}
@@ -163,7 +163,7 @@ func TestInvariant1_OtherClientsDeletedMessageSurvivesQuit(t *testing.T) {
 		t.Fatalf("QUIT: %v", err)
 	}
 
-	st := state(t, a, false)
+	st := a.Inbox(t, false)
 	if want := []uint32{uids[0], uids[2], uids[3]}; !slices.Equal(st.UIDs(), want) {
 		t.Fatalf("backend UIDs after DELE 2 + QUIT: %v, want %v", st.UIDs(), want)
 	}
@@ -203,7 +203,7 @@ func TestInvariant2_RetrBytesEqualBackendBody(t *testing.T) {
 		raws = append(raws, c.raw)
 	}
 	seed(t, a, raws...)
-	st := state(t, a, true) // the backend's BODY[] of each, the reference
+	st := a.Inbox(t, true) // the backend's BODY[] of each, the reference
 	if len(st.Messages) != len(cases) {
 		t.Fatalf("backend holds %d messages, want %d", len(st.Messages), len(cases))
 	}
@@ -303,7 +303,7 @@ func TestInvariant3_UIDLStableAcrossSessionsAndRestart(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s: UIDL: %v", label, err)
 		}
-		live := state(t, a, false).UIDs() // numbering is by UID order
+		live := a.Inbox(t, false).UIDs() // numbering is by UID order
 		if len(list) != len(live) {
 			t.Fatalf("%s: UIDL lists %d messages, the backend holds %d", label, len(list), len(live))
 		}
@@ -364,7 +364,7 @@ func TestInvariant3_UIDLStableAcrossSessionsAndRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	p.Quit()
-	live := state(t, a, false).UIDs()
+	live := a.Inbox(t, false).UIDs()
 	if len(theirs) != len(live) {
 		t.Fatalf("Dovecot's POP3 lists %d messages, the mailbox holds %d", len(theirs), len(live))
 	}
@@ -421,14 +421,14 @@ func TestInvariant4_CacheNeverCrossesUsers(t *testing.T) {
 			}()
 		}
 		wg.Wait()
-		sameValidity = state(t, alice, false).UIDValidity == state(t, bob, false).UIDValidity
+		sameValidity = alice.Inbox(t, false).UIDValidity == bob.Inbox(t, false).UIDValidity
 	}
 	if !sameValidity {
 		t.Log("could not give both users the same UIDVALIDITY; the test still checks the users' separation")
 	}
 	want := map[string][][]byte{}
 	for _, u := range []account{alice, bob} {
-		for _, m := range state(t, u, true).Messages {
+		for _, m := range u.Inbox(t, true).Messages {
 			want[u.User] = append(want[u.User], expectRetr(m.Body))
 		}
 	}
@@ -611,7 +611,7 @@ func TestInvariant5_NoCredentialsInLogs(t *testing.T) {
 // flagged \Deleted.
 func assertUntouched(t *testing.T, a account, uids []uint32) {
 	t.Helper()
-	st := state(t, a, false)
+	st := a.Inbox(t, false)
 	if !slices.Equal(st.UIDs(), uids) {
 		t.Fatalf("invariant 1: backend UIDs %v, want all of %v", st.UIDs(), uids)
 	}

@@ -62,7 +62,7 @@ func TestExpungedMidSessionRetrErrSessionGoesOn(t *testing.T) {
 	if err := c.Quit(); err != nil {
 		t.Fatalf("QUIT: %v", err)
 	}
-	if got, want := state(t, a, false).UIDs(), []uint32{uids[2]}; !slices.Equal(got, want) {
+	if got, want := a.Inbox(t, false).UIDs(), []uint32{uids[2]}; !slices.Equal(got, want) {
 		t.Errorf("backend UIDs %v, want %v", got, want)
 	}
 }
@@ -245,7 +245,7 @@ func TestTopNK(t *testing.T) {
 	if err := c.Quit(); err != nil {
 		t.Fatal(err)
 	}
-	st := state(t, a, false)
+	st := a.Inbox(t, false)
 	if st.Messages[0].Has(imap.FlagSeen) {
 		t.Error("TOP set \\Seen on message 1")
 	}

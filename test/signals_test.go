@@ -54,7 +54,7 @@ func TestSIGTERMWithDeletionsPendingDeletesNothing(t *testing.T) {
 	case <-time.After(15 * time.Second):
 		t.Fatal("mailgate did not stop after SIGTERM and its 2s grace")
 	}
-	if st := state(t, u, false); len(st.Messages) != 2 {
+	if st := u.Inbox(t, false); len(st.Messages) != 2 {
 		t.Fatalf("after SIGTERM with 2 DELE pending the mailbox has %d messages, want 2", len(st.Messages))
 	}
 }

@@ -51,7 +51,7 @@ func BenchmarkUIDLMap10k(b *testing.B) {
 		if !slices.Equal(u, want) {
 			b.Fatal("UIDLs changed while UIDVALIDITY held")
 		}
-		v := state(b, a, false).UIDValidity
+		v := a.Inbox(b, false).UIDValidity
 		if _, err := dc.Doveadm("mailbox", "update", "-u", a.User, "--uid-validity", strconv.FormatUint(uint64(v)+uint64(round)+1, 10), "INBOX"); err != nil {
 			b.Fatal(err)
 		}

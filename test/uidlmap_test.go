@@ -97,7 +97,7 @@ func TestUIDLMapSurvivesUIDVALIDITYChange(t *testing.T) {
 	local := strings.SplitN(a.User, "@", 2)[0]
 	dup := message("dup-"+local, "the same bytes twice\r\n")
 	uids := seed(t, a, message("one-"+local, "1\r\n"), dup, dup, message("two-"+local, "2\r\n"))
-	oldV := state(t, a, false).UIDValidity
+	oldV := a.Inbox(t, false).UIDValidity
 
 	before := g.uidls(a)
 	// The first session shows uidl_format's UIDLs, as without the map.
@@ -113,7 +113,7 @@ func TestUIDLMapSurvivesUIDVALIDITYChange(t *testing.T) {
 	if _, err := dovecotServer(t).Doveadm("mailbox", "update", "-u", a.User, "--uid-validity", strconv.FormatUint(uint64(oldV)+1000, 10), "INBOX"); err != nil {
 		t.Fatal(err)
 	}
-	if v := state(t, a, false).UIDValidity; v == oldV {
+	if v := a.Inbox(t, false).UIDValidity; v == oldV {
 		t.Fatalf("UIDVALIDITY still %d after doveadm mailbox update", v)
 	}
 	if after := g.uidls(a); !slices.Equal(after, before) {
@@ -163,7 +163,7 @@ func TestUIDLMapFollowsUserToAnotherBackend(t *testing.T) {
 	if _, err := second.Append(a.User, a.Pass, "INBOX", extra); err != nil {
 		t.Fatal(err)
 	}
-	oldV := state(t, a, false).UIDValidity
+	oldV := a.Inbox(t, false).UIDValidity
 	if _, err := second.Doveadm("mailbox", "update", "-u", a.User, "--uid-validity", strconv.FormatUint(uint64(oldV)+77, 10), "INBOX"); err != nil {
 		t.Fatal(err)
 	}

@@ -126,11 +126,7 @@ func newAccount(t testing.TB, messages int) account {
 // messages is how many messages the account's INBOX holds.
 func messages(t testing.TB, a account) int {
 	t.Helper()
-	st, err := harness.Dovecot(t).Mailbox(a.User, a.Pass, "INBOX", false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return len(st.Messages)
+	return len(a.Inbox(t, false).Messages)
 }
 
 const clientTimeout = 20 * time.Second

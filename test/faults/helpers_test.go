@@ -164,16 +164,6 @@ func leakCheck(t *testing.T) func() {
 	}
 }
 
-// mailboxState reads the account's INBOX straight from Dovecot.
-func mailboxState(t testing.TB, a account, bodies bool) *dovecot.MailboxState {
-	t.Helper()
-	st, err := dovecotServer(t).Mailbox(a.User, a.Pass, "INBOX", bodies)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return st
-}
-
 // dialPOP3 logs in through the gateway, retrying while an earlier session of
 // the same user still holds the maildrop ([IN-USE]) for up to wait.
 func dialPOP3(t testing.TB, addr string, a account, wait time.Duration) *pop3client.Client {

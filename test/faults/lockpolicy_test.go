@@ -75,7 +75,7 @@ func TestLockTakeover(t *testing.T) {
 	if err := c.Quit(); err != nil {
 		t.Fatal(err)
 	}
-	if got := mailboxState(t, a, false).UIDs(); len(got) != len(uids) {
+	if got := a.Inbox(t, false).UIDs(); len(got) != len(uids) {
 		t.Errorf("left %v: the taken-over session's DELE must not be applied", got)
 	}
 	if !strings.Contains(g.Logs(), `"result":"taken_over"`) {
@@ -127,7 +127,7 @@ func TestLockTakeoverNeverCutsUpdate(t *testing.T) {
 	if err := c.Quit(); err != nil {
 		t.Fatal(err)
 	}
-	got := mailboxState(t, a, false).UIDs()
+	got := a.Inbox(t, false).UIDs()
 	if len(got) != len(uids)-1 || got[0] != uids[1] {
 		t.Errorf("left %v, want %v", got, uids[1:])
 	}
@@ -159,7 +159,7 @@ func TestLockNone(t *testing.T) {
 	if err := two.Quit(); err != nil {
 		t.Fatal(err)
 	}
-	if got := mailboxState(t, a, false).UIDs(); len(got) != len(uids)-1 {
+	if got := a.Inbox(t, false).UIDs(); len(got) != len(uids)-1 {
 		t.Errorf("left %v, want %v", got, uids[1:])
 	}
 }

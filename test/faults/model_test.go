@@ -136,7 +136,7 @@ func TestModel(t *testing.T) {
 		for j, u := range uids {
 			m.msgs[u] = bodies[j]
 		}
-		st := mailboxState(t, m.a, false)
+		st := m.a.Inbox(t, false)
 		m.uidValidity = st.UIDValidity
 		models[i] = m
 	}

@@ -121,7 +121,7 @@ timeouts: {backend_dial: %s, backend_command: %s, shutdown: 2s}
 	if err := c.Quit(); err != nil {
 		t.Fatal(err)
 	}
-	if st := mailboxState(t, a, false); len(st.UIDs()) != len(msgs) {
+	if st := a.Inbox(t, false); len(st.UIDs()) != len(msgs) {
 		t.Errorf("%d messages left, want %d: drops must delete nothing", len(st.UIDs()), len(msgs))
 	}
 	if len(p.Fired()) < rounds/2 {
@@ -194,7 +194,7 @@ func TestExpungedMidSessionAgainstDovecot(t *testing.T) {
 	if err := c.Quit(); err != nil {
 		t.Fatal(err)
 	}
-	st := mailboxState(t, a, false)
+	st := a.Inbox(t, false)
 	if got := st.UIDs(); len(got) != 1 || got[0] != uids[0] {
 		t.Errorf("left %v, want only UID %d", got, uids[0])
 	}
@@ -356,7 +356,7 @@ func runFaultCase(t *testing.T, tc faultCase) {
 	// Dovecot's own view: nothing but the deleted messages may be missing,
 	// and those only if the fault left the commit a chance.
 	p.Set(Faults{})
-	st := mailboxState(t, a, true)
+	st := a.Inbox(t, true)
 	for _, u := range uids {
 		m, ok := st.Message(u)
 		switch {
@@ -389,7 +389,7 @@ func runFaultCase(t *testing.T, tc faultCase) {
 	// The next session: everything still there and not \Deleted is
 	// visible with its UIDL and exact bytes; it completes the deletion.
 	recoverySession(t, addr, a, body, deleted)
-	after := mailboxState(t, a, false)
+	after := a.Inbox(t, false)
 	for _, u := range uids {
 		m, ok := after.Message(u)
 		if ok == deleted[u] && !(ok && m.Has(imap.FlagDeleted)) {
@@ -480,7 +480,7 @@ func faultSession(t *testing.T, addr string, a account, tc faultCase, body map[u
 // and is still visible, and QUITs.
 func recoverySession(t *testing.T, addr string, a account, body map[uint32][]byte, deleted map[uint32]bool) {
 	t.Helper()
-	full := mailboxState(t, a, false)
+	full := a.Inbox(t, false)
 	want := map[uint32]bool{}
 	for _, m := range full.Messages {
 		if !m.Has(imap.FlagDeleted) {

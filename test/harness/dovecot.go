@@ -56,3 +56,14 @@ func NewAccount(t testing.TB, prefix, domain string) Account {
 	}
 	return a
 }
+
+// Inbox reads the account's INBOX straight from the package's Dovecot, with
+// the messages' bodies when bodies.
+func (a Account) Inbox(t testing.TB, bodies bool) *dovecot.MailboxState {
+	t.Helper()
+	st, err := Dovecot(t).Mailbox(a.User, a.Pass, "INBOX", bodies)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
