@@ -383,21 +383,26 @@ func (ls *lease) confirmed(at time.Time) {
 // renew extends the lease every third of lock_lease until Release.
 func (ls *lease) renew() {
 	defer ls.l.wg.Done()
-	t := time.NewTicker(ls.l.lease / 3)
+	every(ls.l.lease/3, ls.stop, func() bool {
+		if !ls.l.c.Up() {
+			return true
+		}
+		return !errors.Is(ls.check(context.Background()), ErrLeaseLost)
+	})
+}
+
+// every calls tick each period until stop is closed or tick returns false.
+func every(period time.Duration, stop <-chan struct{}, tick func() bool) {
+	t := time.NewTicker(period)
 	defer t.Stop()
 	for {
 		select {
-		case <-ls.stop:
+		case <-stop:
 			return
 		case <-t.C:
 		}
-		if !ls.l.c.Up() {
-			continue
-		}
-		if err := ls.check(context.Background()); err != nil {
-			if errors.Is(err, ErrLeaseLost) {
-				return
-			}
+		if !tick() {
+			return
 		}
 	}
 }

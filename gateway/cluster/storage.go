@@ -437,14 +437,7 @@ func (s *Storage) TryLock(ctx context.Context, name string) (bool, error) {
 // renew extends l's lease every lease/3 until stopped or the lease is gone.
 func (s *Storage) renew(name string, l *storageLock) {
 	defer close(l.done)
-	t := time.NewTicker(s.lease / 3)
-	defer t.Stop()
-	for {
-		select {
-		case <-l.stop:
-			return
-		case <-t.C:
-		}
+	every(s.lease/3, l.stop, func() bool {
 		ok, err := s.extend(context.Background(), name, l.token)
 		switch {
 		case err != nil:
@@ -455,9 +448,10 @@ func (s *Storage) renew(name string, l *storageLock) {
 			s.log.Error("acme storage lock lost: its lease expired or was taken over", zap.String("lock", name),
 				zap.Duration("lease", s.lease))
 			close(l.lost)
-			return
+			return false
 		}
-	}
+		return true
+	})
 }
 
 // extend renews the lease of the lock name held with token.
