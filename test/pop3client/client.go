@@ -326,8 +326,17 @@ func (c *Client) List() ([]Item, error) {
 }
 
 // UIDL returns the unique-id listing (RFC 1939 §7), in the server's order.
+//
+// A unique-id must be 1 to 70 characters in 0x21-0x7E (RFC 1939 §7); a
+// line with any other is an error.
 func (c *Client) UIDL() ([]Item, error) {
-	return c.listing("UIDL", func(it *Item, arg string) error { it.UIDL = arg; return nil })
+	return c.listing("UIDL", func(it *Item, arg string) error {
+		if len(arg) > 70 || arg == "" || strings.ContainsFunc(arg, func(r rune) bool { return r < 0x21 || r > 0x7e }) {
+			return errors.New("not a unique-id")
+		}
+		it.UIDL = arg
+		return nil
+	})
 }
 
 func (c *Client) listing(cmd string, parse func(*Item, string) error) ([]Item, error) {
