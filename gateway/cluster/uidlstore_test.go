@@ -486,3 +486,69 @@ func TestUIDLStoreDeadline(t *testing.T) {
 		t.Fatal("calls to a silent Redis did not end at their deadlines")
 	}
 }
+
+// BenchmarkUIDLStores compares the Redis store (a real redis-server on
+// 127.0.0.1) with the embedded one on a 10,000-message map: a Load (what a
+// session costs while UIDVALIDITY holds) and an Update rewriting the record
+// (what a session with new messages, or a rematch, costs), interleaved over
+// 3 rounds, medians reported with the ratios to bbolt.
+//
+//	go test ./gateway/cluster -run XXX -bench UIDLStores -benchtime 1x
+func BenchmarkUIDLStores(b *testing.B) {
+	addr, _ := redistest.Start(b)
+	c := redis.NewClient(&redis.Options{Addr: addr, ContextTimeoutEnabled: true})
+	b.Cleanup(func() { c.Close() })
+	rs := NewUIDLStore(c, "bench:", 0)
+	bs, err := upstream.OpenUIDLBolt(b.TempDir()+"/uidl.db", 0)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { bs.Close() })
+	msgs := make([]upstream.UIDLImportMessage, 10000)
+	for i := range msgs {
+		msgs[i] = upstream.UIDLImportMessage{UIDL: fmt.Sprintf("%08X%08X", i+1, 1), Size: int64(300 + i%200),
+			Header: fmt.Appendf(nil, "Message-ID: <%d@bench>\r\nSubject: message %d\r\n\r\n", i, i)}
+	}
+	ctx := context.Background()
+	k := upstream.UIDLKey{User: "bench", Mailbox: "INBOX"}
+	for _, s := range []upstream.UIDLStore{rs, bs} {
+		if _, err := upstream.ImportUIDLs(ctx, s, k, msgs, true); err != nil {
+			b.Fatal(err)
+		}
+	}
+	rec, _ := rs.Load(ctx, k)
+	const ops = 200
+	timeOps := func(f func() error) time.Duration {
+		start := time.Now()
+		for range ops {
+			if err := f(); err != nil {
+				b.Fatal(err)
+			}
+		}
+		return time.Since(start) / ops
+	}
+	load := func(s upstream.UIDLStore) func() error {
+		return func() error { _, err := s.Load(ctx, k); return err }
+	}
+	update := func(s upstream.UIDLStore) func() error {
+		return func() error {
+			return s.Update(ctx, k, func(old []byte) ([]byte, error) { return slices.Clone(old), nil })
+		}
+	}
+	var lr, lb, ur, ub []time.Duration
+	for range 3 {
+		lb = append(lb, timeOps(load(bs)))
+		lr = append(lr, timeOps(load(rs)))
+		ub = append(ub, timeOps(update(bs)))
+		ur = append(ur, timeOps(update(rs)))
+	}
+	med := func(ds []time.Duration) time.Duration {
+		s := slices.Clone(ds)
+		slices.Sort(s)
+		return s[len(s)/2]
+	}
+	b.Logf("10,000-message map (%d bytes), median of 3 interleaved rounds of %d: Load bbolt %v, redis %v (%.1fx); Update bbolt %v, redis %v (%.1fx)",
+		len(rec), ops, med(lb), med(lr), float64(med(lr))/float64(med(lb)), med(ub), med(ur), float64(med(ur))/float64(med(ub)))
+	b.ReportMetric(float64(med(lr))/float64(med(lb)), "x-load-redis/bbolt")
+	b.ReportMetric(float64(med(ur))/float64(med(ub)), "x-update-redis/bbolt")
+}
