@@ -1,15 +1,12 @@
 package cluster
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"net"
 	"slices"
-	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -19,12 +16,13 @@ import (
 
 	"mailgate/test/redistest"
 	"mailgate/upstream"
+	"mailgate/upstream/uidlstoretest"
 )
 
-// The UIDL store's suite: what upstream's tests check of the embedded store
-// (TestUIDLBoltStore, TestUIDLBoltFull, TestUIDLBoltConcurrent), plus what
-// sharing adds (several instances on one key), on miniredis (the scripts as
-// a unit), a real redis-server, and a Redis Cluster (one slot per script).
+// The UIDL store through the stores' conformance suite (upstream/
+// uidlstoretest: what the embedded store is checked for), with two instances
+// on one Redis, plus what sharing adds, on miniredis (the scripts as a
+// unit), a real redis-server, and a Redis Cluster (one slot per script).
 
 func TestUIDLStoreMiniredis(t *testing.T) {
 	leaks := goleak.IgnoreCurrent()
@@ -50,17 +48,18 @@ func TestUIDLStoreRedisCluster(t *testing.T) {
 }
 
 func testUIDLStoreSuite(t *testing.T, client clientFactory) {
+	uidlstoretest.Run(t, func(t *testing.T, maxBytes int64) []uidlstoretest.Store {
+		var out []uidlstoretest.Store
+		for _, s := range newUIDLStores(t, client, maxBytes, 2) {
+			out = append(out, s)
+		}
+		return out
+	})
 	for _, tc := range []struct {
 		name string
 		fn   func(t *testing.T, client clientFactory)
 	}{
-		{"Store", testUIDLStoreBasics},
-		{"RealRecords", testUIDLStoreRealRecords},
-		{"Full", testUIDLStoreFull},
-		{"Concurrent", testUIDLStoreConcurrent},
-		{"OneKeyTwoInstances", testUIDLStoreOneKeyTwoInstances},
 		{"ConflictRetried", testUIDLStoreConflictRetried},
-		{"Cancelled", testUIDLStoreCancelled},
 		{"Layout", testUIDLStoreLayout},
 	} {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, client) })
@@ -74,242 +73,16 @@ func newUIDLStores(t *testing.T, client clientFactory, maxBytes int64, n int) []
 	prefix := fmt.Sprintf("mg%d:", storagePrefixes.Add(1))
 	var out []*UIDLStore
 	for range n {
-		c := client()
-		t.Cleanup(func() { c.Close() })
-		out = append(out, NewUIDLStore(c, prefix, maxBytes))
+		out = append(out, newUIDLStoreAt(t, client, prefix, maxBytes))
 	}
 	return out
 }
 
-func uidlPut(t *testing.T, s *UIDLStore, k upstream.UIDLKey, v string) {
-	t.Helper()
-	if err := s.Update(context.Background(), k, func([]byte) ([]byte, error) { return []byte(v), nil }); err != nil {
-		t.Fatal(err)
-	}
-}
-
-func testUIDLStoreBasics(t *testing.T, client clientFactory) {
-	ctx := context.Background()
-	s := newUIDLStores(t, client, 0, 1)[0]
-	k := upstream.UIDLKey{User: "alice@example.org", Mailbox: "INBOX"}
-	if b, err := s.Load(ctx, k); b != nil || err != nil {
-		t.Fatalf("empty store: %q, %v", b, err)
-	}
-	uidlPut(t, s, k, "one")
-	uidlPut(t, s, upstream.UIDLKey{User: k.User, Mailbox: "Other"}, "two")
-	uidlPut(t, s, upstream.UIDLKey{User: "bob", Mailbox: "INBOX"}, "three")
-	if b, _ := s.Load(ctx, k); string(b) != "one" {
-		t.Fatalf("Load = %q", b)
-	}
-	// fn sees the current record; its error aborts, and nothing is written.
-	boom := errors.New("boom")
-	err := s.Update(ctx, k, func(old []byte) ([]byte, error) {
-		if string(old) != "one" {
-			t.Errorf("fn got %q", old)
-		}
-		return []byte("never"), boom
-	})
-	if !errors.Is(err, boom) {
-		t.Fatalf("Update = %v, want fn's error", err)
-	}
-	if b, _ := s.Load(ctx, k); string(b) != "one" {
-		t.Fatalf("after an aborted Update: %q", b)
-	}
-	// fn gets nil for a key without a record, an empty record is kept
-	// as one, and an empty user is refused.
-	err = s.Update(ctx, upstream.UIDLKey{User: "carol", Mailbox: "INBOX"}, func(old []byte) ([]byte, error) {
-		if old != nil {
-			t.Errorf("fn got %q for a new key", old)
-		}
-		return []byte{}, nil
-	})
-	if b, lerr := s.Load(ctx, upstream.UIDLKey{User: "carol", Mailbox: "INBOX"}); err != nil || b == nil || len(b) != 0 || lerr != nil {
-		t.Fatalf("empty record: Update %v, Load %q, %v", err, b, lerr)
-	}
-	if err := s.Update(ctx, upstream.UIDLKey{Mailbox: "INBOX"}, func([]byte) ([]byte, error) { return []byte("x"), nil }); err == nil {
-		t.Fatal("Update of an empty user succeeded")
-	}
-	if n, err := s.Drop("carol"); n != 1 || err != nil {
-		t.Fatalf("Drop(carol) = %d, %v", n, err)
-	}
-
-	n, err := s.Drop(k.User)
-	if err != nil || n != 2 {
-		t.Fatalf("Drop = %d, %v; want 2 maps", n, err)
-	}
-	if b, _ := s.Load(ctx, k); b != nil {
-		t.Fatalf("dropped user still has %q", b)
-	}
-	if n, err := s.Drop(k.User); n != 0 || err != nil {
-		t.Fatalf("Drop again = %d, %v; want 0", n, err)
-	}
-	st, err := s.Stats()
-	want := int64(len("INBOX") + len("three"))
-	if err != nil || st.Users != 1 || st.Maps != 1 || st.Corrupt != 1 || st.Bytes != want || st.Measured != want || st.FileBytes != 0 {
-		t.Fatalf("Stats = %+v, %v; want 1 user, 1 corrupt map, %d bytes counted and measured", st, err, want)
-	}
-	// The maps outlive the instance: another one (a restart, or a second
-	// gateway) reads them.
-	again := newUIDLStoresWithPrefix(t, client, s.prefix, 0)
-	if b, _ := again.Load(ctx, upstream.UIDLKey{User: "bob", Mailbox: "INBOX"}); string(b) != "three" {
-		t.Fatalf("from another instance: %q", b)
-	}
-}
-
-// newUIDLStoresWithPrefix opens one more store on prefix, on its own client.
-func newUIDLStoresWithPrefix(t *testing.T, client clientFactory, prefix string, maxBytes int64) *UIDLStore {
+// newUIDLStoreAt opens a store on prefix, on its own client.
+func newUIDLStoreAt(t *testing.T, client clientFactory, prefix string, maxBytes int64) *UIDLStore {
 	c := client()
 	t.Cleanup(func() { c.Close() })
 	return NewUIDLStore(c, prefix, maxBytes)
-}
-
-// Records as upstream writes them: Stats decodes them and counts their
-// messages; a rewrite through Update gets the record it replaces.
-func testUIDLStoreRealRecords(t *testing.T, client clientFactory) {
-	ctx := context.Background()
-	s := newUIDLStores(t, client, 0, 1)[0]
-	msgs := []upstream.UIDLImportMessage{
-		{UIDL: "old-1", Size: 10, Header: []byte("Subject: a\r\n\r\n")},
-		{UIDL: "old-2", Size: 20, Header: []byte("Subject: b\r\n\r\n")},
-		{UIDL: "old-3", Size: 30, Header: []byte("Subject: c\r\n\r\n")},
-	}
-	k := upstream.UIDLKey{User: "dave", Mailbox: "INBOX"}
-	if _, err := upstream.ImportUIDLs(ctx, s, k, msgs, false); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := upstream.ImportUIDLs(ctx, s, k, msgs[:1], false); !errors.Is(err, upstream.ErrUIDLMapExists) {
-		t.Fatalf("a second import without replace: %v, want ErrUIDLMapExists", err)
-	}
-	if _, err := upstream.ImportUIDLs(ctx, s, upstream.UIDLKey{User: "erin", Mailbox: "INBOX"}, msgs[1:], false); err != nil {
-		t.Fatal(err)
-	}
-	rec, _ := s.Load(ctx, k)
-	st, err := s.Stats()
-	if err != nil || st.Users != 2 || st.Maps != 2 || st.Messages != 5 || st.Corrupt != 0 || st.Bytes != st.Measured {
-		t.Fatalf("Stats = %+v, %v; want 2 users, 5 messages, the counter equal to the records", st, err)
-	}
-	if _, err := upstream.ImportUIDLs(ctx, s, k, msgs[:1], true); err != nil {
-		t.Fatal(err)
-	}
-	if now, _ := s.Load(ctx, k); bytes.Equal(now, rec) || len(now) >= len(rec) {
-		t.Fatalf("replaced record %d bytes, was %d", len(now), len(rec))
-	}
-	if st, _ := s.Stats(); st.Messages != 3 || st.Bytes != st.Measured {
-		t.Fatalf("after the replace: %+v", st)
-	}
-}
-
-// At max_bytes no new map is made; existing maps still change; Drop makes
-// room.
-func testUIDLStoreFull(t *testing.T, client clientFactory) {
-	ctx := context.Background()
-	s := newUIDLStores(t, client, 20, 1)[0]
-	k := upstream.UIDLKey{User: "alice", Mailbox: "INBOX"}
-	set := func(k upstream.UIDLKey, n int) error {
-		return s.Update(ctx, k, func([]byte) ([]byte, error) { return bytes.Repeat([]byte("x"), n), nil })
-	}
-	if err := set(k, 10); err != nil {
-		t.Fatal(err)
-	}
-	if err := set(upstream.UIDLKey{User: "bob", Mailbox: "INBOX"}, 10); !errors.Is(err, upstream.ErrUIDLStoreFull) {
-		t.Fatalf("new map over the bound: %v, want ErrUIDLStoreFull", err)
-	}
-	if err := set(upstream.UIDLKey{User: "alice", Mailbox: "Other"}, 10); !errors.Is(err, upstream.ErrUIDLStoreFull) {
-		t.Fatalf("a user's new mailbox over the bound: %v, want ErrUIDLStoreFull", err)
-	}
-	if err := set(k, 40); err != nil {
-		t.Fatalf("an existing map must go on: %v", err)
-	}
-	if st, _ := s.Stats(); st.Bytes != 45 || st.Measured != 45 {
-		t.Fatalf("counted %d, measured %d; want 45", st.Bytes, st.Measured)
-	}
-	if n, _ := s.Drop("alice"); n != 1 {
-		t.Fatal("Drop")
-	}
-	if err := set(upstream.UIDLKey{User: "bob", Mailbox: "INBOX"}, 10); err != nil {
-		t.Fatalf("after Drop there is room: %v", err)
-	}
-	if st, _ := s.Stats(); st.Bytes != 15 || st.Measured != 15 {
-		t.Fatalf("after Drop: counted %d, measured %d; want 15", st.Bytes, st.Measured)
-	}
-}
-
-// Concurrent sessions of many users (and of one user), through two
-// instances.
-func testUIDLStoreConcurrent(t *testing.T, client clientFactory) {
-	ctx := context.Background()
-	ss := newUIDLStores(t, client, 0, 2)
-	var wg sync.WaitGroup
-	for u := range 8 {
-		for g := range 4 {
-			wg.Go(func() {
-				s := ss[g%2]
-				k := upstream.UIDLKey{User: fmt.Sprintf("user%d", u), Mailbox: "INBOX"}
-				for range 25 {
-					err := s.Update(ctx, k, func(old []byte) ([]byte, error) { return append(slices.Clone(old), 'x'), nil })
-					if err != nil {
-						t.Error(err)
-						return
-					}
-					if _, err := s.Load(ctx, k); err != nil {
-						t.Error(err)
-					}
-				}
-			})
-		}
-	}
-	wg.Wait()
-	for u := range 8 {
-		if b, _ := ss[0].Load(ctx, upstream.UIDLKey{User: fmt.Sprintf("user%d", u), Mailbox: "INBOX"}); len(b) != 100 {
-			t.Errorf("user%d: %d updates survived, want 100", u, len(b))
-		}
-	}
-	if st, err := ss[1].Stats(); err != nil || st.Users != 8 || st.Bytes != 8*(100+5) || st.Measured != st.Bytes {
-		t.Errorf("Stats = %+v, %v; want 8 users and %d bytes counted", st, err, 8*(100+5))
-	}
-}
-
-// Two instances hammer one key, each update adding a token of its own: every
-// token is in the final record, once (no update lost, none applied twice).
-func testUIDLStoreOneKeyTwoInstances(t *testing.T, client clientFactory) {
-	ctx := context.Background()
-	ss := newUIDLStores(t, client, 0, 2)
-	k := upstream.UIDLKey{User: "shared", Mailbox: "INBOX"}
-	var calls atomic.Int64
-	var wg sync.WaitGroup
-	const writers, updates = 6, 20
-	for w := range writers {
-		wg.Go(func() {
-			for i := range updates {
-				tok := fmt.Sprintf("%d.%d;", w, i)
-				err := ss[w%2].Update(ctx, k, func(old []byte) ([]byte, error) {
-					calls.Add(1)
-					return append(slices.Clone(old), tok...), nil
-				})
-				if err != nil {
-					t.Error(err)
-					return
-				}
-			}
-		})
-	}
-	wg.Wait()
-	b, err := ss[0].Load(ctx, k)
-	if err != nil {
-		t.Fatal(err)
-	}
-	toks := strings.Split(strings.TrimSuffix(string(b), ";"), ";")
-	if len(toks) != writers*updates {
-		t.Fatalf("%d tokens in the record, want %d (fn ran %d times)", len(toks), writers*updates, calls.Load())
-	}
-	seen := map[string]bool{}
-	for _, tok := range toks {
-		if seen[tok] {
-			t.Fatalf("token %s applied twice", tok)
-		}
-		seen[tok] = true
-	}
-	t.Logf("%d updates, fn ran %d times", writers*updates, calls.Load())
 }
 
 // A write by another instance between an Update's read and its write makes
@@ -318,12 +91,12 @@ func testUIDLStoreConflictRetried(t *testing.T, client clientFactory) {
 	ctx := context.Background()
 	ss := newUIDLStores(t, client, 0, 2)
 	k := upstream.UIDLKey{User: "frank", Mailbox: "INBOX"}
-	uidlPut(t, ss[0], k, "base")
+	uidlstoretest.Put(t, ss[0], k, "base")
 	var seen []string
 	err := ss[0].Update(ctx, k, func(old []byte) ([]byte, error) {
 		seen = append(seen, string(old))
 		if len(seen) == 1 {
-			uidlPut(t, ss[1], k, "other") // the other instance, meanwhile
+			uidlstoretest.Put(t, ss[1], k, "other") // the other instance, meanwhile
 		}
 		return append(slices.Clone(old), "+mine"...), nil
 	})
@@ -344,7 +117,7 @@ func testUIDLStoreConflictRetried(t *testing.T, client clientFactory) {
 		n++
 		switch n {
 		case 1:
-			uidlPut(t, ss[1], k2, "first")
+			uidlstoretest.Put(t, ss[1], k2, "first")
 		case 2:
 			if _, err := ss[1].Drop(k2.User); err != nil {
 				t.Error(err)
@@ -389,10 +162,10 @@ func testUIDLStoreLayout(t *testing.T, client clientFactory) {
 	ss := newUIDLStores(t, client, 0, 1)
 	s := ss[0]
 	odd := "o*d?[x]\\y}:maps{z"
-	uidlPut(t, s, upstream.UIDLKey{User: "ivan", Mailbox: "INBOX"}, "1")
-	uidlPut(t, s, upstream.UIDLKey{User: odd, Mailbox: "INBOX"}, "22")
-	other := newUIDLStoresWithPrefix(t, client, "other"+s.prefix, 0)
-	uidlPut(t, other, upstream.UIDLKey{User: "ivan", Mailbox: "INBOX"}, "elsewhere")
+	uidlstoretest.Put(t, s, upstream.UIDLKey{User: "ivan", Mailbox: "INBOX"}, "1")
+	uidlstoretest.Put(t, s, upstream.UIDLKey{User: odd, Mailbox: "INBOX"}, "22")
+	other := newUIDLStoreAt(t, client, "other"+s.prefix, 0)
+	uidlstoretest.Put(t, other, upstream.UIDLKey{User: "ivan", Mailbox: "INBOX"}, "elsewhere")
 
 	raw := client()
 	defer raw.Close()
