@@ -136,24 +136,6 @@ func testUIDLStoreConflictRetried(t *testing.T, client clientFactory) {
 	}
 }
 
-func testUIDLStoreCancelled(t *testing.T, client clientFactory) {
-	s := newUIDLStores(t, client, 0, 1)[0]
-	ctx, cancel := context.WithCancel(context.Background())
-	cancel()
-	k := upstream.UIDLKey{User: "heidi", Mailbox: "INBOX"}
-	if _, err := s.Load(ctx, k); !errors.Is(err, context.Canceled) {
-		t.Errorf("Load under a cancelled context: %v", err)
-	}
-	ran := false
-	err := s.Update(ctx, k, func([]byte) ([]byte, error) { ran = true; return []byte("v"), nil })
-	if !errors.Is(err, context.Canceled) || ran {
-		t.Errorf("Update under a cancelled context: %v (fn ran: %v)", err, ran)
-	}
-	if b, _ := s.Load(context.Background(), k); b != nil {
-		t.Errorf("a cancelled Update wrote %q", b)
-	}
-}
-
 // The keys: under the prefix, one hash per user with the user in the hash
 // tag, one counter; another prefix is another map; user names with the
 // characters of SCAN patterns and of hash tags are names like others.
