@@ -14,6 +14,7 @@ import (
 	"log"
 	"net"
 	"regexp"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -63,6 +64,8 @@ type backend struct {
 	mu          sync.Mutex
 	bodyFetches map[imap.UID]int // UID FETCH ... BODY.PEEK[] per UID
 	commands    []string         // every command line, credentials included (tests only)
+	reads       []int            // reads[i]: the read (numbered over all connections) that completed commands[i]
+	readSeq     int
 }
 
 var bodyFetchRE = regexp.MustCompile(`^\S+ UID FETCH (\d+) \(.*BODY\.PEEK\[\]`)
@@ -179,6 +182,15 @@ func (b *backend) sawCommand(re *regexp.Regexp) bool {
 	return false
 }
 
+// commandLog is every command line the backend received, in order, and the
+// read that completed each (lines of one client write share a read number,
+// on loopback).
+func (b *backend) commandLog() (lines []string, reads []int) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return slices.Clone(b.commands), slices.Clone(b.reads)
+}
+
 // client logs in to the backend directly, as another IMAP client would.
 func (b *backend) client(user, password string) *imapclient.Client {
 	b.t.Helper()
@@ -290,6 +302,10 @@ func (c *serverConn) Write(p []byte) (int, error) {
 
 // record splits the client's bytes into lines and counts body FETCHes.
 func (c *serverConn) record(p []byte) {
+	c.b.mu.Lock()
+	c.b.readSeq++
+	seq := c.b.readSeq
+	c.b.mu.Unlock()
 	c.partial = append(c.partial, p...)
 	for {
 		i := bytes.Index(c.partial, []byte("\r\n"))
@@ -300,6 +316,7 @@ func (c *serverConn) record(p []byte) {
 		c.partial = c.partial[i+2:]
 		c.b.mu.Lock()
 		c.b.commands = append(c.b.commands, line)
+		c.b.reads = append(c.b.reads, seq)
 		if m := bodyFetchRE.FindStringSubmatch(line); m != nil {
 			uid, _ := strconv.ParseUint(m[1], 10, 32)
 			c.b.bodyFetches[imap.UID(uid)]++

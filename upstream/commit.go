@@ -85,12 +85,14 @@ func (d *Maildrop) Commit(ctx context.Context, deleted []int) error {
 		d.log.Warn("setting \\Seen failed", zap.Error(err))
 	}
 	if len(deleted) == 0 {
+		d.committed.Store(!wd.hasFired())
 		return nil
 	}
 	policy := d.m.cfg.Delete
 	err := d.remove(wd, uids, policy)
 	var ne *NotExpungedError
 	if errors.As(err, &ne) {
+		d.committed.Store(true)
 		return err // logged by remove; not a failure of the commit
 	}
 	if err != nil {
@@ -106,6 +108,7 @@ func (d *Maildrop) Commit(ctx context.Context, deleted []int) error {
 	}
 	d.log.Info("QUIT: deletions applied", zap.String("delete", policy), zap.Int("messages", len(deleted)),
 		zap.Duration("elapsed", time.Since(start)))
+	d.committed.Store(true)
 	return nil
 }
 
@@ -234,12 +237,18 @@ func (d *Maildrop) cleanup() {
 	d.fetch.stop()
 
 	d.cmdMu.Lock()
+	defer d.cmdMu.Unlock()
 	if d.alive() {
 		wd := watch(min(closeTimeout, d.to.Command), d.kill)
 		if err := d.flushSeen(wd); err != nil {
 			d.log.Warn("setting \\Seen failed", zap.Error(err))
 		}
 		if d.alive() && !wd.hasFired() {
+			if d.park(wd) {
+				return
+			}
+			// QUIT has been answered already, or is answered meanwhile:
+			// nobody waits for this.
 			wd.reset(min(closeTimeout, d.to.Command))
 			d.c.Logout().Wait() // the answer does not matter
 		}
@@ -254,8 +263,26 @@ func (d *Maildrop) cleanup() {
 	}
 	d.kill()
 	d.c.Close()
-	d.cmdMu.Unlock()
 	d.log.Debug("maildrop closed", zap.Int64("expunged_elsewhere", d.fetch.expunges.Load()))
+}
+
+// park hands the connection to the pop3.reuse pool instead of logging out,
+// and reports whether it did. Only after a successful Commit (the session
+// ended with QUIT, and its UPDATE was confirmed), on a connection alive with
+// nothing in flight: the fetcher has stopped and \Seen is flushed; wd is
+// armed, and stopped here. cmdMu is held.
+func (d *Maildrop) park(wd *watchdog) bool {
+	if d.m.reuse == nil || !d.committed.Load() || wd.stop() {
+		return false
+	}
+	d.m.cleanups.Add(1) // inside a clean-up: the count is not zero
+	pk := &parked{key: d.reuseKey, c: d.c, raw: d.raw, route: d.route, caps: d.caps, uidValidity: d.uidValidity}
+	if !d.m.reuse.park(pk) {
+		d.m.cleanups.Done()
+		return false
+	}
+	d.log.Debug("backend connection parked for reuse", zap.Duration("for", d.m.reuse.ttl))
+	return true
 }
 
 // alive reports whether the backend connection can still take a command:

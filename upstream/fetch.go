@@ -137,6 +137,7 @@ type fetcher struct {
 	wake     chan struct{} // buffered, 1: there may be something to plan
 	quit     chan struct{} // closed by stop: the loop ends after the batch under way
 	loopDone chan struct{} // closed when the loop has ended
+	loopOnce sync.Once     // starts the loop at the first wake-up, or marks it never started (stop)
 
 	batches   atomic.Int64 // pipelined FETCH batches sent: backend round trips for bodies
 	misrouted atomic.Int64 // bodies that reached the unilateral handler
@@ -191,14 +192,15 @@ func (ft *fetcher) noteExpunge() { ft.expunges.Add(1) }
 
 func (ft *fetcher) heard() { ft.lastWord.Store(time.Now().UnixNano()) }
 
-// start starts the loop over the snapshot's messages: message n is
+// start readies the loop over the snapshot's messages: message n is
 // uids[n-1], with RFC822.SIZE snapSizes[n-1], and keyBase is the cache key of
 // a body of the maildrop but for its UID. The fetcher never modifies uids or
 // snapSizes.
 func (ft *fetcher) start(uids []imap.UID, snapSizes []int64, keyBase CacheKey) {
 	ft.uids, ft.snapSizes, ft.keyBase = uids, snapSizes, keyBase
 	ft.heard() // the snapshot has just been answered
-	go ft.loop()
+	// The loop starts at the first wake-up (wakeUp): a session that has
+	// not asked for a body yet, the usual idle one, runs no goroutine here.
 }
 
 // key is the cache and singleflight key of a body of this maildrop.
@@ -229,6 +231,7 @@ func (ft *fetcher) beginStop() {
 // beginStop.
 func (ft *fetcher) stop() {
 	close(ft.quit)
+	ft.loopOnce.Do(func() { close(ft.loopDone) }) // never started: it never will
 	cut := time.AfterFunc(closeTimeout, func() {
 		ft.conn.setBroken(fmt.Errorf("%w: fetch cut off at close", ErrUnavailable))
 	})
@@ -279,6 +282,7 @@ func (f *flight) isDone() bool {
 }
 
 func (ft *fetcher) wakeUp() {
+	ft.loopOnce.Do(func() { go ft.loop() })
 	select {
 	case ft.wake <- struct{}{}:
 	default:

@@ -1,6 +1,7 @@
 package upstream
 
 import (
+	"hash/fnv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -95,6 +96,33 @@ func (h *holder) takeOver(after time.Duration) bool {
 type lockTable struct {
 	mu   sync.Mutex
 	held map[lockKey]*holder
+
+	// releases counts the releases of the locks whose keys hash to each
+	// bucket (see epoch).
+	releases [epochBuckets]atomic.Uint64
+}
+
+// epochBuckets spreads epoch's counters: two keys sharing a bucket only
+// cost a needless second snapshot now and then.
+const epochBuckets = 1024
+
+// epoch changes whenever a lock of k is released. Open reads it before it
+// pipelines the snapshot behind the login (which the backend answers before
+// the lock is taken, since the lock must not be taken before the password is
+// known good) and again once it holds the lock: a change means a session of
+// the user may have left UPDATE in between, after the snapshot was taken,
+// and the snapshot is taken again (RFC 1939 §4: the lock keeps the maildrop
+// from changing under the session; its view must not predate the lock).
+func (t *lockTable) epoch(k lockKey) uint64 {
+	return t.releases[k.bucket()].Load()
+}
+
+func (k lockKey) bucket() uint32 {
+	h := fnv.New32a()
+	h.Write([]byte(k.backend))
+	h.Write([]byte{0})
+	h.Write([]byte(k.user))
+	return h.Sum32() % epochBuckets
 }
 
 // acquire takes the lock for h and reports whether it got it. With
@@ -153,6 +181,7 @@ func (t *lockTable) release(k lockKey, h *holder) {
 	defer t.mu.Unlock()
 	if t.held[k] == h {
 		delete(t.held, k)
+		t.releases[k.bucket()].Add(1)
 	}
 	select {
 	case <-h.released:

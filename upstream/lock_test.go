@@ -76,3 +76,33 @@ func TestLockTablePolicies(t *testing.T) {
 		}
 	})
 }
+
+// The lock's epoch moves when a holder of the key releases it, so that Open
+// retakes a snapshot that went out (pipelined behind the login) before a
+// session of the user left UPDATE; a refused acquire, another key's release
+// and a release by a holder that was taken over do not move it.
+func TestLockEpoch(t *testing.T) {
+	var lt lockTable
+	k := newLockKey("store", "alice")
+	e0 := lt.epoch(k)
+	h := newHolder()
+	if !lt.acquire(k, h, LockExclusive, 0) {
+		t.Fatal("acquire failed")
+	}
+	if lt.acquire(k, newHolder(), LockExclusive, 0) || lt.epoch(k) != e0 {
+		t.Fatal("a refused acquire moved the epoch (or succeeded)")
+	}
+	other := newLockKey("store", "bob")
+	if other.bucket() != k.bucket() {
+		ho := newHolder()
+		lt.acquire(other, ho, LockExclusive, 0)
+		lt.release(other, ho)
+		if lt.epoch(k) != e0 {
+			t.Fatal("bob's release moved alice's epoch")
+		}
+	}
+	lt.release(k, h)
+	if lt.epoch(k) == e0 {
+		t.Fatal("the release did not move the epoch")
+	}
+}

@@ -72,6 +72,27 @@ const (
 // failure wraps ErrUnavailable (unreachable: ErrUnreachable). Their text
 // names the backend and is meant for logs only.
 func Login(ctx context.Context, t Target, to Timeouts, user, password string) (*Session, error) {
+	return login(ctx, t, to, user, password, nil)
+}
+
+// behind writes commands into w that go out in the same write as the login
+// command, right behind it (RFC 9051 §5.5: a client may send a command
+// without waiting for the previous one's completion), and returns how many
+// tagged replies they will get. The backend runs them in order, so they run
+// logged in if the login succeeded; if it failed, each gets NO or BAD
+// (RFC 9051 §6: not valid in the not authenticated state), and login reads
+// and discards those replies before it closes the connection.
+type behind func(w io.Writer) (commands int)
+
+// login is Login, with the commands of pipe sent behind the login command
+// when the login is one line: AUTHENTICATE PLAIN with its initial response
+// (SASL-IR, RFC 4959) or a LOGIN without synchronizing literals (RFC 9051
+// §6.2.3, §4.3). Otherwise pipe is never called, and the login is the
+// ordinary exchange. When pipe was called the returned Session's Caps are
+// only those the backend sent with its login reply: asking for them with
+// CAPABILITY would read the pipelined commands' replies, which belong to the
+// caller; nil means the caller must ask.
+func login(ctx context.Context, t Target, to Timeouts, user, password string, pipe behind) (*Session, error) {
 	if strings.ContainsRune(user, 0) || strings.ContainsRune(password, 0) {
 		// Neither PLAIN (RFC 4616 §2) nor an IMAP string can carry NUL.
 		return nil, &LoginError{Kind: ErrAuthFailed, Server: t.Address, Text: "credentials contain NUL"}
@@ -93,7 +114,7 @@ func Login(ctx context.Context, t Target, to Timeouts, user, password string) (*
 		raw.Close()
 		return nil, fmt.Errorf("%w: %s: set deadline: %v", ErrUnavailable, t.Address, err)
 	}
-	b := &backendConn{conn: raw, br: bufio.NewReader(raw), bw: bufio.NewWriter(raw), addr: t.Address}
+	b := &backendConn{conn: raw, br: bufio.NewReader(raw), bw: bufio.NewWriter(raw), addr: t.Address, pipe: pipe, deadline: deadline}
 	s, err := b.login(ctx, t, user, password)
 	if !stop() && err == nil {
 		// Cancelled or out of time just as the login finished.
@@ -121,6 +142,12 @@ type backendConn struct {
 
 	ignoreTag   string   // a pipelined command whose reply does not matter (ID)
 	untaggedCap []string // the last untagged CAPABILITY seen
+
+	deadline time.Time // of the whole exchange
+
+	pipe     behind // commands to send behind a one-line login command; nil for none
+	pipeNext bool   // the next command is that login: pipe goes behind it
+	piped    int    // how many tagged replies pipe's commands are owed (0: pipe not called)
 }
 
 // response is one server response, reduced to what the login needs.
@@ -194,11 +221,17 @@ func (b *backendConn) login(ctx context.Context, t Target, user, password string
 		}
 		parts = loginCommand(tag, user, password, nonSync)
 	}
+	b.untaggedCap = nil // from here, only what comes with the login reply
+	// Only a login of one line can have commands behind it: with a
+	// synchronizing literal or a SASL challenge, the server must answer
+	// before the rest of the login goes.
+	b.pipeNext = b.pipe != nil && len(parts) == 1
 	res, err := b.command(tag, parts)
 	if err != nil {
 		return nil, err
 	}
 	if err := loginResult(res, b.addr); err != nil {
+		b.discardPiped()
 		return nil, err
 	}
 
@@ -206,12 +239,41 @@ func (b *backendConn) login(ctx context.Context, t Target, user, password string
 	if post == nil {
 		post = b.untaggedCap // e.g. "* CAPABILITY ..." before the tagged OK
 	}
-	if post == nil {
+	if post == nil && b.piped == 0 {
 		if post, err = b.capability(); err != nil {
 			return nil, err
 		}
 	}
 	return &Session{Conn: b.handOver(), Caps: post}, nil
+}
+
+// pipedReplyWait bounds the wait for the replies to pipelined commands after
+// a refused login: they follow the refusal at once, and the refusal is what
+// the client waits for.
+const pipedReplyWait = time.Second
+
+// discardPiped reads the replies owed to the commands pipelined behind a
+// refused login (each a NO or BAD) and drops them, so that the connection
+// closes with nothing unread; the caller then closes it and sends nothing
+// more. A backend that hangs up instead (Dovecot ends the connection after
+// too many commands it rejects before login) or takes too long ends it
+// early: the refusal is already known.
+func (b *backendConn) discardPiped() {
+	if b.piped == 0 {
+		return
+	}
+	if dl := time.Now().Add(pipedReplyWait); dl.Before(b.deadline) && b.conn.SetReadDeadline(dl) != nil {
+		return
+	}
+	for owed := b.piped; owed > 0; {
+		res, err := b.read()
+		if err != nil {
+			return
+		}
+		if res.tag != "*" && res.tag != "+" {
+			owed--
+		}
+	}
 }
 
 func (b *backendConn) nextTag() string {
@@ -294,6 +356,11 @@ func (b *backendConn) command(tag string, parts [][]byte) (response, error) {
 	for i, part := range parts {
 		if _, err := b.bw.Write(part); err != nil {
 			return response{}, b.unavailable("write: %v", err)
+		}
+		if b.pipeNext {
+			// One write: the login and what goes behind it (RFC 9051 §5.5).
+			b.pipeNext = false
+			b.piped = b.pipe(b.bw)
 		}
 		if err := b.bw.Flush(); err != nil {
 			return response{}, b.unavailable("write: %v", err)

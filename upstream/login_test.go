@@ -430,3 +430,200 @@ func TestSnapshotPipelinesSelectAndFetch(t *testing.T) {
 		t.Fatalf("snapshot: %d messages, UID %d, size %d; want 1, 3, 12", md.Len(), md.UID(1), md.Size(1))
 	}
 }
+
+// The snapshot's SELECT and UID FETCH leave in the login's own write, behind
+// the ID with the client's address and the AUTHENTICATE with its initial
+// response (RFC 4959): the server sees all four before it answers anything.
+// If the login is refused, the SELECT and FETCH get BAD (RFC 9051 §6: not
+// valid before login); the refusal is mapped as always (RFC 5530), the
+// replies are read, and nothing more reaches the server.
+func TestPipelinedLoginRefusedSendsNothingAfter(t *testing.T) {
+	got := make(chan []string, 1)
+	tgt := scripted(t, true, func(br *bufio.Reader, c net.Conn) {
+		io.WriteString(c, "* OK [CAPABILITY IMAP4rev1 ID AUTH=PLAIN SASL-IR] hi\r\n")
+		id := expectLine(t, br, `^(\S+) ID \(`)
+		auth := expectLine(t, br, `^(\S+) AUTHENTICATE PLAIN \S+$`)
+		sel := expectLine(t, br, `^(\S+) SELECT (?:"INBOX"|INBOX)$`)
+		fetch := expectLine(t, br, `^(\S+) UID FETCH 1:\* \(`)
+		if id == nil || auth == nil || sel == nil || fetch == nil {
+			return
+		}
+		io.WriteString(c, id[1]+" OK ID\r\n"+auth[1]+" NO [AUTHENTICATIONFAILED] Authentication failed.\r\n"+
+			sel[1]+" BAD Error in IMAP command SELECT: not logged in\r\n"+fetch[1]+" BAD Error in IMAP command UID: not logged in\r\n")
+		// Whatever arrives until the client closes.
+		var after []string
+		for {
+			l, err := br.ReadString('\n')
+			if err != nil {
+				break
+			}
+			after = append(after, strings.TrimSuffix(l, "\r\n"))
+		}
+		got <- after
+	})
+	mds := NewMaildrops(testConfig(nil), testLogger(t))
+	t.Cleanup(mds.Wait)
+	_, err := mds.Open(context.Background(), tgt, fastTimeouts, "alice", "wrong")
+	var le *LoginError
+	if !errors.Is(err, ErrAuthFailed) || !errors.As(err, &le) || le.Code != "AUTHENTICATIONFAILED" {
+		t.Fatalf("Open with a refused login: %v, want ErrAuthFailed with [AUTHENTICATIONFAILED]", err)
+	}
+	select {
+	case after := <-got:
+		if len(after) > 0 {
+			t.Errorf("sent after the refused login: %q", after)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the connection was not closed after the refused login")
+	}
+}
+
+// With LOGIN (no AUTH=PLAIN) in quoted strings the snapshot is pipelined
+// behind it too; with a synchronizing literal (8-bit text, and a backend
+// without LITERAL+ or LITERAL-) it is not: the server must answer "+" before
+// the password goes (RFC 9051 §4.3), and the SELECT waits for the login's
+// OK, as before.
+func TestPipelinedBehindLoginOnlyWithoutSyncLiteral(t *testing.T) {
+	b := newBackend(t, &backendOptions{noPlain: true})
+	b.addUser("alice", "secret", "Subject: 1\r\n\r\none\r\n")
+	mds := NewMaildrops(testConfig(nil), testLogger(t))
+	t.Cleanup(mds.Wait)
+	if md := openMaildrop(t, mds, b, "alice", "secret"); md.Len() != 1 {
+		t.Errorf("%d messages, want 1", md.Len())
+	}
+	lines, reads := b.commandLog()
+	if len(lines) < 3 || !strings.Contains(lines[0], " LOGIN ") || !strings.Contains(lines[1], " SELECT ") || reads[0] != reads[2] {
+		t.Errorf("LOGIN in quoted strings: %q in reads %v, want LOGIN, SELECT, UID FETCH in one write", lines, reads)
+	}
+
+	tgt := scripted(t, false, func(br *bufio.Reader, c net.Conn) {
+		io.WriteString(c, "* OK [CAPABILITY IMAP4rev1] hi\r\n")
+		login := expectLine(t, br, `^(\S+) LOGIN "alice" \{10\}$`)
+		if login == nil {
+			return
+		}
+		io.WriteString(c, "+ go on\r\n")
+		expectLine(t, br, `^pässwörd$`)
+		c.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+		if l, err := br.ReadString('\n'); err == nil {
+			t.Errorf("sent before the login's reply: %q", l)
+			return
+		}
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		io.WriteString(c, login[1]+" OK [CAPABILITY IMAP4rev1 UIDPLUS] in\r\n")
+		sel := expectLine(t, br, `^(\S+) SELECT (?:"INBOX"|INBOX)$`)
+		fetch := expectLine(t, br, `^(\S+) UID FETCH 1:\* \(`)
+		if sel == nil || fetch == nil {
+			return
+		}
+		io.WriteString(c, "* 0 EXISTS\r\n* OK [UIDVALIDITY 7] v\r\n"+sel[1]+" OK [READ-WRITE] selected\r\n"+fetch[1]+" OK done\r\n")
+		br.ReadString('\n') // LOGOUT at Close
+		io.WriteString(c, "* BYE bye\r\n")
+	})
+	md, err := mds.Open(context.Background(), tgt, fastTimeouts, "alice", "pässwörd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	md.Close()
+}
+
+// Against the in-memory backend: a wrong password with the snapshot
+// pipelined is ErrAuthFailed, and the backend receives the AUTHENTICATE,
+// SELECT and UID FETCH in one write and nothing after them.
+func TestPipelinedLoginAgainstBackend(t *testing.T) {
+	b := newBackend(t, nil)
+	b.addUser("alice", "secret", "Subject: 1\r\n\r\none\r\n", "Subject: 2\r\n\r\ntwo\r\n")
+	mds := NewMaildrops(testConfig(nil), testLogger(t))
+	t.Cleanup(mds.Wait)
+	if _, err := mds.Open(context.Background(), b.target(), fastTimeouts, "alice", "wrong"); !errors.Is(err, ErrAuthFailed) {
+		t.Fatalf("wrong password: %v, want ErrAuthFailed", err)
+	}
+	time.Sleep(50 * time.Millisecond) // anything sent late would arrive by now
+	lines, reads := b.commandLog()
+	want := []string{`^\S+ AUTHENTICATE PLAIN \S+$`, `^\S+ SELECT "?INBOX"?$`, `^\S+ UID FETCH 1:\* `}
+	if len(lines) != len(want) {
+		t.Fatalf("backend received %q, want AUTHENTICATE, SELECT, UID FETCH", lines)
+	}
+	for i, re := range want {
+		if !regexp.MustCompile(re).MatchString(lines[i]) || reads[i] != reads[0] {
+			t.Fatalf("backend received %q in reads %v, want AUTHENTICATE, SELECT, UID FETCH in one write", lines, reads)
+		}
+	}
+	// The right password: the same three in one write, then a usable maildrop.
+	md := openMaildrop(t, mds, b, "alice", "secret")
+	if md.Len() != 2 {
+		t.Fatalf("%d messages, want 2", md.Len())
+	}
+	lines, reads = b.commandLog()
+	if len(lines) < 6 || reads[3] != reads[5] {
+		t.Fatalf("second login: %q in reads %v, want the snapshot in the login's write", lines, reads)
+	}
+	if got := readAll(t)(md.Retr(context.Background(), 2)); !strings.Contains(string(got), "two") {
+		t.Fatalf("RETR 2 = %q", got)
+	}
+}
+
+// QUIT waits for its UPDATE and not for LOGOUT: Commit returns once the UID
+// STORE and UID EXPUNGE are answered OK, Close returns at once, and the
+// LOGOUT goes out afterwards, in the background, while the backend has not
+// answered it yet; Maildrops.Wait sees it end when the backend does.
+func TestQuitDoesNotWaitForLogout(t *testing.T) {
+	logoutSeen := make(chan struct{})
+	release := make(chan struct{})
+	cutEarly := make(chan bool, 1)
+	tgt := scripted(t, false, func(br *bufio.Reader, c net.Conn) {
+		io.WriteString(c, "* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN SASL-IR UIDPLUS] hi\r\n")
+		auth := expectLine(t, br, `^(\S+) AUTHENTICATE PLAIN \S+$`)
+		sel := expectLine(t, br, `^(\S+) SELECT (?:"INBOX"|INBOX)$`)
+		fetch := expectLine(t, br, `^(\S+) UID FETCH 1:\* \(`)
+		if auth == nil || sel == nil || fetch == nil {
+			return
+		}
+		io.WriteString(c, auth[1]+" OK [CAPABILITY IMAP4rev1 UIDPLUS] in\r\n* 1 EXISTS\r\n* OK [UIDVALIDITY 7] v\r\n"+
+			sel[1]+" OK [READ-WRITE] selected\r\n* 1 FETCH (UID 3 RFC822.SIZE 12 FLAGS ())\r\n"+fetch[1]+" OK done\r\n")
+		store := expectLine(t, br, `^(\S+) UID STORE 3 \+FLAGS\.SILENT \(\\Deleted\)$`)
+		if store == nil {
+			return
+		}
+		io.WriteString(c, store[1]+" OK stored\r\n")
+		exp := expectLine(t, br, `^(\S+) UID EXPUNGE 3$`)
+		if exp == nil {
+			return
+		}
+		io.WriteString(c, "* 1 EXPUNGE\r\n"+exp[1]+" OK expunged\r\n")
+		logout := expectLine(t, br, `^(\S+) LOGOUT$`)
+		if logout == nil {
+			return
+		}
+		close(logoutSeen)
+		// Until the test says so, the LOGOUT stays unanswered; the
+		// connection must not be cut meanwhile (a Close that waited would
+		// be cut by its watchdog).
+		eof := make(chan struct{})
+		go func() { br.ReadByte(); close(eof) }()
+		select {
+		case <-release:
+			cutEarly <- false
+		case <-eof:
+			cutEarly <- true
+			return
+		}
+		io.WriteString(c, "* BYE bye\r\n"+logout[1]+" OK out\r\n")
+		<-eof
+	})
+	mds := NewMaildrops(testConfig(nil), testLogger(t))
+	md, err := mds.Open(context.Background(), tgt, fastTimeouts, "alice", "secret")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := md.Commit(context.Background(), []int{1}); err != nil {
+		t.Fatalf("Commit: %v", err)
+	}
+	md.Close() // returns before the LOGOUT is even sent, or answered
+	<-logoutSeen
+	close(release)
+	if <-cutEarly {
+		t.Fatal("the backend connection was cut before LOGOUT was answered")
+	}
+	mds.Wait()
+}

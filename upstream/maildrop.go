@@ -21,6 +21,7 @@ package upstream
 import (
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -49,7 +50,8 @@ type Maildrops struct {
 	cache    *Cache
 	locks    lockTable
 	group    singleflight.Group
-	cleanups sync.WaitGroup // Close's background clean-ups under way
+	cleanups sync.WaitGroup // Close's background clean-ups under way, and parked connections
+	reuse    *reusePool     // pop3.reuse; nil when off
 	spoolDir string         // "" = os.TempDir
 	markSeen bool
 	ahead    int64 // fetch-ahead byte budget per session; 0 = off
@@ -73,7 +75,7 @@ func NewMaildrops(cfg MaildropConfig, log *zap.Logger) *Maildrops {
 	if log == nil {
 		log = zap.NewNop()
 	}
-	return &Maildrops{
+	m := &Maildrops{
 		cfg:      cfg,
 		log:      log,
 		cache:    NewCache(int64(*cfg.Cache.MaxBytes), int64(cfg.Cache.MaxMessageBytes)),
@@ -83,11 +85,36 @@ func NewMaildrops(cfg MaildropConfig, log *zap.Logger) *Maildrops {
 		staleAfter: defaultStaleAfter,
 		topWhole:   defaultTopWhole,
 	}
+	if cfg.Reuse > 0 {
+		m.reuse = newReusePool(cfg.Reuse, m.closeParked)
+	}
+	return m
 }
 
 // Wait waits for the background clean-ups of closed maildrops (\Seen flush,
-// LOGOUT: see Maildrop.Close). Each is bounded by a few closeTimeouts.
-func (m *Maildrops) Wait() { m.cleanups.Wait() }
+// LOGOUT: see Maildrop.Close). Each is bounded by a few closeTimeouts. The
+// connections parked for pop3.reuse are logged out first, and none is
+// parked while Wait runs.
+func (m *Maildrops) Wait() {
+	if m.reuse != nil {
+		m.reuse.drain()
+		defer m.reuse.undrain()
+	}
+	m.cleanups.Wait()
+}
+
+// closeParked logs a parked connection out, in the background, under
+// closeTimeout.
+func (m *Maildrops) closeParked(pk *parked) {
+	go func() {
+		defer m.cleanups.Done()
+		wd := watch(closeTimeout, func() { pk.raw.Close() })
+		pk.c.Logout().Wait() // the answer does not matter
+		wd.stop()
+		pk.raw.Close()
+		pk.c.Close()
+	}()
+}
 
 // Cache returns the shared body cache (for its Stats).
 func (m *Maildrops) Cache() *Cache { return m.cache }
@@ -103,32 +130,61 @@ func (m *Maildrops) Cache() *Cache { return m.cache }
 func (m *Maildrops) Open(ctx context.Context, t Target, to Timeouts, user, password string) (*Maildrop, error) {
 	start := time.Now()
 	log := m.log.With(zap.String("backend", t.Name), zap.String("user", user))
-	d := &Maildrop{
-		m:       m,
-		log:     log,
-		target:  t,
-		user:    user,
-		mailbox: m.cfg.Mailbox,
-		to:      to.withDefaults(),
-		lock:    newLockKey(t.Name, user),
-		hold:    newHolder(),
+	var rkey reuseKey
+	if m.reuse != nil {
+		rkey = m.reuse.key(t, user, m.cfg.Mailbox, password)
+		if pk := m.reuse.take(rkey); pk != nil {
+			m.cleanups.Done() // the parked connection is this maildrop's now
+			d := m.newMaildrop(t, to, user, log, rkey)
+			err := d.resume(ctx, pk)
+			if err == nil {
+				log.Info("maildrop opened", zap.String("mailbox", d.mailbox), zap.Int("messages", len(d.uids)),
+					zap.Uint32("uidvalidity", d.uidValidity), zap.Bool("reused", true), zap.Duration("elapsed", time.Since(start)))
+				return d, nil
+			}
+			if errors.Is(err, ErrInUse) {
+				return nil, err
+			}
+			log.Info("parked backend connection failed its check; logging in", zap.Error(err))
+		}
 	}
-	d.fetch = newFetcher(m, d, &d.imapConn, d.to, log)
-	c, raw, err := openClient(ctx, t, to, user, password, &imapclient.UnilateralDataHandler{
-		// Only record: the handler runs on the client's reader goroutine,
-		// and numbers never shift because everything is by UID.
-		Expunge: func(uint32) { d.fetch.noteExpunge() },
-		Fetch:   d.fetch.unilateralFetch,
-	})
+	d := m.newMaildrop(t, to, user, log, rkey)
+	// The snapshot goes out behind the login, in its write, when it can
+	// (openClient); the backend answers it only if the login succeeds.
+	var pre *snapCmds
+	var pipe func(*imapclient.Client) int
+	if pipelinable(d.mailbox) {
+		pipe = func(c *imapclient.Client) int {
+			cmds := sendSnapshot(c, d.mailbox)
+			pre = &cmds
+			return 2
+		}
+	}
+	epoch := m.locks.epoch(d.lock)
+	c, raw, err := openClient(ctx, t, to, user, password, d.route.handler(), pipe)
 	if err != nil {
 		return nil, err
 	}
 	d.c, d.raw = c, raw
 	if !m.locks.acquire(d.lock, d.hold, m.cfg.Lock, m.cfg.TakeoverAfter) {
-		d.goodbye()
+		if pre != nil {
+			d.kill() // the snapshot's answers are of no use: no LOGOUT after them
+			c.Close()
+		} else {
+			d.goodbye()
+		}
 		return nil, fmt.Errorf("%w: %s on %s", ErrInUse, user, t.Name)
 	}
-	err = d.snapshot(ctx)
+	if pre == nil {
+		cmds := sendSnapshot(c, d.mailbox)
+		pre = &cmds
+	}
+	err = d.snapshot(ctx, *pre)
+	if err == nil && m.locks.epoch(d.lock) != epoch {
+		// Another session of the user released the lock since the
+		// snapshot went out: it may have been in UPDATE.
+		err = d.snapshot(ctx, snapCmds{fetch: sendFetch(c)})
+	}
 	if err == nil && m.uidl != nil {
 		err = d.mapUIDLs(ctx)
 	}
@@ -143,6 +199,60 @@ func (m *Maildrops) Open(ctx context.Context, t Target, to Timeouts, user, passw
 	return d, nil
 }
 
+// newMaildrop makes a maildrop with no backend connection yet.
+func (m *Maildrops) newMaildrop(t Target, to Timeouts, user string, log *zap.Logger, rkey reuseKey) *Maildrop {
+	d := &Maildrop{
+		m:        m,
+		log:      log,
+		target:   t,
+		user:     user,
+		mailbox:  m.cfg.Mailbox,
+		to:       to.withDefaults(),
+		lock:     newLockKey(t.Name, user),
+		hold:     newHolder(),
+		route:    &route{},
+		reuseKey: rkey,
+	}
+	d.fetch = newFetcher(m, d, &d.imapConn, d.to, log)
+	d.route.ft.Store(d.fetch)
+	return d
+}
+
+// resume makes d out of a parked connection (pop3.reuse): it takes the lock
+// (RFC 1939 §4; the password matched the one the backend accepted for this
+// connection, so [IN-USE] tells nothing a login would not), then
+// re-validates the connection with NOOP and a new snapshot, sent together:
+// one round trip, and the snapshot is as fresh as a login's. On failure the
+// connection is closed and the lock released.
+func (d *Maildrop) resume(ctx context.Context, pk *parked) error {
+	d.c, d.raw, d.caps, d.uidValidity = pk.c, pk.raw, pk.caps, pk.uidValidity
+	d.route = pk.route
+	d.route.ft.Store(d.fetch)
+	if !d.m.locks.acquire(d.lock, d.hold, d.m.cfg.Lock, d.m.cfg.TakeoverAfter) {
+		d.kill()
+		d.c.Close()
+		return fmt.Errorf("%w: %s on %s", ErrInUse, d.user, d.target.Name)
+	}
+	noop := d.c.Noop()
+	err := d.snapshot(ctx, snapCmds{fetch: sendFetch(d.c)})
+	if err == nil {
+		if err = noop.Wait(); err != nil {
+			err = commandError("NOOP", err)
+		}
+	}
+	if err == nil && d.m.uidl != nil {
+		err = d.mapUIDLs(ctx)
+	}
+	if err != nil {
+		d.kill()
+		d.c.Close()
+		d.m.locks.release(d.lock, d.hold)
+		return err
+	}
+	d.fetch.start(d.uids, d.snapSizes, d.key(0))
+	return nil
+}
+
 // Maildrop is one POP3 session's fixed view of a mailbox: the POP3 model of
 // a maildrop. It implements the maildrop interface of gateway/pop3. Message
 // numbers are 1..Len(); the caller checks them (a number out of range gets
@@ -153,10 +263,14 @@ func (m *Maildrops) Open(ctx context.Context, t Target, to Timeouts, user, passw
 // shares the backend connection with it.
 //
 // Invariants:
-//   - uidValidity, uids and uidls are written once, by snapshot, before Open
+//   - uidValidity, uids and snapSizes are written by snapshot before Open
 //     returns, and only read afterwards.
-//   - sizes[n-1] only moves from the backend's RFC822.SIZE to the exact
-//     length of a body of message n (learnSize).
+//   - Message n's size only moves from the backend's RFC822.SIZE
+//     (snapSizes[n-1]) to the exact length of a body of message n (exact,
+//     learnSize).
+//   - The snapshot is compact, for idle sessions: 12 octets a message (UID
+//     and RFC822.SIZE); UIDLs are formatted when asked for, and exact sizes
+//     are kept only where they differ from RFC822.SIZE.
 //   - mu guards seen, and is never held while taking another lock.
 type Maildrop struct {
 	m        *Maildrops
@@ -170,17 +284,27 @@ type Maildrop struct {
 	imapConn         // the backend connection, shared with fetch
 	caps     imap.CapSet
 	fetch    *fetcher // every body comes from it
+	route    *route   // the connection's unilateral data, to fetch
+
+	// pop3.reuse: the key this maildrop's connection is parked under after
+	// a successful Commit (committed), if reuse is on.
+	reuseKey  reuseKey
+	committed atomic.Bool
 
 	// Fixed by the snapshot.
 	uidValidity uint32
 	uids        []imap.UID // message n is uids[n-1]
-	uidls       []string
-	// sizes[n-1] is message n's size (see Size). Atomic, not under mu: the
-	// fetcher reads them for its budget while holding its own lock.
-	sizes []atomic.Int64
-	// snapSizes[n-1] is message n's RFC822.SIZE in the snapshot, kept apart
-	// from sizes: a body of another length is checked (fetcher.confirm).
+	// snapSizes[n-1] is message n's RFC822.SIZE in the snapshot, which the
+	// fetcher checks a body of another length against (fetcher.confirm).
 	snapSizes []int64
+	// uidls[n-1] is message n's UIDL from pop3.uidl_map (uidlmap_session.go);
+	// nil without the map, when UIDLs are formatted as asked for.
+	uidls []string
+	// exact maps a message number to the exact length of its body where it
+	// differs from snapSizes (see Size). A sync.Map, not under mu: the
+	// fetcher reads sizes for its budget while holding its own lock, and it
+	// is nearly always empty.
+	exact sync.Map
 
 	mu   sync.Mutex
 	seen imap.UIDSet // RETRed, \Seen not yet sent
@@ -188,8 +312,51 @@ type Maildrop struct {
 	closeOnce sync.Once
 }
 
-// snapshot selects the mailbox and fixes the message list: RFC 1939 §4.
-func (d *Maildrop) snapshot(ctx context.Context) error {
+// snapCmds are the commands of a snapshot, sent (sendSnapshot, sendFetch)
+// and not yet read: a SELECT (nil when the mailbox is selected already) and
+// the UID FETCH of every message.
+type snapCmds struct {
+	sel   *imapclient.SelectCommand
+	fetch *imapclient.FetchCommand
+}
+
+// sendSnapshot sends SELECT and the UID FETCH together (pipelining, RFC
+// 9051 §5.5): the server runs them in order, so the FETCH sees the selected
+// mailbox, and the snapshot costs one round trip, not two.
+func sendSnapshot(c *imapclient.Client, mailbox string) snapCmds {
+	sel := c.Select(mailbox, nil)
+	return snapCmds{sel: sel, fetch: sendFetch(c)}
+}
+
+// sendFetch sends UID FETCH 1:* (UID RFC822.SIZE FLAGS).
+func sendFetch(c *imapclient.Client) *imapclient.FetchCommand {
+	var all imap.UIDSet
+	all.AddRange(1, 0) // 1:*
+	return c.Fetch(all, &imap.FetchOptions{UID: true, RFC822Size: true, Flags: true})
+}
+
+// pipelinable reports whether the SELECT of mailbox can be sent before the
+// login's reply, when go-imap's client does not know the capabilities yet:
+// printable ASCII without the modified UTF-7 shift "&" is spelt the same
+// whatever the server (RFC 3501 §5.1.3, RFC 9051 §5.1) and needs no literal.
+func pipelinable(mailbox string) bool {
+	for i := 0; i < len(mailbox); i++ {
+		if c := mailbox[i]; c < 0x20 || c > 0x7e || c == '&' {
+			return false
+		}
+	}
+	return mailbox != ""
+}
+
+// snapshotProgress is how many FETCH responses of the snapshot re-arm its
+// watchdog: often enough that the command timeout is one for progress, not
+// for a whole big mailbox, and not a new timer per message.
+const snapshotProgress = 64
+
+// snapshot reads the answers to cmds and fixes the message list: RFC 1939
+// §4. With cmds.sel nil the mailbox is selected already, and its
+// UIDVALIDITY known.
+func (d *Maildrop) snapshot(ctx context.Context, cmds snapCmds) error {
 	wd := watch(d.to.Command, d.kill)
 	stopCtx := context.AfterFunc(ctx, d.kill)
 	defer stopCtx()
@@ -200,44 +367,64 @@ func (d *Maildrop) snapshot(ctx context.Context) error {
 		return commandError(op, err)
 	}
 
-	d.caps = d.c.Caps() // after login: what the session may use
-	// SELECT and the UID FETCH go out together (pipelining, RFC 9051 §5.5):
-	// the server runs them in order, so the FETCH sees the selected
-	// mailbox, and the snapshot costs one round trip, not two. If the
-	// SELECT fails, the FETCH fails too (no mailbox selected) and the
-	// SELECT's error is the one reported.
-	var all imap.UIDSet
-	all.AddRange(1, 0) // 1:*
-	selCmd := d.c.Select(d.mailbox, nil)
-	fc := d.c.Fetch(all, &imap.FetchOptions{UID: true, RFC822Size: true, Flags: true})
-
 	type entry struct {
 		uid  imap.UID
 		size int64
 	}
 	var list []entry
-	for msg := fc.Next(); msg != nil; msg = fc.Next() {
-		wd.reset(d.to.Command) // a big mailbox: the timeout is for progress
-		buf, err := msg.Collect()
-		if err != nil || buf.UID == 0 {
+	fc := cmds.fetch
+	for i := 1; ; i++ {
+		msg := fc.Next()
+		if msg == nil {
+			break
+		}
+		if i%snapshotProgress == 0 {
+			wd.reset(d.to.Command) // a big mailbox: the timeout is for progress
+		}
+		// The items as they come, without buffering the message.
+		var e entry
+		deleted := false
+		for item := msg.Next(); item != nil; item = msg.Next() {
+			switch it := item.(type) {
+			case imapclient.FetchItemDataUID:
+				e.uid = it.UID
+			case imapclient.FetchItemDataRFC822Size:
+				e.size = it.Size
+			case imapclient.FetchItemDataFlags:
+				// RFC 1939 §4 has no place for a message marked \Deleted
+				// by another client: it is leaving, so it is not offered.
+				deleted = slices.Contains(it.Flags, imap.FlagDeleted)
+			}
+		}
+		if e.uid == 0 || deleted {
 			continue
 		}
-		// RFC 1939 §4 has no place for a message marked \Deleted by
-		// another client: it is leaving, so it is not offered.
-		if slices.Contains(buf.Flags, imap.FlagDeleted) {
-			continue
+		if list == nil {
+			// The SELECT's EXISTS has been read by now: room for all
+			// (within reason: EXISTS is only the backend's word).
+			if mb := d.c.Mailbox(); mb != nil {
+				list = make([]entry, 0, min(mb.NumMessages, 1<<16))
+			}
 		}
-		list = append(list, entry{buf.UID, buf.RFC822Size})
+		list = append(list, e)
 	}
 	fetchErr := fc.Close()
-	sel, err := selCmd.Wait()
-	if err != nil {
-		return fail("SELECT "+d.mailbox, err)
+	var exists uint32
+	if cmds.sel != nil {
+		// If the SELECT failed, the FETCH failed too (no mailbox selected)
+		// and the SELECT's error is the one reported.
+		sel, err := cmds.sel.Wait()
+		if err != nil {
+			return fail("SELECT "+d.mailbox, err)
+		}
+		d.uidValidity, exists = sel.UIDValidity, sel.NumMessages
+	} else if mb := d.c.Mailbox(); mb != nil {
+		exists = mb.NumMessages
 	}
-	d.uidValidity = sel.UIDValidity
+	d.caps = d.c.Caps() // after login: what the session may use
 	// "*" in an empty mailbox is undefined (RFC 3501 §6.4.8): some servers
 	// answer the FETCH with NO or BAD there, which means no messages.
-	if fetchErr != nil && !(sel.NumMessages == 0 && isStatus(fetchErr)) {
+	if fetchErr != nil && !(exists == 0 && isStatus(fetchErr)) {
 		return fail("UID FETCH 1:*", fetchErr)
 	}
 	if wd.stop() {
@@ -246,24 +433,21 @@ func (d *Maildrop) snapshot(ctx context.Context) error {
 	slices.SortFunc(list, func(a, b entry) int { return cmp.Compare(a.uid, b.uid) })
 	list = slices.CompactFunc(list, func(a, b entry) bool { return a.uid == b.uid })
 
+	// UIDLs are formatted when asked for (UIDL): check the format once.
+	if _, err := FormatUIDL(d.m.cfg.UIDLFormat, 1, d.uidValidity); err != nil {
+		return fmt.Errorf("pop3.uidl_format: %w", err)
+	}
 	d.uids = make([]imap.UID, len(list))
-	d.uidls = make([]string, len(list))
-	d.sizes = make([]atomic.Int64, len(list))
 	d.snapSizes = make([]int64, len(list))
+	d.exact.Clear()
 	for i, e := range list {
-		uidl, err := FormatUIDL(d.m.cfg.UIDLFormat, uint32(e.uid), d.uidValidity)
-		if err != nil {
-			return fmt.Errorf("pop3.uidl_format: %w", err)
-		}
-		d.uids[i], d.uidls[i] = e.uid, uidl
-		d.sizes[i].Store(e.size)
-		d.snapSizes[i] = e.size
+		d.uids[i], d.snapSizes[i] = e.uid, e.size
 		// A cached body is the exact size; the backend's RFC822.SIZE may
 		// not be: a POP3 size counts the CRLF form without dot-stuffing
 		// (RFC 1939 §11), and although RFC 3501 §2.3.4 defines RFC822.SIZE
 		// on that form, servers vary.
-		if data, ok := d.m.cache.peek(d.key(e.uid)); ok {
-			d.sizes[i].Store(int64(len(data)))
+		if data, ok := d.m.cache.peek(d.key(e.uid)); ok && int64(len(data)) != e.size {
+			d.exact.Store(i+1, int64(len(data)))
 		}
 	}
 	return nil
@@ -283,7 +467,10 @@ func (d *Maildrop) Size(n int) int64 {
 	if !d.valid(n) {
 		return 0
 	}
-	return d.sizes[n-1].Load()
+	if v, ok := d.exact.Load(n); ok {
+		return v.(int64)
+	}
+	return d.snapSizes[n-1]
 }
 
 // learnSize records the exact size of message n, from a body of it: the
@@ -292,20 +479,26 @@ func (d *Maildrop) Size(n int) int64 {
 func (d *Maildrop) learnSize(n int, size int64) {
 	// Load first: on the common path (the size is already exact) nothing is
 	// written.
-	if old := d.sizes[n-1].Load(); old != size {
-		d.sizes[n-1].Store(size)
+	if old := d.Size(n); old != size {
+		d.exact.Store(n, size)
 		d.log.Debug("RFC822.SIZE differs from the body", zap.Uint32("uid", uint32(d.uids[n-1])),
 			zap.Int64("rfc822_size", old), zap.Int64("body", size))
 	}
 }
 
-// UIDL is the message's unique-id (RFC 1939 §7): from pop3.uidl_format, or
-// the one pop3.uidl_map remembers.
+// UIDL is the message's unique-id (RFC 1939 §7): the one pop3.uidl_map
+// remembers, or else pop3.uidl_format's, formatted from the UID and
+// UIDVALIDITY each time (the snapshot keeps no strings).
 func (d *Maildrop) UIDL(n int) string {
 	if !d.valid(n) {
 		return ""
 	}
-	return d.uidls[n-1]
+	if d.uidls != nil {
+		return d.uidls[n-1]
+	}
+	// The format was checked when the snapshot was taken.
+	uidl, _ := FormatUIDL(d.m.cfg.UIDLFormat, uint32(d.uids[n-1]), d.uidValidity)
+	return uidl
 }
 
 // UID is the message's IMAP UID (for logs and tests).
@@ -378,8 +571,14 @@ func (d *Maildrop) Waiting(waiting bool) {
 
 // TakenOver is closed when a newer session of the user took the lock
 // (pop3.lock: takeover): the session must end, without UPDATE (RFC 1939 §6);
-// Commit refuses from then on.
-func (d *Maildrop) TakenOver() <-chan struct{} { return d.hold.taken }
+// Commit refuses from then on. Under any other policy it is nil (no
+// session can take this one over), so the session need not watch it.
+func (d *Maildrop) TakenOver() <-chan struct{} {
+	if d.m.cfg.Lock != LockTakeover {
+		return nil
+	}
+	return d.hold.taken
+}
 
 // key is the cache and singleflight key of a message of this maildrop.
 func (d *Maildrop) key(uid imap.UID) CacheKey {

@@ -48,6 +48,11 @@ type MaildropConfig struct {
 	// moves between backends (uidlmap.go). nil (the default): UIDLs are
 	// FormatUIDL's, as always.
 	UIDLMap *UIDLMapConfig `yaml:"uidl_map"`
+	// Reuse keeps the backend connection of a session that ended with a
+	// successful QUIT, logged in and selected, for this long, for the same
+	// user's next login with the same password from the same client
+	// address (pollers). 0 (default) turns it off. See reuse.go.
+	Reuse time.Duration `yaml:"reuse"`
 }
 
 // UIDLMapConfig is `pop3.uidl_map`.
@@ -142,6 +147,9 @@ func (c *MaildropConfig) Validate() []error {
 	case LockExclusive, LockTakeover, LockNone:
 	default:
 		errs = append(errs, fmt.Errorf("lock: %q is not one of exclusive, takeover, none", c.Lock))
+	}
+	if c.Reuse < 0 {
+		errs = append(errs, fmt.Errorf("reuse: %v must not be negative (0 turns reuse off)", c.Reuse))
 	}
 	if c.TakeoverAfter < 0 {
 		errs = append(errs, fmt.Errorf("takeover_after: %v must not be negative", c.TakeoverAfter))

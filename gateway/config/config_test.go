@@ -130,6 +130,7 @@ func TestDefaults(t *testing.T) {
 		{"pop3.mailbox", cfg.POP3.Mailbox, "INBOX"},
 		{"pop3.lock", cfg.POP3.Lock, "exclusive"},
 		{"pop3.takeover_after", cfg.POP3.TakeoverAfter, 10 * time.Second},
+		{"pop3.reuse (off)", cfg.POP3.Reuse, time.Duration(0)},
 		{"pop3.cache.max_bytes", *cfg.POP3.Cache.MaxBytes, upstream.Size(256 << 20)},
 		{"backends.store.tls_min_version", cfg.Backends["store"].TLSMinVersion, "1.2"},
 		{"routing.default (the only backend)", cfg.Routing.Default, "store"},

@@ -75,6 +75,7 @@ func TestValidateProblems(t *testing.T) {
 		{"pop3.uidl_map valid", doc("", "", "pop3: {uidl_map: {store: /var/lib/mailgate/uidl.db}}\n"), nil},
 		{"pop3.lock", doc("", "", "pop3: {lock: shared, takeover_after: -1s}\n"),
 			[]string{`pop3.lock: "shared" is not one of exclusive, takeover, none`, `pop3.takeover_after: -1s must not be negative`}},
+		{"pop3.reuse", doc("", "", "pop3: {reuse: -30s}\n"), []string{`pop3.reuse: -30s must not be negative (0 turns reuse off)`}},
 		{"tls min_version", doc("", "", "tls: {min_version: \"1.1\"}\n"), []string{`tls.min_version: "1.1" is not one of 1.2, 1.3`}},
 		{"certificate files", doc("", "", fmt.Sprintf("tls:\n  certificates:\n    - {cert: %s, key: %s}\n    - {cert: %s, key: %s}\n    - {cert: %s, key: %s}\n    - {cert: %s}\n", missing, keyA, certA, keyB, notPEM, notPEM, certA)),
 			[]string{"tls.certificates[0].cert: open " + missing, "tls.certificates[1]: " + certA + " and " + keyB + " do not load",

@@ -32,7 +32,8 @@ type namedMaildrop interface{ Backend() string }
 
 // lockHolder is implemented by maildrops whose lock a newer session may take
 // over (pop3.lock: takeover): the session reports when it waits for a
-// command, and ends when TakenOver is closed.
+// command, and ends when TakenOver is closed. A nil TakenOver means no
+// session can take this one over.
 type lockHolder interface {
 	Waiting(waiting bool)
 	TakenOver() <-chan struct{}

@@ -215,6 +215,9 @@ func (s *session) watchTakeover() {
 		return
 	}
 	taken := lh.TakenOver()
+	if taken == nil {
+		return // nothing can take this maildrop over: no goroutine to watch it
+	}
 	s.stopWatch = make(chan struct{})
 	stop := s.stopWatch
 	go func() {

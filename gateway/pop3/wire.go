@@ -98,7 +98,7 @@ type wire struct {
 	raw  net.Conn        // the accepted connection: deadlines are set on it (a *tls.Conn forwards them here anyway)
 	conn net.Conn        // raw, or the *tls.Conn over it
 	br   *bufio.Reader
-	bw   *bufio.Writer
+	bw   *bufio.Writer // from writers while the session writes; nil while it waits for its client (readLine)
 	out  *deadlineWriter
 
 	readTimeout  time.Duration
@@ -120,8 +120,30 @@ func newWire(ctx context.Context, conn net.Conn, readTimeout, writeTimeout time.
 	}
 	w.out = &deadlineWriter{w: conn, raw: conn, timeout: writeTimeout}
 	w.br = bufio.NewReaderSize(conn, readBufferSize)
-	w.bw = bufio.NewWriterSize(w.out, writeBufferSize)
 	return w
+}
+
+// writers holds the write buffers of sessions that wait for their client:
+// an idle session holds none (see release).
+var writers = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, writeBufferSize) }}
+
+// writer is the write buffer, taken from writers when the session has none.
+func (w *wire) writer() *bufio.Writer {
+	if w.bw == nil {
+		w.bw = writers.Get().(*bufio.Writer)
+		w.bw.Reset(w.out)
+	}
+	return w.bw
+}
+
+// release gives an empty write buffer back to writers; readLine calls it
+// once everything is flushed, before it waits for the client.
+func (w *wire) release() {
+	if w.bw != nil && w.bw.Buffered() == 0 {
+		w.bw.Reset(nil)
+		writers.Put(w.bw)
+		w.bw = nil
+	}
 }
 
 // interrupt makes a blocked or future read return at once, and bounds every
@@ -166,6 +188,7 @@ func (w *wire) readLine(limit int) ([]byte, error) {
 		if err := w.flush(); err != nil {
 			return nil, err
 		}
+		w.release()
 	}
 	// Set the deadline, then look at the context: a cancellation that comes
 	// after this check moves the deadline into the past (interrupt), one that
@@ -225,51 +248,56 @@ func (w *wire) hasCompleteLine() bool {
 func (w *wire) buffered() bool { return w.br.Buffered() > 0 }
 
 // flush writes the buffered responses under the write deadline.
-func (w *wire) flush() error { return w.bw.Flush() }
+func (w *wire) flush() error {
+	if w.bw == nil {
+		return nil
+	}
+	return w.bw.Flush()
+}
 
 // writeOK buffers "+OK text".
 func (w *wire) writeOK(text string) {
-	w.bw.WriteString("+OK")
+	w.writer().WriteString("+OK")
 	if text != "" {
-		w.bw.WriteByte(' ')
-		w.bw.WriteString(text)
+		w.writer().WriteByte(' ')
+		w.writer().WriteString(text)
 	}
-	w.bw.WriteString("\r\n")
+	w.writer().WriteString("\r\n")
 }
 
 // writeErr buffers "-ERR [CODE] text" (RFC 2449 §8 response codes; code may
 // be empty).
 func (w *wire) writeErr(code, text string) {
-	w.bw.WriteString("-ERR ")
+	w.writer().WriteString("-ERR ")
 	if code != "" {
-		w.bw.WriteByte('[')
-		w.bw.WriteString(code)
-		w.bw.WriteString("] ")
+		w.writer().WriteByte('[')
+		w.writer().WriteString(code)
+		w.writer().WriteString("] ")
 	}
-	w.bw.WriteString(text)
-	w.bw.WriteString("\r\n")
+	w.writer().WriteString(text)
+	w.writer().WriteString("\r\n")
 }
 
 // writeLine buffers one line of a multi-line response that cannot begin
 // with "." (scan listings, capability names).
 func (w *wire) writeLine(s string) {
-	w.bw.WriteString(s)
-	w.bw.WriteString("\r\n")
+	w.writer().WriteString(s)
+	w.writer().WriteString("\r\n")
 }
 
 // writeEnd buffers the terminator of a multi-line response built with
 // writeLine.
-func (w *wire) writeEnd() { w.bw.WriteString(".\r\n") }
+func (w *wire) writeEnd() { w.writer().WriteString(".\r\n") }
 
 // writeChallenge buffers a SASL server challenge, "+ " base64 (RFC 5034 §4).
 func (w *wire) writeChallenge(b64 string) {
-	w.bw.WriteString("+ ")
-	w.bw.WriteString(b64)
-	w.bw.WriteString("\r\n")
+	w.writer().WriteString("+ ")
+	w.writer().WriteString(b64)
+	w.writer().WriteString("\r\n")
 }
 
 // dotWriter starts the body of a multi-line response.
-func (w *wire) dotWriter() *dotWriter { return newDotWriter(w.bw) }
+func (w *wire) dotWriter() *dotWriter { return newDotWriter(w.writer()) }
 
 // startTLS upgrades the connection (RFC 2595 §4). The caller has checked that
 // nothing is buffered after the STLS line and has buffered the +OK. Every
@@ -305,7 +333,9 @@ func (w *wire) handshake(tc *tls.Conn, timeout time.Duration) error {
 	w.conn = tc
 	w.out.w = tc
 	w.br.Reset(tc)
-	w.bw.Reset(w.out)
+	if w.bw != nil {
+		w.bw.Reset(w.out)
+	}
 	return nil
 }
 

@@ -127,6 +127,7 @@ type Proxy struct {
 	seq    int
 	links  map[*link]struct{}
 	events []Event
+	sent   map[int][]byte // per connection number: the upstream bytes passed on, up to maxSent
 	closed bool
 	fired  chan struct{} // signalled (non-blocking) on every event
 
@@ -212,6 +213,18 @@ func (p *Proxy) WaitFired(n int, d time.Duration) bool {
 			return len(p.Fired()) >= n
 		}
 	}
+}
+
+// maxSent caps what Sent keeps of each connection.
+const maxSent = 64 << 10
+
+// Sent returns the upstream bytes (the gateway's commands) that connection
+// conn (numbered from 1 in accept order) passed on to the server so far, up
+// to the first 64 KiB.
+func (p *Proxy) Sent(conn int) []byte {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return append([]byte(nil), p.sent[conn]...)
 }
 
 // Open is the number of proxied connections still open.
@@ -413,6 +426,16 @@ func (l *link) pass(dir Direction, data []byte, dst *net.TCPConn) bool {
 		return false
 	}
 	l.p.moved[dir].Add(int64(cut))
+	if dir == Upstream {
+		l.p.mu.Lock()
+		if l.p.sent == nil {
+			l.p.sent = make(map[int][]byte)
+		}
+		if s := l.p.sent[l.n]; len(s) < maxSent {
+			l.p.sent[l.n] = append(s, data[:min(cut, maxSent-len(s))]...)
+		}
+		l.p.mu.Unlock()
+	}
 	if which >= 0 {
 		return l.fire(which, l.matchers[which].tr.Action)
 	}

@@ -8,8 +8,9 @@ import (
 	"os/exec"
 	"runtime"
 	"strconv"
-	"strings"
 	"time"
+
+	"mailgate/test/procmem"
 )
 
 // memResult is one proxy's memory per idle logged-in connection.
@@ -73,7 +74,7 @@ func idleMemory(ctx context.Context, name, backend string, users, n int, o optio
 	if err != nil {
 		return memResult{}, err
 	}
-	tcpMem0 := tcpMemBytes()
+	tcpMem0 := procmem.TCPMemBytes()
 
 	self, err := os.Executable()
 	if err != nil {
@@ -109,7 +110,7 @@ func idleMemory(ctx context.Context, name, backend string, users, n int, o optio
 	if m.after, err = p.Mem(); err != nil {
 		return memResult{}, err
 	}
-	m.tcpMemPer = float64(tcpMemBytes()-tcpMem0) / float64(n)
+	m.tcpMemPer = float64(procmem.TCPMemBytes()-tcpMem0) / float64(n)
 	if mg != nil {
 		if o.heapprofile != "" {
 			if err := mg.Profile("heap", o.heapprofile); err != nil {
@@ -136,26 +137,4 @@ func idleMemory(ctx context.Context, name, backend string, users, n int, o optio
 	}
 	fmt.Println(m.detail())
 	return m, nil
-}
-
-// tcpMemBytes is the kernel's TCP buffer memory, machine-wide: the "mem"
-// pages of /proc/net/sockstat's TCP line. It is in no process's RSS.
-func tcpMemBytes() int64 {
-	b, err := os.ReadFile("/proc/net/sockstat")
-	if err != nil {
-		return 0
-	}
-	for _, l := range strings.Split(string(b), "\n") {
-		f := strings.Fields(l)
-		if len(f) == 0 || f[0] != "TCP:" {
-			continue
-		}
-		for i := 1; i+1 < len(f); i += 2 {
-			if f[i] == "mem" {
-				pages, _ := strconv.ParseInt(f[i+1], 10, 64)
-				return pages * int64(os.Getpagesize())
-			}
-		}
-	}
-	return 0
 }

@@ -17,7 +17,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
-	"runtime/debug"
 	"runtime/pprof"
 	"strconv"
 	"strings"
@@ -28,6 +27,7 @@ import (
 
 	"mailgate/gateway"
 	"mailgate/gateway/config"
+	"mailgate/test/procmem"
 )
 
 // A proxy is a peer that runs in a process of its own.
@@ -133,11 +133,11 @@ func (p *mailgateProc) Mem() (procMem, error) {
 		return procMem{}, err
 	}
 	var m procMem
-	if _, err := fmt.Sscanf(line, "mem %d %d %d", &m.heap, &m.stack, &m.goroutines); err != nil {
-		return procMem{}, fmt.Errorf("mailgate child said %q", line)
+	if m.heap, m.stack, m.goroutines, err = procmem.ParseGCReport(line); err != nil {
+		return procMem{}, fmt.Errorf("mailgate child: %w", err)
 	}
 	m.goRuntimeReported = true
-	m.rss, m.pss, err = smapsRollup(p.cmd.Process.Pid)
+	m.rss, m.pss, err = procmem.SmapsRollup(p.cmd.Process.Pid)
 	return m, err
 }
 
@@ -219,63 +219,8 @@ timeouts: {backend_dial: 30s, shutdown: 5s}
 		gw.Shutdown(sctx)
 	}()
 	fmt.Println("addr", gw.Addr("imap").String())
-	in := bufio.NewScanner(os.Stdin)
-	for in.Scan() {
-		req, arg, _ := strings.Cut(in.Text(), " ")
-		switch req {
-		case "gc":
-			// Twice: the first GC may shrink goroutine stacks only by half.
-			runtime.GC()
-			debug.FreeOSMemory()
-			var ms runtime.MemStats
-			runtime.ReadMemStats(&ms)
-			fmt.Println("mem", ms.HeapInuse, ms.StackInuse, runtime.NumGoroutine())
-		case "heap", "goroutine":
-			err := writeProfile(req, arg)
-			if err != nil {
-				fmt.Println("error", err)
-			} else {
-				fmt.Println("ok")
-			}
-		default:
-			fmt.Println("error unknown request")
-		}
-	}
+	procmem.Serve(os.Stdin, os.Stdout)
 	return nil
-}
-
-func writeProfile(name, file string) error {
-	f, err := os.Create(file)
-	if err != nil {
-		return err
-	}
-	if name == "heap" {
-		runtime.GC()
-	}
-	err = pprof.Lookup(name).WriteTo(f, 0)
-	return errors.Join(err, f.Close())
-}
-
-// smapsRollup returns a process's Rss and Pss in bytes.
-func smapsRollup(pid int) (rss, pss int64, err error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps_rollup", pid))
-	if err != nil {
-		return 0, 0, err
-	}
-	for _, l := range strings.Split(string(b), "\n") {
-		f := strings.Fields(l)
-		if len(f) < 2 {
-			continue
-		}
-		kb, _ := strconv.ParseInt(f[1], 10, 64)
-		switch f[0] {
-		case "Rss:":
-			rss = kb << 10
-		case "Pss:":
-			pss = kb << 10
-		}
-	}
-	return rss, pss, nil
 }
 
 // nginxModule is Debian's libnginx-mod-mail.
@@ -428,7 +373,7 @@ func (n *nginxProc) Mem() (procMem, error) {
 		return m, errors.New("nginx has no workers")
 	}
 	for _, p := range ws {
-		rss, pss, err := smapsRollup(p)
+		rss, pss, err := procmem.SmapsRollup(p)
 		if err != nil {
 			return m, err
 		}

@@ -7,6 +7,7 @@
 //	go run ./test/mailbench -far 5ms             # far: backend behind a relay, 5 ms each way
 //	go run ./test/mailbench -sessions 50 -messages 200 -size 64KiB
 //	go run ./test/mailbench -memory              # RSS while 200 sessions fetch 10 MB messages
+//	go run ./test/mailbench -idle 200            # memory per idle logged-in session (idle.go)
 //
 // It starts its own Dovecot (test/dovecot; needs root and dovecot-imapd,
 // dovecot-pop3d), seeds one user per session by IMAP APPEND (the first user;
@@ -22,7 +23,10 @@
 //  1. full download, 1 session, body cache off;
 //  2. full download, one session per user at once, body cache off;
 //  3. logins/s: one loop per user at once for -login-time, each login
-//     connect, USER/PASS, STAT, QUIT;
+//     connect, USER/PASS, STAT, QUIT; the login rows (near and far) also
+//     measure a second mailgate with pop3.reuse -reuse (default 30s; 0
+//     leaves it out), where a user's logins after the first take its parked
+//     backend connection;
 //  4. (-warm, default on) a mailgate with the cache on (-cache), cold then
 //     warm, and IMAP UID FETCH 1:* BODY.PEEK[] straight to Dovecot: the
 //     ceiling.
@@ -88,9 +92,20 @@ type options struct {
 	imapc, warm        bool
 	loginTime          time.Duration
 	logins             int
+	reuse              time.Duration
+	idle               int
+	heapProfile        string
+	goroutineProfile   string
 }
 
 func main() {
+	if os.Getenv(envRole) == roleMailgate {
+		if err := mailgateChild(); err != nil {
+			fmt.Fprintln(os.Stderr, "mailbench mailgate:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	var o options
 	o.size, o.cache, o.memSize, o.fetchAhead = 0, 0, 10<<20, -1
 	flag.IntVar(&o.sessions, "sessions", 8, "concurrent POP3 sessions (one user each)")
@@ -107,6 +122,10 @@ func main() {
 	flag.BoolVar(&o.warm, "warm", true, "near mode: also a cached mailgate (cold, warm) and a bulk IMAP fetch")
 	flag.DurationVar(&o.loginTime, "login-time", 3*time.Second, "near mode: how long each peer's logins/s loop runs")
 	flag.IntVar(&o.logins, "logins", 40, "far mode: logins in turn for the latency rows")
+	flag.IntVar(&o.idle, "idle", 0, "measure memory per idle logged-in POP3 session with this many sessions (mailgate in a child process; one user each, -messages messages)")
+	flag.StringVar(&o.heapProfile, "heapprofile", "", "-idle: write the mailgate child's heap profile, with the sessions idle, to this file")
+	flag.StringVar(&o.goroutineProfile, "goroutineprofile", "", "-idle: write the mailgate child's goroutine profile, with the sessions idle, to this file")
+	flag.DurationVar(&o.reuse, "reuse", 30*time.Second, "the login rows also measure a mailgate with this pop3.reuse (0: not)")
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the whole run (clients, mailgate) to this file")
 	flag.Parse()
 	if *cpuProfile != "" {
@@ -159,6 +178,9 @@ func run(o options) error {
 	fmt.Printf("mailbench: %s, GOMAXPROCS=%d, %s\n", runtime.Version(), runtime.GOMAXPROCS(0), dovecot.Version())
 	if o.memory {
 		return runMemory(ctx, o, dc)
+	}
+	if o.idle > 0 {
+		return runIdle(ctx, o, dc)
 	}
 	return runThroughput(ctx, o, dc)
 }
@@ -246,10 +268,10 @@ func makeMessage(rng *rand.Rand, i, size int) []byte {
 // startGateway runs mailgate in process with one cleartext POP3 listener.
 // backend is Dovecot's IMAP address, or the far relay's; cache is
 // pop3.cache.max_bytes (0: the body cache is off).
-func startGateway(ctx context.Context, backend string, cache upstream.Size, o options) (*gateway.Server, error) {
-	pop3 := fmt.Sprintf("{cache: {max_bytes: %dB}}", int64(cache))
+func startGateway(ctx context.Context, backend string, cache upstream.Size, o options, reuse time.Duration) (*gateway.Server, error) {
+	pop3 := fmt.Sprintf("{cache: {max_bytes: %dB}, reuse: %v}", int64(cache), reuse)
 	if o.fetchAhead >= 0 {
-		pop3 = fmt.Sprintf("{cache: {max_bytes: %dB}, fetch_ahead: %dB}", int64(cache), int64(o.fetchAhead))
+		pop3 = fmt.Sprintf("{cache: {max_bytes: %dB}, fetch_ahead: %dB, reuse: %v}", int64(cache), int64(o.fetchAhead), reuse)
 	}
 	yaml := fmt.Sprintf(`log: {level: warn}
 listeners:
@@ -444,7 +466,7 @@ func runMemory(ctx context.Context, o options, dc *dovecot.Server) error {
 	if err != nil {
 		return err
 	}
-	gw, err := startGateway(ctx, dc.IMAPAddr, o.cache, o)
+	gw, err := startGateway(ctx, dc.IMAPAddr, o.cache, o, 0)
 	if err != nil {
 		return err
 	}

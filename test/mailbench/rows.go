@@ -19,13 +19,15 @@ import (
 // peer is one POP3 server of a row: mailgate, Dovecot's own POP3 on the
 // store (native), Dovecot's POP3 over imapc.
 type peer struct {
-	name string
-	addr string // empty: unavailable (why in note)
-	note string
+	name      string
+	addr      string // empty: unavailable (why in note)
+	note      string
+	loginOnly bool // measured in the login rows only (the reuse peer)
 }
 
 // cell is one measurement: a throughput (bytes per second) or a latency.
 type cell struct {
+	skip    bool // not measured in this row
 	ok      bool
 	err     error
 	bps     float64       // download rows
@@ -77,7 +79,7 @@ func runThroughput(ctx context.Context, o options, dc *dovecot.Server) error {
 		backend = rl.Addr()
 	}
 
-	gw, err := startGateway(ctx, backend, 0, o)
+	gw, err := startGateway(ctx, backend, 0, o, 0)
 	if err != nil {
 		return err
 	}
@@ -87,6 +89,18 @@ func runThroughput(ctx context.Context, o options, dc *dovecot.Server) error {
 		{name: "native POP3", addr: dc.POP3Addr},
 		{name: "dovecot imapc POP3"},
 		{name: "mailgate", addr: gw.Addr("pop3").String()},
+	}
+	// The login rows again with pop3.reuse on: a poller's logins after the
+	// first take the parked backend connection.
+	order := []int{2, 0, 1}
+	if o.reuse > 0 {
+		gwr, err := startGateway(ctx, backend, 0, o, o.reuse)
+		if err != nil {
+			return err
+		}
+		defer shutdown(gwr)
+		peers = append(peers, peer{name: fmt.Sprintf("mailgate, reuse %v", o.reuse), addr: gwr.Addr("pop3").String(), loginOnly: true})
+		order = []int{2, 3, 0, 1}
 	}
 	if o.imapc {
 		imapcStart := time.Now()
@@ -106,11 +120,14 @@ func runThroughput(ctx context.Context, o options, dc *dovecot.Server) error {
 	var rows []row
 	// Each row measures its peers one after the other (mailgate, native,
 	// imapc), so that slow phases of the shared machine hit all of them.
-	order := []int{2, 0, 1}
 	measure := func(name, kind string, f func(addr string) cell) {
 		r := row{name: name, kind: kind, cells: make([]cell, len(peers))}
 		for _, i := range order {
 			p := peers[i]
+			if p.loginOnly && kind == "bps" {
+				r.cells[i] = cell{skip: true}
+				continue
+			}
 			if p.addr == "" {
 				r.cells[i] = cell{err: errors.New("unavailable")}
 				continue
@@ -178,7 +195,7 @@ func runThroughput(ctx context.Context, o options, dc *dovecot.Server) error {
 	var extra []string
 	if o.far == 0 && o.warm {
 		// The cached gateway: cold pass fills the cache, warm pass hits.
-		gwc, err := startGateway(ctx, backend, o.cache, o)
+		gwc, err := startGateway(ctx, backend, o.cache, o, 0)
 		if err != nil {
 			return err
 		}
@@ -232,6 +249,8 @@ func runThroughput(ctx context.Context, o options, dc *dovecot.Server) error {
 		for i, c := range r.cells {
 			var s string
 			switch {
+			case c.skip:
+				s = "-"
 			case c.err != nil && peers[i].addr == "":
 				s = "n/a"
 			case c.err != nil:
