@@ -87,10 +87,7 @@ func TestDockerBuild(t *testing.T) {
 		configs := map[string]map[string]string{
 			"compose/mailgate.yaml": {"/etc/mailgate/certs": certs},
 			"systemd/mailgate.yaml": {"/var/lib/mailgate": state},
-			"haproxy/mailgate.yaml": {
-				"/etc/mailgate/tls.crt": filepath.Join(certs, "mailgate.crt"),
-				"/etc/mailgate/tls.key": filepath.Join(certs, "mailgate.key"),
-			},
+			"haproxy/mailgate.yaml": haproxyPaths(t, certs),
 		}
 		for name, paths := range configs {
 			_, text := parseConfig(t, name, readFile(t, name), paths)

@@ -28,6 +28,7 @@ type composeService struct {
 	BuildRaw    any      `yaml:"build"` // a context path, or {context, dockerfile, args}
 	Image       string   `yaml:"image"`
 	Hostname    string   `yaml:"hostname"`
+	Command     []string `yaml:"command"`
 	Volumes     []string `yaml:"volumes"`
 	Ports       []string `yaml:"ports"`
 	Expose      []string `yaml:"expose"`
@@ -400,6 +401,69 @@ func TestCompose(t *testing.T) {
 	for v := range cf.Volumes {
 		if !used[v] {
 			t.Errorf("volume %s is declared but no service uses it", v)
+		}
+	}
+
+	// Cluster mode: two replicas of the mailgate image on the same
+	// configuration, each on host ports of its own and a host name of its
+	// own (cluster.instance), sharing the Redis service that
+	// cluster.redis.addresses names, which only they reach.
+	if cfg.Cluster == nil {
+		t.Fatal("mailgate.yaml has no cluster: section; the demo runs two replicas sharing one Redis")
+	}
+	var replicas []string
+	for name, s := range cf.Services {
+		if s.Image == mg.Image {
+			replicas = append(replicas, name)
+		}
+	}
+	slices.Sort(replicas)
+	if len(replicas) != 2 {
+		t.Errorf("services on the mailgate image: %v, want two replicas", replicas)
+	}
+	hosts := map[string]string{}
+	taken := map[int]string{}
+	for _, name := range replicas {
+		s := cf.Services[name]
+		if m, ok := mountFor(mounts(t, s), cfgInContainer); !ok || m.Source != cfgMount.Source {
+			t.Errorf("replica %s does not mount %s from %s", name, cfgInContainer, cfgMount.Source)
+		}
+		if s.Hostname == "" || hosts[s.Hostname] != "" {
+			t.Errorf("replica %s: host name %q is empty or also %s's: lock owners and logs could not tell them apart", name, s.Hostname, hosts[s.Hostname])
+		}
+		hosts[s.Hostname] = name
+		if !s.ReadOnly || !slices.Contains(s.CapDrop, "ALL") {
+			t.Errorf("replica %s is not hardened like mailgate", name)
+		}
+		pp := publishedPorts(t, s)
+		if len(pp) != len(want) {
+			t.Errorf("replica %s publishes %d ports, mailgate.yaml listens on %d", name, len(pp), len(want))
+		}
+		for _, p := range pp {
+			if other, dup := taken[p.HostPort]; dup {
+				t.Errorf("host port %d is published by %s and %s", p.HostPort, other, name)
+			}
+			taken[p.HostPort] = name
+			if p.HostIP != "127.0.0.1" {
+				t.Errorf("replica %s publishes %d on %q", name, p.HostPort, p.HostIP)
+			}
+		}
+		if _, ok := s.DependsOn["redis"]; !ok && len(cfg.Cluster.Redis.Addresses) > 0 {
+			t.Errorf("replica %s does not start after the redis service", name)
+		}
+	}
+	for _, a := range cfg.Cluster.Redis.Addresses {
+		host := strings.Split(a, ":")[0]
+		rs, ok := cf.Services[host]
+		if !ok {
+			t.Errorf("cluster.redis.addresses %s is not a compose service", a)
+			continue
+		}
+		if !strings.HasPrefix(rs.Image, "redis:") {
+			t.Errorf("service %s runs %q, not Redis", host, rs.Image)
+		}
+		if !slices.Contains(rs.Expose, strconv.Itoa(port(t, a))) || len(rs.Ports) != 0 {
+			t.Errorf("service %s: want port %d exposed to the replicas and nothing published (expose %v, ports %v)", host, port(t, a), rs.Expose, rs.Ports)
 		}
 	}
 

@@ -2,6 +2,7 @@ package deploy_test
 
 import (
 	"net/netip"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
@@ -44,6 +45,21 @@ func parseHAProxy(t *testing.T, p string) []haproxySection {
 	return secs
 }
 
+// haproxyPaths are the stand-ins for the files haproxy/mailgate.yaml names:
+// the demo certificates, and a Redis password file.
+func haproxyPaths(t *testing.T, certs string) map[string]string {
+	t.Helper()
+	redisPassword := filepath.Join(t.TempDir(), "redis-password")
+	if err := os.WriteFile(redisPassword, []byte("example\n"), 0o400); err != nil {
+		t.Fatal(err)
+	}
+	return map[string]string{
+		"/etc/mailgate/tls.crt":        filepath.Join(certs, "mailgate.crt"),
+		"/etc/mailgate/tls.key":        filepath.Join(certs, "mailgate.key"),
+		"/etc/mailgate/redis-password": redisPassword,
+	}
+}
+
 // TestHAProxy checks haproxy.cfg against haproxy/mailgate.yaml (which must
 // validate): every frontend passes its port to mailgate's listener of the
 // same port with send-proxy-v2, every mailgate listener is reached, and
@@ -51,10 +67,11 @@ func parseHAProxy(t *testing.T, p string) []haproxySection {
 // private addresses, never from everywhere). Then haproxy -c, if installed.
 func TestHAProxy(t *testing.T) {
 	certs := demoCerts(t)
-	cfg, _ := parseConfig(t, "haproxy/mailgate.yaml", readFile(t, "haproxy/mailgate.yaml"), map[string]string{
-		"/etc/mailgate/tls.crt": filepath.Join(certs, "mailgate.crt"),
-		"/etc/mailgate/tls.key": filepath.Join(certs, "mailgate.key"),
-	})
+	cfg, _ := parseConfig(t, "haproxy/mailgate.yaml", readFile(t, "haproxy/mailgate.yaml"), haproxyPaths(t, certs))
+	// The two instances HAProxy balances to are one gateway.
+	if cfg.Cluster == nil || len(cfg.Cluster.Redis.Addresses) == 0 {
+		t.Error("haproxy/mailgate.yaml has no cluster: section: the two instances would not share locks and limits")
+	}
 	listenerPorts := map[int]string{}
 	for _, l := range cfg.Listeners {
 		listenerPorts[port(t, l.Address)] = l.Name

@@ -1,6 +1,7 @@
 package deploy_test
 
 import (
+	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -22,6 +23,10 @@ type (
 	}
 	k8sConfigMap struct {
 		Data map[string]string `yaml:"data"`
+	}
+	k8sSecret struct {
+		StringData map[string]string `yaml:"stringData"`
+		Data       map[string]string `yaml:"data"`
 	}
 	k8sPVC struct {
 		Spec struct {
@@ -98,6 +103,9 @@ type (
 						PersistentVolumeClaim *struct {
 							ClaimName string `yaml:"claimName"`
 						} `yaml:"persistentVolumeClaim"`
+						Secret *struct {
+							SecretName string `yaml:"secretName"`
+						} `yaml:"secret"`
 						EmptyDir any `yaml:"emptyDir"`
 					} `yaml:"volumes"`
 				} `yaml:"spec"`
@@ -126,7 +134,8 @@ func (o k8sObject) decode(t *testing.T, v any) {
 // validates; the Deployment reads it from where the ConfigMap is mounted,
 // opens a container port for each listener and the metrics address, probes
 // /healthz and /readyz on the metrics port, runs non-root on a read-only
-// root with ACME storage on the PVC; the Service publishes each listener on
+// root with ACME storage in the cluster's Redis (or on a ReadWriteMany
+// PVC); the Service publishes each listener on
 // its well-known port and keeps client addresses.
 func TestKubernetes(t *testing.T) {
 	var kust struct {
@@ -166,7 +175,7 @@ func TestKubernetes(t *testing.T) {
 			byKind[o.Kind] = o
 		}
 	}
-	for _, kind := range []string{"ConfigMap", "Deployment", "Service", "PersistentVolumeClaim"} {
+	for _, kind := range []string{"ConfigMap", "Deployment", "Service"} {
 		if _, ok := byKind[kind]; !ok {
 			t.Fatalf("no %s among %v", kind, keys(byKind))
 		}
@@ -179,7 +188,10 @@ func TestKubernetes(t *testing.T) {
 	var svc k8sService
 	byKind["Service"].decode(t, &svc)
 	var pvc k8sPVC
-	byKind["PersistentVolumeClaim"].decode(t, &pvc)
+	pvcObj, havePVC := byKind["PersistentVolumeClaim"]
+	if havePVC {
+		pvcObj.decode(t, &pvc)
+	}
 
 	if len(dep.Spec.Template.Spec.Containers) != 1 {
 		t.Fatalf("want one container, got %d", len(dep.Spec.Template.Spec.Containers))
@@ -213,20 +225,69 @@ func TestKubernetes(t *testing.T) {
 		t.Fatalf("-config %s: the ConfigMap has no key %q (keys %v)", cfgPath, key, keys(cm.Data))
 	}
 	state := t.TempDir()
-	cfg, _ := parseConfig(t, "configmap.yaml "+key, []byte(data), map[string]string{"/var/lib/mailgate": state})
+	// The Secret's files, where the pod mounts them.
+	secretDir := t.TempDir()
+	var secret k8sSecret
+	secretObj, haveSecret := byKind["Secret"]
+	if haveSecret {
+		secretObj.decode(t, &secret)
+		for k, v := range secret.StringData {
+			if err := os.WriteFile(filepath.Join(secretDir, k), []byte(v), 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	cfg, _ := parseConfig(t, "configmap.yaml "+key, []byte(data),
+		map[string]string{"/etc/mailgate-redis": secretDir})
 
-	// ACME storage lives on the claim of pvc.yaml, shared by the replicas.
+	// Cluster mode: the replicas share locks and counts in Redis, whose
+	// address is in the ConfigMap and whose password is a file of the
+	// Secret, mounted read-only.
+	if cfg.Cluster == nil || len(cfg.Cluster.Redis.Addresses) == 0 {
+		t.Fatal("the ConfigMap's configuration has no cluster: section; the replicas would not share their locks and limits")
+	}
+	if pf := cfg.Cluster.Redis.PasswordFile; pf != "" {
+		pf = strings.Replace(pf, secretDir, "/etc/mailgate-redis", 1)
+		vol, mp, ro := mountOf(pf)
+		i, ok := volumes[vol]
+		if !ok || pod.Volumes[i].Secret == nil || !ro {
+			t.Fatalf("cluster.redis.password_file %s is not in a read-only mount of a Secret", pf)
+		}
+		if !haveSecret || pod.Volumes[i].Secret.SecretName != secretObj.Metadata.Name {
+			t.Errorf("the password's volume names Secret %q, which is not among the resources", pod.Volumes[i].Secret.SecretName)
+		}
+		if _, ok := secret.StringData[strings.TrimPrefix(pf, mp+"/")]; !ok {
+			t.Errorf("Secret %s has no key %q for cluster.redis.password_file", secretObj.Metadata.Name, strings.TrimPrefix(pf, mp+"/"))
+		}
+	}
+	if cfg.Cluster.Instance == "" {
+		t.Errorf("cluster.instance is empty: each pod must be named (the default is the host name, the pod's name)")
+	}
+
+	// ACME storage: in the cluster's Redis, so the replicas need no shared
+	// volume; a directory instead must be on a ReadWriteMany claim.
 	if cfg.TLS.ACME == nil {
-		t.Fatal("the ConfigMap's configuration has no tls.acme, so the PVC has no purpose")
+		t.Fatal("the ConfigMap's configuration has no tls.acme")
 	}
-	storage := strings.Replace(cfg.TLS.ACME.Storage, state, "/var/lib/mailgate", 1)
-	vol, _, ro = mountOf(storage)
-	if i, ok := volumes[vol]; !ok || pod.Volumes[i].PersistentVolumeClaim == nil ||
-		pod.Volumes[i].PersistentVolumeClaim.ClaimName != byKind["PersistentVolumeClaim"].Metadata.Name || ro {
-		t.Errorf("tls.acme.storage %s is not on a writable mount of PVC %s", storage, byKind["PersistentVolumeClaim"].Metadata.Name)
-	}
-	if dep.Spec.Replicas > 1 && !slices.Contains(pvc.Spec.AccessModes, "ReadWriteMany") {
-		t.Errorf("%d replicas share the ACME claim, which is %v: it must be ReadWriteMany (or use 1 replica)", dep.Spec.Replicas, pvc.Spec.AccessModes)
+	if cfg.TLS.ACME.Storage == "redis" {
+		if havePVC {
+			t.Errorf("tls.acme.storage is redis, yet %s holds a PersistentVolumeClaim nobody needs", pvcObj.file)
+		}
+		for _, v := range pod.Volumes {
+			if v.PersistentVolumeClaim != nil {
+				t.Errorf("volume %s mounts claim %s; with storage: redis the pods share no volume", v.Name, v.PersistentVolumeClaim.ClaimName)
+			}
+		}
+	} else {
+		storage := strings.Replace(cfg.TLS.ACME.Storage, state, "/var/lib/mailgate", 1)
+		vol, _, ro = mountOf(storage)
+		if i, ok := volumes[vol]; !ok || !havePVC || pod.Volumes[i].PersistentVolumeClaim == nil ||
+			pod.Volumes[i].PersistentVolumeClaim.ClaimName != pvcObj.Metadata.Name || ro {
+			t.Errorf("tls.acme.storage %s is not on a writable mount of a PersistentVolumeClaim", storage)
+		}
+		if dep.Spec.Replicas > 1 && !slices.Contains(pvc.Spec.AccessModes, "ReadWriteMany") {
+			t.Errorf("%d replicas share the ACME claim, which is %v: it must be ReadWriteMany (or use 1 replica)", dep.Spec.Replicas, pvc.Spec.AccessModes)
+		}
 	}
 	if dep.Spec.Replicas != 2 {
 		t.Errorf("replicas %d, want 2", dep.Spec.Replicas)
@@ -313,7 +374,7 @@ func TestKubernetes(t *testing.T) {
 	if pod.SecurityContext.RunAsNonRoot == nil || !*pod.SecurityContext.RunAsNonRoot || pod.SecurityContext.RunAsUser == 0 {
 		t.Errorf("pod must run as non-root")
 	}
-	if pod.SecurityContext.FSGroup == 0 {
+	if havePVC && pod.SecurityContext.FSGroup == 0 {
 		t.Errorf("pod has no fsGroup: the non-root user cannot write the ACME volume")
 	}
 	if !sc.ReadOnlyRootFilesystem || sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation || !slices.Contains(sc.Capabilities.Drop, "ALL") {

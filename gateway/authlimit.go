@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"context"
 	"net/netip"
 	"strings"
 	"sync"
@@ -10,7 +11,9 @@ import (
 // authLimiter slows down and then refuses password guessing
 // (`limits.auth_failures_per_ip`) so that failures cost the one who fails,
 // never the user who logs in correctly from elsewhere.
-// The counts are per mailgate instance. The model, as the README states it:
+// The counts are per mailgate instance, or shared by a cluster of instances
+// (shared: gateway/cluster keeps them in Redis), so that an attacker spread
+// over N instances has one budget, not N. The model, as the README states it:
 //
 //   - Refusal is per client network only. Failed logins are counted per
 //     client network (an IPv4 address; an IPv6 prefix, limits.ipv6_prefix);
@@ -37,6 +40,44 @@ type authLimiter struct {
 	byAccount map[string]*failures
 	known     map[knownLogin]time.Time // successful logins, for the exemption
 	sweep     time.Time
+
+	// shared, when set, holds the counts and known logins of the whole
+	// cluster; the tables above are still kept, and decide whenever the
+	// shared store cannot be reached (degraded mode: per instance).
+	shared sharedFailures
+}
+
+// sharedFailures keeps the limiter's counts for a set of gateway instances.
+// Keys are opaque strings made by the limiter (failureKey, knownKey); a
+// method returns an error when the store cannot be reached, and the limiter
+// then decides on its own counts.
+type sharedFailures interface {
+	// Failures returns the failures counted under each key in its current
+	// window (0: none, or the window has passed).
+	Failures(ctx context.Context, keys ...string) ([]int, error)
+	// AddFailure counts one failure under each key and returns the new
+	// counts; a key's window of per starts at its first failure, as in the
+	// limiter's own tables.
+	AddFailure(ctx context.Context, per time.Duration, keys ...string) ([]int, error)
+	// Known reports, for each key, whether Remember stored it within ttl.
+	Known(ctx context.Context, keys ...string) ([]bool, error)
+	// Remember stores each key for ttl.
+	Remember(ctx context.Context, ttl time.Duration, keys ...string) error
+}
+
+// useShared makes the limiter count for the cluster (before it is used).
+func (a *authLimiter) useShared(s sharedFailures) { a.shared = s }
+
+// The shared store's keys: a client network, an account (nameAccount or
+// routedAccount, whose NULs become ':'; a backend name has no ':'), and a
+// network's successful login to an account (the network last: a prefix
+// has no '|').
+func netKey(network netip.Prefix) string { return "net:" + network.String() }
+func accountKey(account string) string {
+	return "acct:" + strings.ReplaceAll(account, "\x00", ":")
+}
+func knownKey(account string, network netip.Prefix) string {
+	return "known:" + strings.ReplaceAll(account, "\x00", ":") + "|" + network.String()
 }
 
 type failures struct {
@@ -88,10 +129,18 @@ func routedAccount(backend, user string) string {
 // allowed reports whether a login from the client network may be tried now.
 func (a *authLimiter) allowed(network netip.Prefix) bool {
 	a.mu.Lock()
-	defer a.mu.Unlock()
-	if a.max <= 0 {
+	max := a.max
+	a.mu.Unlock()
+	if max <= 0 {
 		return true
 	}
+	if a.shared != nil {
+		if n, err := a.shared.Failures(context.Background(), netKey(network)); err == nil {
+			return n[0] < max
+		}
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
 	return a.count(a.byNet[network], a.now()) < a.max
 }
 
@@ -99,6 +148,7 @@ func (a *authLimiter) allowed(network netip.Prefix) bool {
 // before the backend is asked: zero unless an account has reached the
 // limit and the network has not logged in to it before.
 func (a *authLimiter) accountDelay(network netip.Prefix, accounts ...string) time.Duration {
+	shared, sharedOK := a.sharedAccounts(network, accounts)
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.max <= 0 {
@@ -112,6 +162,12 @@ func (a *authLimiter) accountDelay(network netip.Prefix, accounts ...string) tim
 		}
 		n = max(n, a.count(a.byAccount[acc], now))
 	}
+	if sharedOK {
+		if shared < 0 {
+			return 0 // known to the cluster
+		}
+		n = shared
+	}
 	if n < a.max {
 		return 0
 	}
@@ -120,6 +176,40 @@ func (a *authLimiter) accountDelay(network netip.Prefix, accounts ...string) tim
 		d *= 2
 	}
 	return min(d, maxAccountDelay)
+}
+
+// sharedAccounts asks the shared store about the accounts: -1 if network
+// logged in to one of them before, else their highest failure count. ok is
+// false without a shared store or when it cannot be reached.
+func (a *authLimiter) sharedAccounts(network netip.Prefix, accounts []string) (n int, ok bool) {
+	if a.shared == nil {
+		return 0, false
+	}
+	ctx := context.Background()
+	keys := make([]string, len(accounts))
+	for i, acc := range accounts {
+		keys[i] = knownKey(acc, network)
+	}
+	known, err := a.shared.Known(ctx, keys...)
+	if err != nil {
+		return 0, false
+	}
+	for _, k := range known {
+		if k {
+			return -1, true
+		}
+	}
+	for i, acc := range accounts {
+		keys[i] = accountKey(acc)
+	}
+	counts, err := a.shared.Failures(ctx, keys...)
+	if err != nil {
+		return 0, false
+	}
+	for _, c := range counts {
+		n = max(n, c)
+	}
+	return n, true
 }
 
 func (a *authLimiter) count(f *failures, now time.Time) int {
@@ -134,8 +224,8 @@ func (a *authLimiter) count(f *failures, now time.Time) int {
 // failures only: the victim's own network is not slowed by an attacker).
 func (a *authLimiter) failed(network netip.Prefix, accounts ...string) time.Duration {
 	a.mu.Lock()
-	defer a.mu.Unlock()
 	if a.max <= 0 {
+		a.mu.Unlock()
 		return 0
 	}
 	now := a.now()
@@ -144,6 +234,17 @@ func (a *authLimiter) failed(network netip.Prefix, accounts ...string) time.Dura
 	for _, acc := range accounts {
 		addFailure(a, a.byAccount, acc, now)
 	}
+	per := a.per
+	a.mu.Unlock()
+	if a.shared != nil {
+		keys := []string{netKey(network)}
+		for _, acc := range accounts {
+			keys = append(keys, accountKey(acc))
+		}
+		if counts, err := a.shared.AddFailure(context.Background(), per, keys...); err == nil {
+			n = counts[0]
+		}
+	}
 	return min(time.Duration(n-1)*a.step, maxAuthDelay)
 }
 
@@ -151,8 +252,8 @@ func (a *authLimiter) failed(network netip.Prefix, accounts ...string) time.Dura
 // network is exempt from their wait from now on.
 func (a *authLimiter) succeeded(network netip.Prefix, accounts ...string) {
 	a.mu.Lock()
-	defer a.mu.Unlock()
 	if a.max <= 0 {
+		a.mu.Unlock()
 		return
 	}
 	now := a.now()
@@ -162,6 +263,14 @@ func (a *authLimiter) succeeded(network netip.Prefix, accounts ...string) {
 			evictOne(a.known)
 		}
 		a.known[k] = now
+	}
+	a.mu.Unlock()
+	if a.shared != nil {
+		keys := make([]string, len(accounts))
+		for i, acc := range accounts {
+			keys[i] = knownKey(acc, network)
+		}
+		a.shared.Remember(context.Background(), knownFor, keys...) // an error: the local table has it
 	}
 }
 

@@ -23,6 +23,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"mailgate/gateway/cluster"
 	"mailgate/gateway/config"
 	"mailgate/gateway/imap"
 	"mailgate/gateway/pop3"
@@ -42,7 +43,8 @@ type Server struct {
 	auth       *authLimiter
 	health     *routing.Health // pool servers' health: kept across reloads
 	metrics    *metrics
-	readyCache readyCache // the last backend probe of /readyz
+	readyCache readyCache      // the last backend probe of /readyz
+	cluster    *cluster.Client // cluster mode; nil alone
 
 	mu        sync.Mutex
 	cfg       *config.Config
@@ -78,14 +80,26 @@ func New(cfg *config.Config, log *zap.Logger) (*Server, error) {
 	s := &Server{
 		log:         log,
 		cfg:         cfg,
-		maildrops:   upstream.NewMaildrops(cfg.POP3, log.Named("upstream")),
 		limits:      newConnLimits(cfg.Limits.Connections, cfg.Limits.PerIP, cfg.Limits.IPv6Prefix),
 		auth:        newAuthLimiter(authLimits(cfg)),
 		health:      routing.NewHealth(cfg.Routing.PoolCooldown),
 		sessionsCtx: ctx,
 		cutSessions: cancel,
 	}
+	var mdOpts []upstream.MaildropsOption
+	var cm *clusterMetrics
+	if cfg.Cluster != nil {
+		// Cluster mode: maildrop locks and failure counts in Redis, on top
+		// of this instance's own (degraded mode: README, Cluster mode).
+		s.cluster = cluster.New(cfg.Cluster, log, func(up bool, rtt time.Duration) { cm.observe(up, rtt) })
+		mdOpts = append(mdOpts, upstream.WithLocker(s.cluster.Locker(upstream.NewLocalLocker())))
+		s.auth.useShared(s.cluster.Failures())
+	}
+	s.maildrops = upstream.NewMaildrops(cfg.POP3, log.Named("upstream"), mdOpts...)
 	s.metrics = newMetrics(s.maildrops.Cache().Stats)
+	if s.cluster != nil {
+		cm = s.metrics.addCluster()
+	}
 	s.state.Store(st)
 	s.warnInsecure(cfg)
 	return s, nil
@@ -134,8 +148,19 @@ func (s *Server) Start(ctx context.Context) error {
 	if s.started {
 		return errors.New("gateway: already started")
 	}
-	certs, err := mgtls.New(ctx, s.cfg.TLS, s.log.Named("tls"))
+	var tlsOpts []mgtls.Option
+	if s.cluster != nil {
+		s.cluster.Start(ctx)
+		// tls.acme.storage: redis. The same client as the locks and
+		// limits: one health state, one set of connections.
+		tlsOpts = append(tlsOpts, mgtls.WithStorage(
+			cluster.NewStorage(s.cluster.Redis(), s.cluster.KeyPrefix(), s.log.Named("acme-storage"))))
+	}
+	certs, err := mgtls.New(ctx, s.cfg.TLS, s.log.Named("tls"), tlsOpts...)
 	if err != nil {
+		if s.cluster != nil {
+			s.cluster.Close()
+		}
 		return err
 	}
 	s.certs = certs
@@ -148,6 +173,9 @@ func (s *Server) Start(ctx context.Context) error {
 		if s.uidlStore != nil {
 			s.uidlStore.Close()
 			s.uidlStore = nil
+		}
+		if s.cluster != nil {
+			s.cluster.Close()
 		}
 		return err
 	}
@@ -212,6 +240,9 @@ func (s *Server) Reload(cfg *config.Config) error {
 	}
 	s.mu.Lock()
 	certs := s.certs
+	if !cluster.SameSettings(s.cfg.Cluster, cfg.Cluster) {
+		s.log.Warn("cluster settings changed; they need a restart and keep their running values until then")
+	}
 	s.cfg = cfg
 	s.mu.Unlock()
 	if certs != nil {
@@ -275,6 +306,10 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		}
 		if s.certs != nil {
 			s.certs.Close()
+		}
+		// After the sessions: each released its cluster lock as it ended.
+		if s.cluster != nil {
+			s.cluster.Close()
 		}
 		s.state.Load().router.Close()
 	})

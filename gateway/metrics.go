@@ -35,6 +35,39 @@ type metrics struct {
 	errors            *prometheus.CounterVec // protocol, code
 }
 
+// clusterMetrics are registered in cluster mode only: whether Redis
+// answered the last health check, and the PINGs' round-trip times.
+type clusterMetrics struct {
+	up  prometheus.Gauge
+	rtt prometheus.Histogram
+}
+
+func (m *metrics) addCluster() *clusterMetrics {
+	cm := &clusterMetrics{
+		up: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "mailgate_cluster_up",
+			Help: "1 while the cluster's Redis answers, 0 in degraded mode (per-instance locks and limits).",
+		}),
+		rtt: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "mailgate_cluster_redis_rtt_seconds",
+			Help:    "Round-trip time of the health check PING to the cluster's Redis (answered ones).",
+			Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1},
+		}),
+	}
+	m.reg.MustRegister(cm.up, cm.rtt)
+	return cm
+}
+
+// observe is the cluster client's Observer.
+func (cm *clusterMetrics) observe(up bool, rtt time.Duration) {
+	if up {
+		cm.up.Set(1)
+		cm.rtt.Observe(rtt.Seconds())
+	} else {
+		cm.up.Set(0)
+	}
+}
+
 func newMetrics(cache func() upstream.CacheStats) *metrics {
 	reg := prometheus.NewRegistry()
 	m := &metrics{

@@ -1,120 +1,15 @@
 package test
 
 import (
-	"bufio"
 	"fmt"
 	"os"
-	"os/exec"
-	"path/filepath"
-	"regexp"
-	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"mailgate/test/harness"
 	"mailgate/test/pop3client"
 )
-
-// mailgateProcess is the real binary running `serve -config FILE`, the way
-// operators run it: signals reach it as they would in production.
-type mailgateProcess struct {
-	cmd  *exec.Cmd
-	mu   sync.Mutex
-	logs strings.Builder
-	addr chan string
-	done chan error
-}
-
-var buildOnce struct {
-	once sync.Once
-	bin  string
-	err  error
-}
-
-func mailgateBinary(t *testing.T) string {
-	t.Helper()
-	buildOnce.once.Do(func() {
-		dir, err := os.MkdirTemp("", "mailgate-bin-")
-		if err != nil {
-			buildOnce.err = err
-			return
-		}
-		buildOnce.bin = filepath.Join(dir, "mailgate")
-		out, err := exec.Command("go", "build", "-o", buildOnce.bin, "mailgate/cmd/mailgate").CombinedOutput()
-		if err != nil {
-			buildOnce.err = fmt.Errorf("go build: %v\n%s", err, out)
-		}
-	})
-	if buildOnce.err != nil {
-		t.Fatal(buildOnce.err)
-	}
-	return buildOnce.bin
-}
-
-var listeningRE = regexp.MustCompile(`"msg":"listening".*"address":"([^"]+)"`)
-
-func startMailgate(t *testing.T, configFile string) *mailgateProcess {
-	t.Helper()
-	p := &mailgateProcess{addr: make(chan string, 4), done: make(chan error, 1)}
-	p.cmd = exec.Command(mailgateBinary(t), "serve", "-config", configFile)
-	stderr, err := p.cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := p.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() {
-		sc := bufio.NewScanner(stderr)
-		for sc.Scan() {
-			line := sc.Text()
-			p.mu.Lock()
-			p.logs.WriteString(line + "\n")
-			p.mu.Unlock()
-			if m := listeningRE.FindStringSubmatch(line); m != nil {
-				p.addr <- m[1]
-			}
-		}
-		p.done <- p.cmd.Wait()
-	}()
-	t.Cleanup(func() {
-		p.cmd.Process.Kill()
-		if t.Failed() {
-			t.Logf("mailgate output:\n%s", p.output())
-		}
-	})
-	return p
-}
-
-func (p *mailgateProcess) output() string {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.logs.String()
-}
-
-func (p *mailgateProcess) listening(t *testing.T) string {
-	t.Helper()
-	select {
-	case a := <-p.addr:
-		return a
-	case err := <-p.done:
-		t.Fatalf("mailgate exited: %v\n%s", err, p.output())
-	case <-time.After(30 * time.Second):
-		t.Fatalf("mailgate did not start\n%s", p.output())
-	}
-	return ""
-}
-
-// waitLog waits until the output contains s.
-func (p *mailgateProcess) waitLog(t *testing.T, s string) {
-	t.Helper()
-	for deadline := time.Now().Add(10 * time.Second); !strings.Contains(p.output(), s); time.Sleep(20 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("no %q in mailgate's output:\n%s", s, p.output())
-		}
-	}
-}
 
 func signalsConfig(t *testing.T, backendUser string) string {
 	return fmt.Sprintf(`log: {level: info, format: json}
@@ -137,8 +32,8 @@ func TestSIGTERMWithDeletionsPendingDeletesNothing(t *testing.T) {
 	u := newAccount(t)
 	seed(t, u, message("s1", "one\r\n"), message("s2", "two\r\n"))
 	file := writeFile(t, t.TempDir(), "mailgate.yaml", signalsConfig(t, u.User), 0o644)
-	p := startMailgate(t, file)
-	addr := p.listening(t)
+	p := harness.StartProcess(t, file)
+	addr := p.Listening(t)
 
 	c, err := pop3client.Dial(addr, 10*time.Second)
 	if err != nil {
@@ -150,9 +45,9 @@ func TestSIGTERMWithDeletionsPendingDeletesNothing(t *testing.T) {
 	}
 	c.Dele(1)
 	c.Dele(2)
-	p.cmd.Process.Signal(syscall.SIGTERM)
+	p.Cmd.Process.Signal(syscall.SIGTERM)
 	select {
-	case err := <-p.done:
+	case err := <-p.Done:
 		if err != nil {
 			t.Fatalf("mailgate exited with %v after SIGTERM", err)
 		}
@@ -174,8 +69,8 @@ func TestSIGHUPReloadsRoutesAndRefusesABrokenFile(t *testing.T) {
 	// The route decides which account the alias reaches; each logs in with
 	// its own password.
 	file := writeFile(t, t.TempDir(), "mailgate.yaml", signalsConfig(t, first.User), 0o644)
-	p := startMailgate(t, file)
-	addr := p.listening(t)
+	p := harness.StartProcess(t, file)
+	addr := p.Listening(t)
 	count := func(pass string) int {
 		t.Helper()
 		c, err := pop3client.Dial(addr, 10*time.Second)
@@ -198,20 +93,20 @@ func TestSIGHUPReloadsRoutesAndRefusesABrokenFile(t *testing.T) {
 	}
 
 	os.WriteFile(file, []byte(signalsConfig(t, second.User)), 0o644)
-	p.cmd.Process.Signal(syscall.SIGHUP)
-	p.waitLog(t, `"msg":"configuration reloaded"`)
+	p.Cmd.Process.Signal(syscall.SIGHUP)
+	p.WaitLog(t, `"msg":"configuration reloaded"`)
 	if n := count(second.Pass); n != 2 {
 		t.Fatalf("after reload the alias reached %d messages, want the second account's 2", n)
 	}
 
 	os.WriteFile(file, []byte(signalsConfig(t, first.User)+"listeners: [{name: oops}]\nbogus_key: 1\n"), 0o644)
-	p.cmd.Process.Signal(syscall.SIGHUP)
-	p.waitLog(t, `reload refused`)
+	p.Cmd.Process.Signal(syscall.SIGHUP)
+	p.WaitLog(t, `reload refused`)
 	if n := count(second.Pass); n != 2 {
 		t.Fatalf("after a broken reload the alias reached %d messages, want the running route's 2", n)
 	}
-	p.cmd.Process.Signal(syscall.SIGTERM)
-	if err := <-p.done; err != nil {
+	p.Cmd.Process.Signal(syscall.SIGTERM)
+	if err := <-p.Done; err != nil {
 		t.Fatalf("exit after SIGTERM: %v", err)
 	}
 }

@@ -226,7 +226,7 @@ func uidlsBodies(t *testing.T, c *pop3client.Client) map[string]string {
 // messages, duplicates included; uidl-stats counts them; uidl-drop forgets
 // the user, who then sees uidl_format's UIDLs.
 func TestUIDLImportFromDovecotPOP3(t *testing.T) {
-	bin := mailgateBinary(t)
+	bin := harness.Binary(t)
 	old := dovecot.StartForTest(t, dovecot.Options{POP3: true, POP3UIDLFormat: "%v.%u"})
 	a := account{User: fmt.Sprintf("import-%d@e2e.test", userSeq.Add(1)), Pass: "pw-import-" + strconv.FormatInt(time.Now().UnixNano(), 36)}
 	harness.Secret(a.Pass)

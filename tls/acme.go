@@ -57,7 +57,7 @@ type acmeSource struct {
 // certificate for every domain before returning. ctx bounds only that
 // start-up work; renewal runs in the cache's maintenance goroutine until
 // close.
-func startACME(ctx context.Context, c *ACMEConfig, log *zap.Logger) (_ *acmeSource, err error) {
+func startACME(ctx context.Context, c *ACMEConfig, shared certmagic.Storage, log *zap.Logger) (_ *acmeSource, err error) {
 	if len(c.Domains) == 0 {
 		return nil, errors.New("tls.acme.domains: at least one domain is required")
 	}
@@ -66,8 +66,17 @@ func startACME(ctx context.Context, c *ACMEConfig, log *zap.Logger) (_ *acmeSour
 		// scatter account keys somewhere the operator did not choose.
 		return nil, errors.New("tls.acme.storage: a directory is required")
 	}
-	if err := prepareStorage(c.Storage); err != nil {
-		return nil, err
+	var storage certmagic.Storage
+	if c.Storage == StorageRedis {
+		if shared == nil {
+			return nil, errors.New("tls.acme.storage: redis needs the cluster: section (the cluster's Redis)")
+		}
+		storage = shared
+	} else {
+		if err := prepareStorage(c.Storage); err != nil {
+			return nil, err
+		}
+		storage = &certmagic.FileStorage{Path: c.Storage}
 	}
 	if c.Challenges.HTTP == "" && c.Challenges.TLSALPN == "" {
 		return nil, errors.New("tls.acme.challenges: set http, tls_alpn or both; without a challenge listener no certificate can be validated")
@@ -113,7 +122,7 @@ func startACME(ctx context.Context, c *ACMEConfig, log *zap.Logger) (_ *acmeSour
 		}
 	}()
 	a.magic = certmagic.New(a.cache, certmagic.Config{
-		Storage: &certmagic.FileStorage{Path: c.Storage},
+		Storage: storage,
 		Logger:  cmLog,
 		// Many mail clients send no SNI (RFC 6066 §3 makes it optional);
 		// without a default, certmagic finds no certificate for them and

@@ -22,6 +22,10 @@ type Config struct {
 	MinVersion string `yaml:"min_version"`
 }
 
+// StorageRedis as tls.acme.storage keeps the ACME account, keys,
+// certificates and certmagic's locks in the cluster's Redis (cluster mode).
+const StorageRedis = "redis"
+
 // CertificateFile is one static certificate and its key.
 type CertificateFile struct {
 	Cert string `yaml:"cert"` // PEM chain, leaf first
@@ -38,7 +42,8 @@ type ACMEConfig struct {
 	// CARoot is a PEM file of roots that sign the CA's HTTPS endpoint (a
 	// private CA such as Pebble).
 	CARoot string `yaml:"ca_root"`
-	// Storage is the directory for accounts, keys and certificates.
+	// Storage is the directory for accounts, keys and certificates, or
+	// StorageRedis: in the cluster's Redis, shared by every instance.
 	Storage    string     `yaml:"storage"`
 	Challenges Challenges `yaml:"challenges"`
 	// ObtainTimeout bounds obtaining certificates at startup. Default 2m.

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/caddyserver/certmagic"
 	"go.uber.org/zap"
 )
 
@@ -43,6 +44,18 @@ type Manager struct {
 	closeOnce sync.Once
 }
 
+// Option changes what New starts with.
+type Option func(*options)
+
+type options struct {
+	storage certmagic.Storage
+}
+
+// WithStorage is the certmagic Storage (and its locks) for tls.acme.storage:
+// redis, which the gateway makes from its cluster's Redis. Other values of
+// tls.acme.storage are a directory and ignore it.
+func WithStorage(s certmagic.Storage) Option { return func(o *options) { o.storage = s } }
+
 // New reads the static certificates and, when ACME is configured, starts the
 // challenge listeners and obtains a certificate for every domain (or loads
 // it from storage) before it returns; ctx and tls.acme.obtain_timeout bound
@@ -57,7 +70,11 @@ type Manager struct {
 //     that one;
 //   - anything else, including no SNI: the first ACME domain's certificate,
 //     or without ACME the first static pair.
-func New(ctx context.Context, cfg Config, log *zap.Logger) (*Manager, error) {
+func New(ctx context.Context, cfg Config, log *zap.Logger, opts ...Option) (*Manager, error) {
+	var o options
+	for _, opt := range opts {
+		opt(&o)
+	}
 	if log == nil {
 		log = zap.NewNop()
 	}
@@ -79,7 +96,7 @@ func New(ctx context.Context, cfg Config, log *zap.Logger) (*Manager, error) {
 		log.Info("static certificates loaded", zap.Int("count", len(set.certs)), zap.Strings("names", set.names()))
 	}
 	if cfg.ACME != nil {
-		a, err := startACME(ctx, cfg.ACME, log)
+		a, err := startACME(ctx, cfg.ACME, o.storage, log)
 		if err != nil {
 			return nil, err
 		}

@@ -99,7 +99,9 @@ func (c *Config) Validate() []error {
 			}
 		}
 		if a.Storage == "" {
-			bad("acme.storage", "required: a directory for the ACME account, keys and certificates")
+			bad("acme.storage", "required: a directory for the ACME account, keys and certificates, or redis (cluster mode)")
+		} else if a.Storage == StorageRedis {
+			// The cluster's Redis: gateway/config checks that there is one.
 		} else if err := checkStorageDir(a.Storage); err != nil {
 			bad("acme.storage", "%v", err)
 		}

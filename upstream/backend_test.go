@@ -141,7 +141,8 @@ func (b *backend) addUser(name, password string, msgs ...string) *imapmemserver.
 }
 
 func (b *backend) target() Target {
-	cfg := &BackendConfig{Address: b.addr, TLS: TLSNone}
+	// go-imap's server takes commands pipelined behind the login.
+	cfg := &BackendConfig{Address: b.addr, TLS: TLSNone, PipelineLogin: PipelineOn}
 	if b.opts.tls != nil {
 		cfg.TLS = TLSStartTLS
 		if b.opts.implicit {

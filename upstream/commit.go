@@ -66,6 +66,14 @@ func (d *Maildrop) Commit(ctx context.Context, deleted []int) error {
 	if !d.hold.enterUpdate() {
 		return fmt.Errorf("%w: the maildrop was taken over by a newer session", ErrPartialCommit)
 	}
+	// RFC 1939 §4: the exclusive-access lock must still be ours when the
+	// maildrop is changed; a cluster lease lost meanwhile (a Redis
+	// failover, a long pause) means another session may hold it now, so
+	// nothing is committed.
+	if err := d.lease.Confirm(ctx); err != nil {
+		d.log.Warn("QUIT: maildrop lock lost; nothing committed", zap.Error(err))
+		return fmt.Errorf("%w: %w", ErrPartialCommit, err)
+	}
 
 	d.cmdMu.Lock()
 	defer d.cmdMu.Unlock()
@@ -220,7 +228,7 @@ func (d *Maildrop) Close() error {
 		// No new flight after this: nothing can be fetched for a session
 		// that has ended, and Commit refuses.
 		d.fetch.beginStop()
-		d.m.locks.release(d.lock, d.hold)
+		d.lease.Release()
 		d.m.cleanups.Add(1)
 		go func() {
 			defer d.m.cleanups.Done()

@@ -50,12 +50,26 @@ type BackendConfig struct {
 	// empty (none). The backend must expect it (Dovecot: haproxy = yes on
 	// the listener and haproxy_trusted_networks naming mailgate).
 	SendProxyProtocol string `yaml:"send_proxy_protocol"`
+	// PipelineLogin says whether POP3 logins send the snapshot's SELECT and
+	// UID FETCH in the login's own write: "auto" (default: when the
+	// greeting names Dovecot, see pipelineSafe), "on" or "off".
+	PipelineLogin string `yaml:"pipeline_login"`
 
 	tlsConfig *tls.Config // built by Validate
 }
 
+// Values of pipeline_login.
+const (
+	PipelineAuto = "auto"
+	PipelineOn   = "on"
+	PipelineOff  = "off"
+)
+
 // ApplyDefaults fills the zero values.
 func (c *BackendConfig) ApplyDefaults() {
+	if c.PipelineLogin == "" {
+		c.PipelineLogin = PipelineAuto
+	}
 	if c.TLS == "" {
 		c.TLS = TLSStartTLS
 		if a := c.firstAddress(); strings.HasSuffix(a, ":993") {
@@ -113,6 +127,11 @@ func (c *BackendConfig) Validate() []error {
 	case TLSNone, TLSStartTLS, TLSImplicit:
 	default:
 		bad("tls", "%q is not one of none, starttls, implicit", c.TLS)
+	}
+	switch c.PipelineLogin {
+	case "", PipelineAuto, PipelineOn, PipelineOff:
+	default:
+		bad("pipeline_login", "%q is not one of auto, on, off", c.PipelineLogin)
 	}
 	switch c.SendProxyProtocol {
 	case "", "v1", "v2":

@@ -1,6 +1,8 @@
 package upstream
 
 import (
+	"context"
+	"fmt"
 	"hash/fnv"
 	"strings"
 	"sync"
@@ -29,28 +31,29 @@ const (
 	DefaultTakeoverAfter = 10 * time.Second
 )
 
-// updateWait bounds how long a newcomer waits for an older session inside
+// UpdateWait bounds how long a newcomer waits for an older session inside
 // UPDATE (its QUIT's deletions) before it gets [IN-USE].
-const updateWait = 5 * time.Second
+const UpdateWait = 5 * time.Second
 
-// lockKey names one maildrop: the backend identity, that is the backend (by
+// LockKey names one maildrop: the backend identity, that is the backend (by
 // configured name) and the user as routing hands it to the backend (after
 // rewrite_user), case-folded. IMAP servers commonly fold the login name
 // (Dovecot's default auth_username_format is %Lu), so bob, BOB and Bob are
 // one mailbox there and must be one lock here; a backend that does not fold
 // is at worst locked a little more than needed.
-type lockKey struct {
-	backend, user string
+type LockKey struct {
+	Backend string // the backend's configured name
+	User    string // the backend user, case-folded
 }
 
-func newLockKey(backend, user string) lockKey {
-	return lockKey{backend: backend, user: strings.ToLower(user)}
+func newLockKey(backend, user string) LockKey {
+	return LockKey{Backend: backend, User: strings.ToLower(user)}
 }
 
-// holder is a session's side of the lock: its lifecycle as the lock table
-// sees it. The POP3 session reports when it waits for a command (Waiting);
+// Holder is a session's side of the lock: its lifecycle as the lockers
+// see it. The POP3 session reports when it waits for a command (Waiting);
 // Commit moves it into UPDATE; a takeover ends it.
-type holder struct {
+type Holder struct {
 	state     atomic.Int32  // holderActive, holderUpdating or holderTaken
 	idleSince atomic.Int64  // UnixNano since the session waits for a command; 0 = busy
 	taken     chan struct{} // closed when a newer session took the lock
@@ -63,18 +66,45 @@ const (
 	holderTaken
 )
 
-func newHolder() *holder {
-	return &holder{taken: make(chan struct{}), released: make(chan struct{})}
+// NewHolder makes a session's side of a lock (tests of other lockers; a
+// Maildrop makes its own).
+func NewHolder() *Holder { return newHolder() }
+
+func newHolder() *Holder {
+	return &Holder{taken: make(chan struct{}), released: make(chan struct{})}
 }
 
-// enterUpdate moves the holder into UPDATE, unless it has been taken over.
-func (h *holder) enterUpdate() bool {
+// Waiting records whether the session waits for the client's next command:
+// only such a session may be taken over.
+func (h *Holder) Waiting(waiting bool) {
+	if waiting {
+		h.idleSince.Store(time.Now().UnixNano())
+	} else {
+		h.idleSince.Store(0)
+	}
+}
+
+// Taken is closed when a newer session took the lock over.
+func (h *Holder) Taken() <-chan struct{} { return h.taken }
+
+// EnterUpdate moves the holder into UPDATE, unless it has been taken over,
+// and reports whether it did (a Maildrop's Commit; tests of lockers).
+func (h *Holder) EnterUpdate() bool { return h.enterUpdate() }
+
+func (h *Holder) enterUpdate() bool {
 	return h.state.CompareAndSwap(holderActive, holderUpdating)
 }
 
-// takeOver ends the holder if it has waited for a command for at least
-// after and is not in UPDATE.
-func (h *holder) takeOver(after time.Duration) bool {
+// Updating reports whether the holder's session is in UPDATE (its QUIT's
+// deletions under way): it is never taken over then (RFC 1939 §6).
+func (h *Holder) Updating() bool { return h.state.Load() == holderUpdating }
+
+// TakeOver ends the holder if it has waited for a command for at least
+// after and is not in UPDATE (pop3.lock: takeover), and reports whether it
+// did: its session then ends without UPDATE and its Commit refuses.
+func (h *Holder) TakeOver(after time.Duration) bool { return h.takeOver(after) }
+
+func (h *Holder) takeOver(after time.Duration) bool {
 	since := h.idleSince.Load()
 	if since == 0 || time.Since(time.Unix(0, since)) < after {
 		return false
@@ -86,61 +116,127 @@ func (h *holder) takeOver(after time.Duration) bool {
 	return true
 }
 
+// Locker takes the exclusive-access maildrop locks of RFC 1939 §4 for
+// Maildrops, per pop3.lock. The default is the in-process table
+// (NewLocalLocker); gateway/cluster implements one shared by several
+// gateway instances, on top of a local table.
+type Locker interface {
+	// Lock takes the lock of k for h under policy (LockExclusive,
+	// LockTakeover or LockNone), or returns an error wrapping ErrInUse.
+	// With LockTakeover an older holder that has waited for a command for
+	// at least after is taken over; one in UPDATE is waited for, up to
+	// UpdateWait.
+	Lock(ctx context.Context, k LockKey, h *Holder, policy string, after time.Duration) (Lease, error)
+}
+
+// Lease is a lock taken by a Locker.
+type Lease interface {
+	// Confirm reports, right before UPDATE, whether the lock is still the
+	// session's: a lock that another session holds now (a cluster lease
+	// lost in a Redis failover or a long pause) is an error, and the
+	// session commits nothing.
+	Confirm(ctx context.Context) error
+	// Release gives the lock up. A lock since taken over stays its new
+	// holder's. Release is idempotent and bounded in time.
+	Release()
+}
+
+// NewLocalLocker is the in-process lock table: one POP3 session per
+// maildrop in this process.
+func NewLocalLocker() Locker { return &lockTable{} }
+
+// Lock implements Locker.
+func (t *lockTable) Lock(_ context.Context, k LockKey, h *Holder, policy string, after time.Duration) (Lease, error) {
+	if !t.acquire(k, h, policy, after) {
+		return nil, fmt.Errorf("%w: %s on %s", ErrInUse, k.User, k.Backend)
+	}
+	return &localLease{t: t, k: k, h: h}, nil
+}
+
+// localLease is a lock of the in-process table.
+type localLease struct {
+	t    *lockTable
+	k    LockKey
+	h    *Holder
+	once sync.Once
+}
+
+// Confirm: a local lock cannot be lost; a takeover shows in the holder.
+func (l *localLease) Confirm(context.Context) error { return nil }
+
+func (l *localLease) Release() { l.once.Do(func() { l.t.release(l.k, l.h) }) }
+
 // lockTable holds the exclusive-access locks of RFC 1939 §4: one POP3 session
 // per maildrop in this process, per pop3.lock. A session that cannot get the
 // lock answers -ERR [IN-USE] (RFC 2449 §8.1.2).
 //
-// The lock is per process. Several gateway instances in front of one backend
-// do not see each other's locks; since every change is made by UID, a second
-// session elsewhere can at worst see messages the first one is deleting.
+// The table is per process. Several gateway instances in front of one backend
+// see each other's locks only through a cluster locker (gateway/cluster);
+// without one, since every change is made by UID, a second session elsewhere
+// can at worst see messages the first one is deleting.
 type lockTable struct {
 	mu   sync.Mutex
-	held map[lockKey]*holder
+	held map[LockKey]*Holder
 
 	// releases counts the releases of the locks whose keys hash to each
-	// bucket (see epoch).
+	// bucket (see Epoch).
 	releases [epochBuckets]atomic.Uint64
 }
 
-// epochBuckets spreads epoch's counters: two keys sharing a bucket only
+// Epocher is a Locker that tells when a lock of a key was released in this
+// process: the in-process table, and a cluster locker through the table it
+// wraps.
+type Epocher interface {
+	// Epoch changes whenever a lock of k is released.
+	Epoch(k LockKey) uint64
+}
+
+// epochBuckets spreads Epoch's counters: two keys sharing a bucket only
 // cost a needless second snapshot now and then.
 const epochBuckets = 1024
 
-// epoch changes whenever a lock of k is released. Open reads it before it
+// Epoch changes whenever a lock of k is released. Open reads it before it
 // pipelines the snapshot behind the login (which the backend answers before
 // the lock is taken, since the lock must not be taken before the password is
 // known good) and again once it holds the lock: a change means a session of
 // the user may have left UPDATE in between, after the snapshot was taken,
 // and the snapshot is taken again (RFC 1939 §4: the lock keeps the maildrop
 // from changing under the session; its view must not predate the lock).
-func (t *lockTable) epoch(k lockKey) uint64 {
+func (t *lockTable) Epoch(k LockKey) uint64 {
 	return t.releases[k.bucket()].Load()
 }
 
-func (k lockKey) bucket() uint32 {
+func (k LockKey) bucket() uint32 {
 	h := fnv.New32a()
-	h.Write([]byte(k.backend))
+	h.Write([]byte(k.Backend))
 	h.Write([]byte{0})
-	h.Write([]byte(k.user))
+	h.Write([]byte(k.User))
 	return h.Sum32() % epochBuckets
 }
 
 // acquire takes the lock for h and reports whether it got it. With
 // takeover, an older holder waiting for a command for at least after is
 // ended (its taken channel closes) and the lock is h's at once; an older
-// holder in UPDATE is waited for, up to updateWait.
-func (t *lockTable) acquire(k lockKey, h *holder, policy string, after time.Duration) bool {
+// holder in UPDATE is waited for, up to UpdateWait.
+func (t *lockTable) acquire(k LockKey, h *Holder, policy string, after time.Duration) bool {
 	if policy == LockNone {
 		return true
 	}
-	deadline := time.Now().Add(updateWait)
+	deadline := time.Now().Add(UpdateWait)
 	for {
 		t.mu.Lock()
 		old, ok := t.held[k]
 		if !ok {
 			if t.held == nil {
-				t.held = make(map[lockKey]*holder)
+				t.held = make(map[LockKey]*Holder)
 			}
+			t.held[k] = h
+			t.mu.Unlock()
+			return true
+		}
+		if old.state.Load() == holderTaken {
+			// Taken over by a session elsewhere (a cluster locker's
+			// takeover): its session is ending and holds nothing.
 			t.held[k] = h
 			t.mu.Unlock()
 			return true
@@ -176,7 +272,7 @@ func (t *lockTable) acquire(k lockKey, h *holder, policy string, after time.Dura
 
 // release gives up h's lock; a lock taken over by a newer holder stays
 // that holder's.
-func (t *lockTable) release(k lockKey, h *holder) {
+func (t *lockTable) release(k LockKey, h *Holder) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.held[k] == h {

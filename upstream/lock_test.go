@@ -84,12 +84,12 @@ func TestLockTablePolicies(t *testing.T) {
 func TestLockEpoch(t *testing.T) {
 	var lt lockTable
 	k := newLockKey("store", "alice")
-	e0 := lt.epoch(k)
+	e0 := lt.Epoch(k)
 	h := newHolder()
 	if !lt.acquire(k, h, LockExclusive, 0) {
 		t.Fatal("acquire failed")
 	}
-	if lt.acquire(k, newHolder(), LockExclusive, 0) || lt.epoch(k) != e0 {
+	if lt.acquire(k, newHolder(), LockExclusive, 0) || lt.Epoch(k) != e0 {
 		t.Fatal("a refused acquire moved the epoch (or succeeded)")
 	}
 	other := newLockKey("store", "bob")
@@ -97,12 +97,12 @@ func TestLockEpoch(t *testing.T) {
 		ho := newHolder()
 		lt.acquire(other, ho, LockExclusive, 0)
 		lt.release(other, ho)
-		if lt.epoch(k) != e0 {
+		if lt.Epoch(k) != e0 {
 			t.Fatal("bob's release moved alice's epoch")
 		}
 	}
 	lt.release(k, h)
-	if lt.epoch(k) == e0 {
+	if lt.Epoch(k) == e0 {
 		t.Fatal("the release did not move the epoch")
 	}
 }

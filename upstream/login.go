@@ -225,7 +225,7 @@ func (b *backendConn) login(ctx context.Context, t Target, user, password string
 	// Only a login of one line can have commands behind it: with a
 	// synchronizing literal or a SASL challenge, the server must answer
 	// before the rest of the login goes.
-	b.pipeNext = b.pipe != nil && len(parts) == 1
+	b.pipeNext = b.pipe != nil && len(parts) == 1 && pipelineSafe(t.Config.PipelineLogin, greeting.text)
 	res, err := b.command(tag, parts)
 	if err != nil {
 		return nil, err
@@ -245,6 +245,27 @@ func (b *backendConn) login(ctx context.Context, t Target, user, password string
 		}
 	}
 	return &Session{Conn: b.handOver(), Caps: post}, nil
+}
+
+// pipelineSafe reports whether commands may follow the login in its write.
+// RFC 9051 §5.5 lets a client send a command before the previous one
+// completes, and a login is no exception in the protocol; but servers that
+// hand the connection from a login process to a mail process after the
+// login lose or misread what came behind it. Seen: Courier 5.0's imaplogin
+// execs imapd and the pipelined commands are never answered; Cyrus 3.6
+// answers SELECT but first re-reads the AUTHENTICATE line ("BAD Already
+// authenticated"). Dovecot's login processes pass the unread input on to
+// the imap process. So auto means: when the greeting names Dovecot (its
+// login_greeting, "Dovecot ready." or "Dovecot (Debian) ready." by
+// default); a Dovecot with another greeting can say pipeline_login: on.
+func pipelineSafe(setting, greeting string) bool {
+	switch setting {
+	case PipelineOn:
+		return true
+	case PipelineOff:
+		return false
+	}
+	return strings.Contains(greeting, "Dovecot")
 }
 
 // pipedReplyWait bounds the wait for the replies to pipelined commands after

@@ -174,7 +174,8 @@ func scripted(t *testing.T, forwardIP bool, script func(br *bufio.Reader, c net.
 		script(bufio.NewReader(c), c)
 	}()
 	t.Cleanup(func() { ln.Close(); wg.Wait() })
-	cfg := &BackendConfig{Address: ln.Addr().String(), TLS: TLSNone, ForwardClientIP: forwardIP}
+	// The scripts take commands pipelined behind the login, as Dovecot does.
+	cfg := &BackendConfig{Address: ln.Addr().String(), TLS: TLSNone, ForwardClientIP: forwardIP, PipelineLogin: PipelineOn}
 	cfg.ApplyDefaults()
 	cfg.Validate()
 	return Target{Address: cfg.Address, Config: cfg, ClientAddr: &net.TCPAddr{IP: net.IPv4(192, 0, 2, 7), Port: 50123},
@@ -626,4 +627,27 @@ func TestQuitDoesNotWaitForLogout(t *testing.T) {
 		t.Fatal("the backend connection was cut before LOGOUT was answered")
 	}
 	mds.Wait()
+}
+
+// Commands go behind the login only where the server is known to read them
+// after it: Dovecot by its greeting, or pipeline_login: on. Courier and
+// Cyrus lose or misread them (pipelineSafe); the suite in test/backends runs
+// them with auto.
+func TestPipelineSafe(t *testing.T) {
+	for _, tc := range []struct {
+		setting, greeting string
+		want              bool
+	}{
+		{PipelineAuto, "Dovecot ready.", true},
+		{PipelineAuto, "Dovecot (Debian) ready.", true},
+		{PipelineAuto, "cyrus.test Cyrus IMAP 3.6.1-Debian-3.6.1-4+deb12u5 server ready", false},
+		{PipelineAuto, "Courier-IMAP ready. Copyright 1998-2019 Double Precision, Inc.", false},
+		{PipelineAuto, "IMAP4rev1 server ready", false},
+		{PipelineOn, "IMAP4rev1 server ready", true},
+		{PipelineOff, "Dovecot ready.", false},
+	} {
+		if got := pipelineSafe(tc.setting, tc.greeting); got != tc.want {
+			t.Errorf("pipelineSafe(%q, %q) = %v, want %v", tc.setting, tc.greeting, got, tc.want)
+		}
+	}
 }

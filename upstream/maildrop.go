@@ -48,7 +48,7 @@ type Maildrops struct {
 	cfg      MaildropConfig
 	log      *zap.Logger
 	cache    *Cache
-	locks    lockTable
+	locks    Locker
 	group    singleflight.Group
 	cleanups sync.WaitGroup // Close's background clean-ups under way, and parked connections
 	reuse    *reusePool     // pop3.reuse; nil when off
@@ -68,9 +68,18 @@ type Maildrops struct {
 // defaultStaleAfter is Maildrops.staleAfter: "a few seconds".
 const defaultStaleAfter = 2 * time.Second
 
+// MaildropsOption changes how NewMaildrops builds the opener.
+type MaildropsOption func(*Maildrops)
+
+// WithLocker makes the maildrops take their locks from l (a cluster-wide
+// locker) instead of the in-process table.
+func WithLocker(l Locker) MaildropsOption {
+	return func(m *Maildrops) { m.locks = l }
+}
+
 // NewMaildrops makes the maildrop opener. Zero fields of cfg get their
 // defaults (MaildropConfig.ApplyDefaults), and a nil log logs nothing.
-func NewMaildrops(cfg MaildropConfig, log *zap.Logger) *Maildrops {
+func NewMaildrops(cfg MaildropConfig, log *zap.Logger, opts ...MaildropsOption) *Maildrops {
 	cfg.ApplyDefaults()
 	if log == nil {
 		log = zap.NewNop()
@@ -78,6 +87,7 @@ func NewMaildrops(cfg MaildropConfig, log *zap.Logger) *Maildrops {
 	m := &Maildrops{
 		cfg:      cfg,
 		log:      log,
+		locks:    NewLocalLocker(),
 		cache:    NewCache(int64(*cfg.Cache.MaxBytes), int64(cfg.Cache.MaxMessageBytes)),
 		markSeen: *cfg.MarkSeen,
 		ahead:    int64(*cfg.FetchAhead),
@@ -88,7 +98,19 @@ func NewMaildrops(cfg MaildropConfig, log *zap.Logger) *Maildrops {
 	if cfg.Reuse > 0 {
 		m.reuse = newReusePool(cfg.Reuse, m.closeParked)
 	}
+	for _, o := range opts {
+		o(m)
+	}
 	return m
+}
+
+// epoch is the lock epoch of k (Epocher), 0 if the locker keeps none: the
+// snapshot is then never retaken.
+func (m *Maildrops) epoch(k LockKey) uint64 {
+	if e, ok := m.locks.(Epocher); ok {
+		return e.Epoch(k)
+	}
+	return 0
 }
 
 // Wait waits for the background clean-ups of closed maildrops (\Seen flush,
@@ -160,27 +182,32 @@ func (m *Maildrops) Open(ctx context.Context, t Target, to Timeouts, user, passw
 			return 2
 		}
 	}
-	epoch := m.locks.epoch(d.lock)
+	epoch := m.epoch(d.lock)
 	c, raw, err := openClient(ctx, t, to, user, password, d.route.handler(), pipe)
 	if err != nil {
 		return nil, err
 	}
 	d.c, d.raw = c, raw
-	if !m.locks.acquire(d.lock, d.hold, m.cfg.Lock, m.cfg.TakeoverAfter) {
+	lease, err := m.locks.Lock(ctx, d.lock, d.hold, m.cfg.Lock, m.cfg.TakeoverAfter)
+	if err != nil {
 		if pre != nil {
 			d.kill() // the snapshot's answers are of no use: no LOGOUT after them
 			c.Close()
 		} else {
 			d.goodbye()
 		}
-		return nil, fmt.Errorf("%w: %s on %s", ErrInUse, user, t.Name)
+		if !errors.Is(err, ErrInUse) {
+			err = fmt.Errorf("%w: maildrop lock: %w", ErrUnavailable, err)
+		}
+		return nil, err
 	}
+	d.lease = lease
 	if pre == nil {
 		cmds := sendSnapshot(c, d.mailbox)
 		pre = &cmds
 	}
 	err = d.snapshot(ctx, *pre)
-	if err == nil && m.locks.epoch(d.lock) != epoch {
+	if err == nil && m.epoch(d.lock) != epoch {
 		// Another session of the user released the lock since the
 		// snapshot went out: it may have been in UPDATE.
 		err = d.snapshot(ctx, snapCmds{fetch: sendFetch(c)})
@@ -190,7 +217,7 @@ func (m *Maildrops) Open(ctx context.Context, t Target, to Timeouts, user, passw
 	}
 	if err != nil {
 		c.Close()
-		m.locks.release(d.lock, d.hold)
+		lease.Release()
 		return nil, err
 	}
 	d.fetch.start(d.uids, d.snapSizes, d.key(0))
@@ -228,13 +255,18 @@ func (d *Maildrop) resume(ctx context.Context, pk *parked) error {
 	d.c, d.raw, d.caps, d.uidValidity = pk.c, pk.raw, pk.caps, pk.uidValidity
 	d.route = pk.route
 	d.route.ft.Store(d.fetch)
-	if !d.m.locks.acquire(d.lock, d.hold, d.m.cfg.Lock, d.m.cfg.TakeoverAfter) {
+	lease, err := d.m.locks.Lock(ctx, d.lock, d.hold, d.m.cfg.Lock, d.m.cfg.TakeoverAfter)
+	if err != nil {
 		d.kill()
 		d.c.Close()
-		return fmt.Errorf("%w: %s on %s", ErrInUse, d.user, d.target.Name)
+		if !errors.Is(err, ErrInUse) {
+			err = fmt.Errorf("%w: maildrop lock: %w", ErrUnavailable, err)
+		}
+		return err
 	}
+	d.lease = lease
 	noop := d.c.Noop()
-	err := d.snapshot(ctx, snapCmds{fetch: sendFetch(d.c)})
+	err = d.snapshot(ctx, snapCmds{fetch: sendFetch(d.c)})
 	if err == nil {
 		if err = noop.Wait(); err != nil {
 			err = commandError("NOOP", err)
@@ -246,7 +278,7 @@ func (d *Maildrop) resume(ctx context.Context, pk *parked) error {
 	if err != nil {
 		d.kill()
 		d.c.Close()
-		d.m.locks.release(d.lock, d.hold)
+		lease.Release()
 		return err
 	}
 	d.fetch.start(d.uids, d.snapSizes, d.key(0))
@@ -279,8 +311,9 @@ type Maildrop struct {
 	user     string
 	mailbox  string
 	to       Timeouts // of the configuration current at Open
-	lock     lockKey
-	hold     *holder // this session's side of the lock
+	lock     LockKey
+	hold     *Holder // this session's side of the lock
+	lease    Lease   // the lock, from Maildrops.locks
 	imapConn         // the backend connection, shared with fetch
 	caps     imap.CapSet
 	fetch    *fetcher // every body comes from it
@@ -561,13 +594,7 @@ func (d *Maildrop) read(ctx context.Context, n int, retr bool) (io.ReadCloser, e
 // Waiting tells the lock whether the session is waiting for the client's
 // next command (pop3.lock: takeover ends only such a session). The POP3
 // session calls it around each command read.
-func (d *Maildrop) Waiting(waiting bool) {
-	if waiting {
-		d.hold.idleSince.Store(time.Now().UnixNano())
-	} else {
-		d.hold.idleSince.Store(0)
-	}
-}
+func (d *Maildrop) Waiting(waiting bool) { d.hold.Waiting(waiting) }
 
 // TakenOver is closed when a newer session of the user took the lock
 // (pop3.lock: takeover): the session must end, without UPDATE (RFC 1939 §6);
@@ -577,7 +604,7 @@ func (d *Maildrop) TakenOver() <-chan struct{} {
 	if d.m.cfg.Lock != LockTakeover {
 		return nil
 	}
-	return d.hold.taken
+	return d.hold.Taken()
 }
 
 // key is the cache and singleflight key of a message of this maildrop.

@@ -761,7 +761,7 @@ func TestSingleflightAcrossSessions(t *testing.T) {
 	mds := NewMaildrops(cfg, testLogger(t))
 	t.Cleanup(mds.Wait)
 	md1 := openMaildrop(t, mds, b, "alice", "pw")
-	mds.locks.release(md1.lock, md1.hold)
+	md1.lease.Release()
 	md2 := openMaildrop(t, mds, b, "alice", "pw")
 	var wg sync.WaitGroup
 	for _, md := range []*Maildrop{md1, md2} {

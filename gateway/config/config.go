@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"time"
 
+	"mailgate/gateway/cluster"
 	"mailgate/routing"
 	mgtls "mailgate/tls"
 	"mailgate/upstream"
@@ -27,6 +28,9 @@ type Config struct {
 	Limits    Limits                             `yaml:"limits"`
 	Timeouts  Timeouts                           `yaml:"timeouts"`
 	Metrics   Metrics                            `yaml:"metrics"`
+	// Cluster makes several instances one gateway, their shared state in
+	// Redis; nil (no `cluster:` section): this instance alone.
+	Cluster *cluster.Config `yaml:"cluster"`
 
 	lines map[string]int // path -> line in the file, set by Parse
 }

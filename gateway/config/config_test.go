@@ -178,7 +178,7 @@ func TestDecodeProblems(t *testing.T) {
 		want []Problem
 	}{
 		{"unknown top-level key", ok + "lsiteners: []\n",
-			[]Problem{{"lsiteners", `unknown key (known: log, tls, listeners, backends, routing, pop3, limits, timeouts, metrics); did you mean "listeners"?`, 3}}},
+			[]Problem{{"lsiteners", `unknown key (known: log, tls, listeners, backends, routing, pop3, limits, timeouts, metrics, cluster); did you mean "listeners"?`, 3}}},
 		{"unknown key in a list item", "listeners:\n  - name: p\n    protocol: pop3\n    adress: \":1110\"\n" + "backends: {store: {address: \"127.0.0.1:1143\"}}\n",
 			[]Problem{{"listeners[0].tls", "starttls needs a certificate", 2}, {"listeners[0].adress", `did you mean "address"?`, 4}}},
 		{"unknown key in a map entry", ok[:len(ok)-3] + ", tsl: none}}\n",

@@ -126,7 +126,7 @@ func (d *decodeState) decode(data []byte, cfg *Config) {
 		if top.ShortTag() == "!!null" {
 			return
 		}
-		d.add("", "the file must be a mapping of sections (log, tls, listeners, backends, routing, pop3, limits, timeouts, metrics)", top.Line)
+		d.add("", "the file must be a mapping of sections (log, tls, listeners, backends, routing, pop3, limits, timeouts, metrics, cluster)", top.Line)
 		return
 	}
 	d.walk(top, reflect.TypeOf(*cfg), "", 0)

@@ -69,6 +69,9 @@ func (c *Config) ApplyDefaults() {
 		}
 	}
 	c.POP3.ApplyDefaults()
+	if c.Cluster != nil {
+		c.Cluster.ApplyDefaults()
+	}
 
 	t := &c.Timeouts
 	setDuration(&t.POP3Idle, DefaultPOP3Idle)

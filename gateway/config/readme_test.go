@@ -123,7 +123,7 @@ func TestREADMEExamplesWork(t *testing.T) {
 	if apt == nil {
 		t.Fatal("no apt-get install line in the README")
 	}
-	for _, pkg := range []string{"dovecot-imapd", "dovecot-pop3d", "pebble", "haproxy", "curl", "fetchmail", "python3", "openssl"} {
+	for _, pkg := range []string{"dovecot-imapd", "dovecot-pop3d", "pebble", "haproxy", "curl", "fetchmail", "python3", "openssl", "redis-server"} {
 		if !slices.Contains(strings.Fields(apt[1]), pkg) {
 			t.Errorf("the Testing section's apt-get line lacks %s", pkg)
 		}

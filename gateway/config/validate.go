@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	mgtls "mailgate/tls"
 	"mailgate/upstream"
 )
 
@@ -28,6 +29,11 @@ func (c *Config) Validate() error {
 	v.section("tls", c.TLS.Validate())
 	c.validateTimeouts(v)
 	c.validateLimits(v)
+	if c.Cluster != nil {
+		v.section("cluster", c.Cluster.Validate())
+	} else if c.TLS.ACME != nil && c.TLS.ACME.Storage == mgtls.StorageRedis {
+		v.bad("tls.acme.storage", "redis keeps certificates in the cluster's Redis: add a cluster: section, or name a directory")
+	}
 	if c.Metrics.Address != "" {
 		if err := checkHostPort(c.Metrics.Address); err != nil {
 			v.bad("metrics.address", "%v", err)

@@ -179,3 +179,34 @@ func TestEmptyFile(t *testing.T) {
 		}
 	}
 }
+
+// The cluster: section is validated with the rest, its problems under
+// their full paths; tls.acme.storage: redis needs it.
+func TestClusterSection(t *testing.T) {
+	acme := "tls: {acme: {domains: [mail.example.com], email: postmaster@example.com, storage: redis, challenges: {http: \":80\"}}}\n"
+	for _, tc := range []struct {
+		name, extra string
+		want        []string // problem paths; none: valid
+	}{
+		{"valid", "cluster: {redis: {addresses: [\"redis:6379\"]}, instance: gw1}\n", nil},
+		{"problems with paths", "cluster: {redis: {addresses: [redis], tls: maybe}, lock_lease: 10ms, instance: gw1}\n",
+			[]string{"cluster.lock_lease", "cluster.redis.addresses[0]", "cluster.redis.tls"}},
+		{"unknown key", "cluster: {redis: {address: \"redis:6379\"}}\n", []string{"cluster.redis.address"}},
+		{"acme storage redis without cluster", acme, []string{"tls.acme.storage"}},
+		{"acme storage redis with cluster", acme + "cluster: {redis: {addresses: [\"redis:6379\"]}, instance: gw1}\n", nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Parse([]byte(doc("", "", tc.extra)))
+			var got []string
+			if err != nil {
+				for _, p := range err.(Problems) {
+					got = append(got, p.Path)
+				}
+			}
+			slices.Sort(got)
+			if !slices.Equal(got, tc.want) {
+				t.Fatalf("problems %v, want paths %v\n%v", got, tc.want, err)
+			}
+		})
+	}
+}

@@ -19,15 +19,7 @@ func lockAccount(t *testing.T, n int) (account, []uint32) {
 }
 
 func loginOnce(addr string, a account) (*pop3client.Client, error) {
-	c, err := pop3client.Dial(addr, clientTimeout)
-	if err != nil {
-		return nil, err
-	}
-	if err := c.Login(a.User, a.Pass); err != nil {
-		c.Close()
-		return nil, err
-	}
-	return c, nil
+	return pop3client.DialLogin(addr, a.User, a.Pass, clientTimeout)
 }
 
 func isInUse(err error) bool {

@@ -61,6 +61,20 @@ func Dial(addr string, timeout time.Duration) (*Client, error) {
 	return NewClient(conn, timeout)
 }
 
+// DialLogin connects in cleartext and logs in with USER/PASS; on any error
+// the connection is closed.
+func DialLogin(addr, user, password string, timeout time.Duration) (*Client, error) {
+	c, err := Dial(addr, timeout)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.Login(user, password); err != nil {
+		c.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
 // DialTLS connects with implicit TLS (POP3S, RFC 8314) and reads the greeting.
 func DialTLS(addr string, cfg *tls.Config, timeout time.Duration) (*Client, error) {
 	d := &tls.Dialer{NetDialer: &net.Dialer{Timeout: timeout}, Config: cfg}
