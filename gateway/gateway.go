@@ -37,7 +37,7 @@ type Server struct {
 	log        *zap.Logger
 	certs      *mgtls.Manager
 	maildrops  *upstream.Maildrops
-	uidlStore  *upstream.UIDLBolt    // pop3.uidl_map's embedded store; nil without it
+	uidlStore  *upstream.UIDLBolt    // pop3.uidl_map's embedded store; nil without it or with store: redis (the cluster client's)
 	state      atomic.Pointer[state] // routing and backends: replaced on Reload
 	limits     *connLimits
 	auth       *authLimiter
@@ -179,9 +179,15 @@ func (s *Server) Start(ctx context.Context) error {
 		}
 		return err
 	}
-	if m := s.cfg.POP3.UIDLMap; m != nil {
-		// Validation refused store: redis (no cluster yet): only a file
-		// reaches here.
+	switch m := s.cfg.POP3.UIDLMap; {
+	case m == nil:
+	case m.Store == upstream.UIDLMapRedis:
+		// Validation refused store: redis without a cluster: section.
+		// The cluster's client, as for the locks: the maps are shared by
+		// every instance; with Redis away a session fails rather than
+		// show other UIDLs (no degraded mode for the map).
+		s.maildrops.UseUIDLMap(cluster.NewUIDLStore(s.cluster.Redis(), s.cluster.KeyPrefix(), int64(m.MaxBytes)))
+	default:
 		st, err := upstream.OpenUIDLBolt(m.Store, int64(m.MaxBytes))
 		if err != nil {
 			return undo(fmt.Errorf("pop3.uidl_map.store: %w", err))

@@ -4,8 +4,8 @@ import (
 	"path/filepath"
 	"testing"
 
+	"mailgate/test/uidlstoretest"
 	"mailgate/upstream"
-	"mailgate/upstream/uidlstoretest"
 )
 
 // The embedded store through the stores' conformance suite.

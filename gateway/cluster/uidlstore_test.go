@@ -15,11 +15,11 @@ import (
 	"go.uber.org/goleak"
 
 	"mailgate/test/redistest"
+	"mailgate/test/uidlstoretest"
 	"mailgate/upstream"
-	"mailgate/upstream/uidlstoretest"
 )
 
-// The UIDL store through the stores' conformance suite (upstream/
+// The UIDL store through the stores' conformance suite (test/
 // uidlstoretest: what the embedded store is checked for), with two instances
 // on one Redis, plus what sharing adds, on miniredis (the scripts as a
 // unit), a real redis-server, and a Redis Cluster (one slot per script).
