@@ -20,16 +20,8 @@ import (
 // DELE).
 func uidls(t *testing.T, g *harness.Gateway, a account) []string {
 	t.Helper()
-	c := mustLogin(t, g.Addr("pop3"), a)
-	items, err := c.UIDL()
+	out, err := mustLogin(t, g.Addr("pop3"), a).UIDLsQuit()
 	if err != nil {
-		t.Fatal(err)
-	}
-	var out []string
-	for _, it := range items {
-		out = append(out, it.UIDL)
-	}
-	if err := c.Quit(); err != nil {
 		t.Fatal(err)
 	}
 	return out
