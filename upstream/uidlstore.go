@@ -31,8 +31,8 @@ type UIDLKey struct {
 func UIDLIdentity(login string) string { return strings.ToLower(login) }
 
 // UIDLStore keeps UIDL maps: one opaque record per UIDLKey. The embedded
-// store (UIDLBolt) implements it; a shared store for a cluster (Redis) can,
-// in the package that owns the cluster.
+// store (UIDLBolt) implements it, and so does the cluster's shared store on
+// Redis (gateway/cluster.UIDLStore).
 type UIDLStore interface {
 	// Load returns the record of key, nil if there is none. The caller
 	// must not modify it.
