@@ -20,7 +20,7 @@ type lot struct{}
 
 var parkingLot lot
 
-func (lot) acquire() bool           { return false }
-func (lot) release()                {}
-func (lot) forget(*relayer)         {}
-func (lot) park(*relayer, int) bool { return false }
+func (lot) acquire() bool             { return false }
+func (lot) release()                  {}
+func (lot) forget(*relayer)           {}
+func (lot) park(*direction, int) bool { return false }

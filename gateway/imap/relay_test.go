@@ -64,7 +64,7 @@ func startRelayMode(t *testing.T, tcp, splice bool, idle time.Duration) *relayFi
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	f := &relayFixture{client: client, backend: backend, done: make(chan relayStats, 1), cancel: cancel}
-	go func() { f.done <- relayMode(ctx, cSide, bSide, idle, splice) }()
+	go relayMode(ctx, cSide, bSide, idle, splice, func(st relayStats) { f.done <- st })
 	t.Cleanup(func() {
 		cancel()
 		client.Close()
@@ -277,26 +277,33 @@ func TestRelayByteExactBothWays(t *testing.T) {
 	})
 }
 
-// An idle relay between sockets holds neither a buffer nor a splice pipe:
-// the backend-to-client direction parks in waitReadable and the other one
-// in the lot, with no goroutine.
+// relayFrames reports whether any goroutine runs relay code, and the stacks.
+func relayFrames() (bool, string) {
+	buf := make([]byte, 1<<20)
+	stacks := string(buf[:runtime.Stack(buf, true)])
+	busy := strings.Contains(stacks, "imap.waitReadable") || strings.Contains(stacks, "imap.copyOnce") ||
+		strings.Contains(stacks, "poll.Splice") || strings.Contains(stacks, "imap.(*relayer).run") ||
+		strings.Contains(stacks, "imap.relayMode")
+	return busy, stacks
+}
+
+// An idle relay between sockets holds neither a buffer nor a splice pipe
+// nor a goroutine: both directions wait in the lot.
 func TestRelayIdleHoldsNoBuffer(t *testing.T) {
 	for _, splice := range []bool{true, false} {
 		f := startRelayMode(t, true, splice, time.Minute)
-		f.client.Write([]byte("a NOOP\r\n")) // one round of traffic first
+		f.client.Write([]byte("a NOOP\r\n")) // one round of traffic each way first
 		io.ReadFull(f.backend, make([]byte, 8))
+		f.backend.Write([]byte("a OK\r\n"))
+		io.ReadFull(f.client, make([]byte, 6))
 		deadline := time.Now().Add(5 * time.Second)
 		for {
-			buf := make([]byte, 1<<20)
-			stacks := string(buf[:runtime.Stack(buf, true)])
-			parked := strings.Count(stacks, "imap.waitReadable")
-			busy := strings.Contains(stacks, "imap.copyOnce") || strings.Contains(stacks, "poll.Splice") ||
-				strings.Contains(stacks, "imap.(*relayer).runUp")
-			if parked == 1 && !busy {
+			busy, stacks := relayFrames()
+			if !busy {
 				break
 			}
 			if time.Now().After(deadline) {
-				t.Fatalf("splice %v: %d directions parked in waitReadable, busy %v:\n%s", splice, parked, busy, stacks)
+				t.Fatalf("splice %v: a goroutine still runs the idle relay:\n%s", splice, stacks)
 			}
 			time.Sleep(10 * time.Millisecond)
 		}
@@ -305,7 +312,64 @@ func TestRelayIdleHoldsNoBuffer(t *testing.T) {
 	}
 }
 
-// A relay whose client direction waits in the lot still ends on shutdown,
+// Many idle relays cost no goroutine each: only the lot's one runs.
+func TestRelayIdleRelaysRunNoGoroutines(t *testing.T) {
+	const n = 50
+	before := runtime.NumGoroutine()
+	fs := make([]*relayFixture, n)
+	for i := range fs {
+		fs[i] = startRelayMode(t, true, true, time.Minute)
+	}
+	for _, f := range fs { // traffic both ways, then quiet
+		f.client.Write([]byte("a IDLE\r\n"))
+		io.ReadFull(f.backend, make([]byte, 8))
+		f.backend.Write([]byte("+ idling\r\n"))
+		io.ReadFull(f.client, make([]byte, 10))
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		// The lot's goroutine, and slack for the runtime's own.
+		if extra := runtime.NumGoroutine() - before; extra <= 3 {
+			break
+		}
+		if time.Now().After(deadline) {
+			_, stacks := relayFrames()
+			t.Fatalf("%d idle relays run %d goroutines:\n%s", n, runtime.NumGoroutine()-before, stacks)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	// Every one of them still relays, both ways.
+	for i, f := range fs {
+		f.client.Write([]byte("DONE\r\n"))
+		f.backend.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.ReadFull(f.backend, make([]byte, 6)); err != nil {
+			t.Fatalf("relay %d, client->backend after idle: %v", i, err)
+		}
+		f.backend.Write([]byte("a OK\r\n"))
+		f.client.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.ReadFull(f.client, make([]byte, 6)); err != nil {
+			t.Fatalf("relay %d, backend->client after idle: %v", i, err)
+		}
+	}
+}
+
+// The client half-closes and the backend says nothing more: with both
+// directions done or in the lot, the idle timer still ends the session.
+func TestRelayIdleAfterHalfClose(t *testing.T) {
+	idle := 200 * time.Millisecond
+	f := startRelay(t, true, idle)
+	f.client.(*net.TCPConn).CloseWrite()
+	f.backend.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := f.backend.Read(make([]byte, 1)); err != io.EOF {
+		t.Fatalf("backend read %v, want EOF", err)
+	}
+	start := time.Now()
+	if st := f.wait(t, 5*time.Second); st.result != connlog.IdleTimeout {
+		t.Fatalf("result %q after %v", st.result, time.Since(start))
+	}
+}
+
+// A relay whose directions wait in the lot still ends on shutdown,
 // and the lot's goroutine stops with the last relay.
 func TestRelayShutdownWhileParked(t *testing.T) {
 	f := startRelayMode(t, true, true, time.Minute)
@@ -313,11 +377,12 @@ func TestRelayShutdownWhileParked(t *testing.T) {
 	for {
 		buf := make([]byte, 1<<20)
 		stacks := string(buf[:runtime.Stack(buf, true)])
-		if strings.Contains(stacks, "imap.(*lot).serve") && !strings.Contains(stacks, "imap.(*relayer).runUp") {
+		if strings.Contains(stacks, "imap.(*lot).serve") && !strings.Contains(stacks, "imap.(*relayer).run") &&
+			!strings.Contains(stacks, "imap.relayMode") {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("the client direction never parked:\n%s", stacks)
+			t.Fatalf("the directions never parked:\n%s", stacks)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
