@@ -81,6 +81,9 @@ type Options struct {
 	// it is Dovecot's own POP3-over-IMAP, the peer mailbench compares
 	// mailgate with.
 	IMAPC string
+	// Compress loads the zlib plugin and, for IMAP, imap_zlib, so that the
+	// server offers COMPRESS=DEFLATE (RFC 4978) once a client is logged in.
+	Compress bool
 	// Binary is the dovecot executable; empty means DefaultBinary.
 	Binary string
 	// StartTimeout bounds waiting for the IMAP greeting; zero means 15s.
@@ -376,6 +379,13 @@ mail_gid = {{.GID}}
 first_valid_uid = {{.UID}}
 first_valid_gid = {{.GID}}
 mail_fsync = never
+{{if .Compress -}}
+# COMPRESS=DEFLATE (RFC 4978) after login.
+mail_plugins = $mail_plugins zlib
+protocol imap {
+  mail_plugins = $mail_plugins imap_zlib
+}
+{{end -}}
 namespace inbox {
   inbox = yes
 }
@@ -422,13 +432,13 @@ func (s *Server) start(bin string, opts Options, mu mailUser, timeout time.Durat
 	vars := struct {
 		Instance, Dir, Protocols      string
 		TrustedNetworks               string
-		TLS                           bool
+		TLS, Compress                 bool
 		UID, GID                      int
 		IMAPPort, IMAPSPort, POP3Port int
 		IMAPCHost, IMAPCPort          string
 	}{Instance: "mailgate-" + filepath.Base(s.Dir), Dir: s.Dir, Protocols: "imap", TLS: opts.TLS,
-		TrustedNetworks: opts.TrustedNetworks,
-		UID:             mu.uid, GID: mu.gid, IMAPPort: ports[0]}
+		Compress: opts.Compress, TrustedNetworks: opts.TrustedNetworks,
+		UID: mu.uid, GID: mu.gid, IMAPPort: ports[0]}
 	ports = ports[1:]
 	s.IMAPAddr = addr(vars.IMAPPort)
 	if opts.IMAPC != "" {
