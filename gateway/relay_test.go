@@ -35,7 +35,7 @@ func waitNoSessionGoroutine(t *testing.T) {
 		buf := make([]byte, 1<<20)
 		stacks := string(buf[:runtime.Stack(buf, true)])
 		busy := false
-		for _, frame := range []string{"gateway.(*listener).handle", "imap.(*Server).Handle", "imap.(*relayer).run", "imap.relayMode"} {
+		for _, frame := range []string{"gateway.(*listener).handle", "imap.(*Server).Handle", "imap.(*relayer).run", "imap.(*relayer).start"} {
 			busy = busy || strings.Contains(stacks, frame)
 		}
 		if !busy {

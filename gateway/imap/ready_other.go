@@ -15,6 +15,8 @@ func waitReadable(syscall.RawConn) (int, error) { panic("unreachable") }
 
 func peekQueued(syscall.RawConn) (int, bool, error) { panic("unreachable") }
 
+func pending(syscall.RawConn) bool { panic("unreachable") }
+
 // lot is unavailable off Linux: both directions wait in a goroutine.
 type lot struct{}
 

@@ -14,8 +14,12 @@ package imap
 //     net.Pipe source blocks in Read and holds its buffer meanwhile.
 //   - An idle relay runs no goroutine: each direction whose source is a
 //     socket, finding nothing queued, waits in the process's epoll lot
-//     (lot_linux.go), and readability starts a goroutine for it. The
-//     goroutine that called relay returns once it has nothing to move.
+//     (lot_linux.go), and readability starts a goroutine for it. A
+//     direction that moved bytes less than linger ago waits in the
+//     runtime's poller instead (its goroutine, no buffer), so that a stream
+//     in flight does not pay a park and a new goroutine each time it drains
+//     the socket. The goroutine that called relay returns once it has
+//     nothing to move.
 //   - Idle: the connection is closed when no byte moved in either direction
 //     for the idle timeout. With every direction in the lot (or stopped) a
 //     timer keeps that clock; a direction blocked in Read (TLS, net.Pipe)
@@ -54,6 +58,12 @@ const (
 	// writeGrace keeps write deadlines after read deadlines, so a read
 	// timeout is never mistaken for a stalled write.
 	writeGrace = 10 * time.Second
+	// parkAfter is how long a direction that moved bytes waits for more in
+	// the runtime's poller before it parks in the lot (at most a quarter of
+	// the idle timeout). A FETCH in flight finds the socket empty between
+	// the backend's writes thousands of times a second; each park would
+	// cost a peek, an epoll_ctl, a wake of the lot's thread and a goroutine.
+	parkAfter = 200 * time.Millisecond
 )
 
 var bufPool = sync.Pool{New: func() any { b := make([]byte, bufSize); return &b }}
@@ -76,6 +86,7 @@ type direction struct {
 	inLot    atomic.Bool  // parked in the lot: no goroutine reads
 	active   atomic.Int64 // UnixNano of the last bytes moved this way
 	n        atomic.Int64
+	parks    atomic.Int32 // times parked in the lot (tests)
 
 	// Under r.mu:
 	parked  bool // waits in the lot; no goroutine runs it
@@ -107,11 +118,13 @@ type ending struct {
 type relayer struct {
 	up, down  direction // one allocation for the relay's state
 	idle      time.Duration
+	linger    time.Duration // min(parkAfter, idle/4)
 	closeOnce sync.Once
 	client    net.Conn
 	backend   net.Conn
 	end       atomic.Pointer[ending]
 	useLot    bool
+	ctx       context.Context  // until start: cancelling it cuts the relay
 	stopCtx   func() bool      // unregisters the shutdown cut
 	done      func(relayStats) // called once, when both directions have stopped
 
@@ -176,13 +189,13 @@ func (r *relayer) leave(n int) {
 // when the relay no longer needs the calling goroutine: it has ended, or
 // both directions wait, in the lot or in goroutines of their own.
 func relay(ctx context.Context, client, backend net.Conn, idle time.Duration, done func(relayStats)) {
-	relayMode(ctx, client, backend, idle, true, done)
+	newRelayer(ctx, client, backend, idle, true, done).start()
 }
 
-// relayMode is relay; without allowSplice TCP pairs take the pooled-buffer
-// path too (tests cover both).
-func relayMode(ctx context.Context, client, backend net.Conn, idle time.Duration, allowSplice bool, done func(relayStats)) {
-	r := &relayer{idle: idle, client: client, backend: backend, done: done, live: 2}
+// newRelayer prepares relay's state; without allowSplice TCP pairs take the
+// pooled-buffer path too (tests cover both). start runs it.
+func newRelayer(ctx context.Context, client, backend net.Conn, idle time.Duration, allowSplice bool, done func(relayStats)) *relayer {
+	r := &relayer{idle: idle, linger: min(parkAfter, idle/4), client: client, backend: backend, done: done, live: 2}
 	_, tcp1 := client.(*net.TCPConn)
 	_, tcp2 := backend.(*net.TCPConn)
 	splice := allowSplice && tcp1 && tcp2
@@ -195,9 +208,17 @@ func relayMode(ctx context.Context, client, backend net.Conn, idle time.Duration
 	r.useLot = (up.raw != nil || down.raw != nil) && parkingLot.acquire()
 	up.lot = r.useLot && up.raw != nil
 	down.lot = r.useLot && down.raw != nil
-	r.stopCtx = context.AfterFunc(ctx, func() { r.cut(connlog.Shutdown, nil) })
-	go r.run(up)
-	r.run(down)
+	r.ctx = ctx
+	return r
+}
+
+// start runs the relay: the client-to-backend direction in a new
+// goroutine, the other in the caller's until it parks or stops.
+func (r *relayer) start() {
+	r.stopCtx = context.AfterFunc(r.ctx, func() { r.cut(connlog.Shutdown, nil) })
+	r.ctx = nil
+	go r.run(&r.up)
+	r.run(&r.down)
 }
 
 func (r *relayer) other(d *direction) *direction {
@@ -256,6 +277,7 @@ func (r *relayer) park(d *direction) bool {
 	}
 	d.parked = true
 	d.inLot.Store(true)
+	d.parks.Add(1)
 	if o := r.other(d); o.parked || o.stopped {
 		r.armIdle()
 	}
@@ -266,7 +288,10 @@ func (r *relayer) park(d *direction) bool {
 // held): at the idle timeout after the last bytes moved either way.
 func (r *relayer) armIdle() {
 	last := max(r.up.active.Load(), r.down.active.Load())
-	wait := time.Until(time.Unix(0, last).Add(r.idle))
+	r.armIdleIn(time.Until(time.Unix(0, last).Add(r.idle)))
+}
+
+func (r *relayer) armIdleIn(wait time.Duration) {
 	if r.timer == nil {
 		r.timer = time.AfterFunc(wait, r.idleCheck)
 	} else {
@@ -288,6 +313,15 @@ func (r *relayer) idleCheck() {
 		r.armIdle()
 		r.mu.Unlock()
 		return
+	}
+	for _, d := range []*direction{&r.up, &r.down} {
+		if d.parked && pending(d.raw) {
+			// Bytes have arrived and the lot is about to hand them on: the
+			// connection is not idle, its wake-up is late (a loaded machine).
+			r.armIdleIn(r.linger)
+			r.mu.Unlock()
+			return
+		}
 	}
 	r.mu.Unlock()
 	r.cut(connlog.IdleTimeout, nil)
@@ -345,8 +379,9 @@ func (r *relayer) pump(d, other *direction) error {
 			readDeadline = active.Add(r.idle)
 			if d.state.Load() == stQuiet || d.lot {
 				// Wait for data or the next look. (A direction that parks in
-				// the lot never waits in a read: its deadline only carries
-				// pokes, and a turn after a long quiet must not time out.)
+				// the lot waits in a read only for linger, under a deadline
+				// of its own: this one only carries pokes, and a turn after
+				// a long quiet must not time out.)
 				readDeadline = now.Add(r.idle)
 			}
 			writeDeadline = now.Add(r.idle + writeGrace)
@@ -370,7 +405,18 @@ func (r *relayer) pump(d, other *direction) error {
 			if d.lot {
 				var empty bool
 				if queued, empty, err = peekQueued(d.raw); err == nil && empty {
-					return errPark
+					if time.Since(active) >= r.linger {
+						return errPark
+					}
+					// Busy a moment ago: more is likely soon. Wait in the
+					// runtime's poller until linger is over; the timeout
+					// brings us back here, to park.
+					d.src.SetReadDeadline(active.Add(r.linger))
+					if d.poked.Load() {
+						d.src.SetReadDeadline(time.Unix(1, 0)) // a poke we just overwrote
+					}
+					refreshed = time.Time{} // the next turn puts the usual deadline back
+					queued, err = waitReadable(d.raw)
 				}
 			} else {
 				queued, err = waitReadable(d.raw)

@@ -43,6 +43,7 @@ type relayFixture struct {
 	client, backend net.Conn // the test's ends
 	done            chan relayStats
 	cancel          context.CancelFunc
+	r               *relayer
 }
 
 func startRelay(t *testing.T, tcp bool, idle time.Duration) *relayFixture {
@@ -64,7 +65,8 @@ func startRelayMode(t *testing.T, tcp, splice bool, idle time.Duration) *relayFi
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	f := &relayFixture{client: client, backend: backend, done: make(chan relayStats, 1), cancel: cancel}
-	go relayMode(ctx, cSide, bSide, idle, splice, func(st relayStats) { f.done <- st })
+	f.r = newRelayer(ctx, cSide, bSide, idle, splice, func(st relayStats) { f.done <- st })
+	go f.r.start()
 	t.Cleanup(func() {
 		cancel()
 		client.Close()
@@ -167,7 +169,7 @@ func TestRelayOneActiveDirectionKeepsConnection(t *testing.T) {
 		go io.Copy(io.Discard, f.client)
 		for i := 0; i < 12; i++ { // 1.2 s, four idle periods
 			if _, err := f.backend.Write([]byte("* 1 EXISTS\r\n")); err != nil {
-				t.Fatalf("push %d: %v", i, err)
+				t.Fatalf("push %d: %v; the relay ended: %+v", i, err, f.wait(t, time.Second))
 			}
 			time.Sleep(100 * time.Millisecond)
 		}
@@ -283,7 +285,7 @@ func relayFrames() (bool, string) {
 	stacks := string(buf[:runtime.Stack(buf, true)])
 	busy := strings.Contains(stacks, "imap.waitReadable") || strings.Contains(stacks, "imap.copyOnce") ||
 		strings.Contains(stacks, "poll.Splice") || strings.Contains(stacks, "imap.(*relayer).run") ||
-		strings.Contains(stacks, "imap.relayMode")
+		strings.Contains(stacks, "imap.(*relayer).start")
 	return busy, stacks
 }
 
@@ -378,7 +380,7 @@ func TestRelayShutdownWhileParked(t *testing.T) {
 		buf := make([]byte, 1<<20)
 		stacks := string(buf[:runtime.Stack(buf, true)])
 		if strings.Contains(stacks, "imap.(*lot).serve") && !strings.Contains(stacks, "imap.(*relayer).run") &&
-			!strings.Contains(stacks, "imap.relayMode") {
+			!strings.Contains(stacks, "imap.(*relayer).start") {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -430,4 +432,60 @@ func TestRelayClientSpeaksAfterLongQuiet(t *testing.T) {
 		default:
 		}
 	})
+}
+
+// A stream with short gaps (a FETCH the backend writes in pieces) does not
+// park in the lot each time it drains the socket: the direction waits in
+// the runtime's poller for linger first, and parks once the stream stops.
+func TestRelayStreamDoesNotParkBetweenChunks(t *testing.T) {
+	f := startRelay(t, true, time.Minute)
+	go io.Copy(io.Discard, f.client)
+	chunk := bytes.Repeat([]byte("x"), 1000)
+	for range 40 { // gaps of 5 ms, far below linger (200 ms)
+		if _, err := f.backend.Write(chunk); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if n := f.r.down.parks.Load(); n > 1 {
+		t.Fatalf("the backend-to-client direction parked %d times during one stream", n)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for f.r.down.parks.Load() == 0 || f.r.down.inLot.Load() == false {
+		if time.Now().After(deadline) {
+			t.Fatal("the direction did not park after the stream stopped")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// pending sees queued bytes and the peer's EOF without the poller, even on
+// a socket whose read deadline has passed (as a parked direction's may).
+func TestPendingIgnoresDeadlines(t *testing.T) {
+	a, b := tcpPair(t)
+	rc := rawConn(b)
+	b.SetReadDeadline(time.Unix(1, 0))
+	if pending(rc) {
+		t.Fatal("pending with nothing sent")
+	}
+	a.Write([]byte("x"))
+	deadline := time.Now().Add(5 * time.Second)
+	for !pending(rc) {
+		if time.Now().After(deadline) {
+			t.Fatal("a queued byte is not pending")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	b.SetReadDeadline(time.Time{})
+	b.Read(make([]byte, 1))
+	if pending(rc) {
+		t.Fatal("pending after the byte was read")
+	}
+	a.Close()
+	for !pending(rc) {
+		if time.Now().After(deadline) {
+			t.Fatal("the peer's EOF is not pending")
+		}
+		time.Sleep(time.Millisecond)
+	}
 }
