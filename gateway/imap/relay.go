@@ -11,7 +11,9 @@ package imap
 //     (syscall.Conn) it waits for readability through the RawConn, and only
 //     then takes a pooled buffer, or a splice pipe for exactly the bytes
 //     queued (SIOCINQ), and gives it back after the write. A *tls.Conn or
-//     net.Pipe source blocks in Read and holds its buffer meanwhile.
+//     net.Pipe source blocks in Read, into a small buffer of its own
+//     (smallSize); only a read that fills it takes a pooled one for the
+//     reads that follow, until one comes back short.
 //   - An idle relay runs no goroutine: each direction whose source is a
 //     socket, finding nothing queued, waits in the process's epoll lot
 //     (lot_linux.go), and readability starts a goroutine for it. A
@@ -53,6 +55,10 @@ const (
 	spliceChunk = 1 << 20
 	// bufSize fits one TLS record (16 KiB of plaintext).
 	bufSize = 16 << 10
+	// smallSize is what a blocking direction holds while it waits: a
+	// command line or a DONE fits, and tls.Conn keeps the rest of a record
+	// for the next Read.
+	smallSize = 512
 	// refreshEvery limits deadline updates per direction.
 	refreshEvery = time.Second
 	// writeGrace keeps write deadlines after read deadlines, so a read
@@ -363,10 +369,15 @@ var (
 
 // pump copies d.src to d.dst until EOF (nil), an error, or the idle cut.
 func (r *relayer) pump(d, other *direction) error {
-	var buf *[]byte
+	var small []byte
+	var big *[]byte // a blocking direction's pooled buffer, while reads fill it
 	if d.raw == nil {
-		buf = bufPool.Get().(*[]byte)
-		defer bufPool.Put(buf)
+		small = make([]byte, smallSize)
+		defer func() {
+			if big != nil {
+				bufPool.Put(big)
+			}
+		}()
 	}
 	var (
 		active        = time.Unix(0, d.active.Load()) // last time bytes were seen moving this way
@@ -398,8 +409,17 @@ func (r *relayer) pump(d, other *direction) error {
 		var err error
 		writeFailed := false
 		switch {
+		case d.raw == nil && big == nil:
+			n, err, writeFailed = copyOnce(d.dst, d.src, small)
+			if n == smallSize {
+				big = bufPool.Get().(*[]byte) // more is likely queued: read it in large pieces
+			}
 		case d.raw == nil:
-			n, err, writeFailed = copyOnce(d.dst, d.src, *buf)
+			n, err, writeFailed = copyOnce(d.dst, d.src, *big)
+			if n < bufSize {
+				bufPool.Put(big) // caught up: wait holding only small
+				big = nil
+			}
 		default:
 			var queued int
 			if d.lot {
