@@ -396,6 +396,7 @@ worker_processes %d;
 worker_rlimit_nofile %d;
 pid %s;
 error_log %s warn;
+# Any one worker may get every client (two connections each, and auth_http).
 events { worker_connections %d; }
 mail {
     server_name imapbench.test;
@@ -408,7 +409,7 @@ mail {
         protocol imap;%s
     }
 }
-`, nginxModule, workers, nofile, filepath.Join(dir, "nginx.pid"), n.errLog, nofile/2,
+`, nginxModule, workers, nofile, filepath.Join(dir, "nginx.pid"), n.errLog, nofile,
 		authLn.Addr().String(), listen, sslListen, sslConf)
 	confFile := filepath.Join(dir, "nginx.conf")
 	if err := os.WriteFile(confFile, []byte(conf), 0o644); err != nil {
