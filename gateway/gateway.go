@@ -37,7 +37,7 @@ type Server struct {
 	log        *zap.Logger
 	certs      *mgtls.Manager
 	maildrops  *upstream.Maildrops
-	uidlStore  *upstream.UIDLBolt    // pop3.uidl_map's embedded store; nil without it
+	uidlStore  *upstream.UIDLBolt    // pop3.uidl_map's embedded store; nil without it or with store: redis (the cluster client's)
 	state      atomic.Pointer[state] // routing and backends: replaced on Reload
 	limits     *connLimits
 	auth       *authLimiter
@@ -179,9 +179,15 @@ func (s *Server) Start(ctx context.Context) error {
 		}
 		return err
 	}
-	if m := s.cfg.POP3.UIDLMap; m != nil {
-		// Validation refused store: redis (no cluster yet): only a file
-		// reaches here.
+	switch m := s.cfg.POP3.UIDLMap; {
+	case m == nil:
+	case m.Store == upstream.UIDLMapRedis:
+		// Validation refused store: redis without a cluster: section.
+		// The cluster's client, as for the locks: the maps are shared by
+		// every instance; with Redis away a session fails rather than
+		// show other UIDLs (no degraded mode for the map).
+		s.maildrops.UseUIDLMap(cluster.NewUIDLStore(s.cluster.Redis(), s.cluster.KeyPrefix(), int64(m.MaxBytes)))
+	default:
 		st, err := upstream.OpenUIDLBolt(m.Store, int64(m.MaxBytes))
 		if err != nil {
 			return undo(fmt.Errorf("pop3.uidl_map.store: %w", err))
@@ -327,7 +333,10 @@ type listener struct {
 	proxyPrefixes []netip.Prefix
 	ln            net.Listener
 	tls           *tls.Config // nil for tls: none
-	serve         func(ctx context.Context, conn net.Conn)
+	// serve runs a connection's session; it calls done once, when the
+	// connection has ended (the IMAP front may return before that, while
+	// its relay waits with no goroutine).
+	serve func(ctx context.Context, conn net.Conn, done func())
 	// reconfigure gives the listener's front the settings of a reloaded
 	// configuration, for the sessions that start after it.
 	reconfigure func(lc config.Listener, cfg *config.Config)
@@ -353,11 +362,11 @@ func (s *Server) listen(lc config.Listener, serverTLS *tls.Config) (*listener, e
 	switch lc.Protocol {
 	case config.ProtocolPOP3:
 		srv := pop3.NewServer(s.pop3Config(lc, s.cfg, tlsCfg))
-		l.serve = srv.Serve
+		l.serve = func(ctx context.Context, conn net.Conn, done func()) { srv.Serve(ctx, conn); done() }
 		l.reconfigure = func(lc config.Listener, cfg *config.Config) { srv.Reconfigure(s.pop3Config(lc, cfg, tlsCfg)) }
 	case config.ProtocolIMAP:
 		srv := imap.NewServer(s.imapConfig(lc, s.cfg, tlsCfg))
-		l.serve = srv.Serve
+		l.serve = srv.Handle
 		l.reconfigure = func(lc config.Listener, cfg *config.Config) { srv.Reconfigure(s.imapConfig(lc, cfg, tlsCfg)) }
 	default:
 		ln.Close()
@@ -483,15 +492,15 @@ func (l *listener) acceptLoop() {
 			conn.Close() // accepted as the listener was closing
 			return
 		}
-		go func() {
-			defer l.s.sessions.Done()
-			l.handle(conn)
-		}()
+		go l.handle(conn)
 	}
 }
 
 // handle runs one client connection: PROXY header, limits, implicit TLS,
-// then the protocol front.
+// then the protocol front. The connection's limits, its place in the active
+// gauge and in the sessions Shutdown waits for are released when the front
+// says the connection has ended, which may be after handle has returned
+// (an IMAP relay waits without a goroutine).
 func (l *listener) handle(conn net.Conn) {
 	s := l.s
 	if err := readProxyHeader(conn); err != nil {
@@ -499,6 +508,7 @@ func (l *listener) handle(conn net.Conn) {
 			zap.Stringer("peer", conn.RemoteAddr()), zap.Error(err))
 		s.metrics.refused.WithLabelValues(l.name, "proxy_protocol").Inc()
 		conn.Close()
+		s.sessions.Done()
 		return
 	}
 	release, ok := s.limits.acquire(conn.RemoteAddr())
@@ -506,13 +516,17 @@ func (l *listener) handle(conn net.Conn) {
 		s.log.Warn("connection refused: limit reached", zap.String("listener", l.name), zap.Stringer("remote", conn.RemoteAddr()))
 		s.metrics.refused.WithLabelValues(l.name, "limit").Inc()
 		refuse(conn, l.protocol)
+		s.sessions.Done()
 		return
 	}
-	defer release()
 	s.metrics.connections.WithLabelValues(l.name, l.protocol).Inc()
 	active := s.metrics.activeConnections.WithLabelValues(l.name, l.protocol)
 	active.Inc()
-	defer active.Dec()
+	ended := func() {
+		active.Dec()
+		release()
+		s.sessions.Done()
+	}
 	if l.protocol == config.ProtocolPOP3 {
 		// Counted below TLS: bytes on the wire. (IMAP is not wrapped, so the
 		// splice after login keeps its fast path.)
@@ -521,7 +535,7 @@ func (l *listener) handle(conn net.Conn) {
 	if l.tls != nil && l.tlsMode == upstream.TLSImplicit {
 		conn = tls.Server(conn, l.tls) // the front runs the handshake under its timeout
 	}
-	l.serve(s.sessionsCtx, conn)
+	l.serve(s.sessionsCtx, conn, ended)
 }
 
 // refuse answers a connection over the limits with a protocol-correct

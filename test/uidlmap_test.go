@@ -31,15 +31,8 @@ func (g *gw) uidls(a account) []string {
 
 func uidlsOf(t testing.TB, c *pop3client.Client) []string {
 	t.Helper()
-	items, err := c.UIDL()
+	out, err := c.UIDLsQuit()
 	if err != nil {
-		t.Fatal(err)
-	}
-	var out []string
-	for _, it := range items {
-		out = append(out, it.UIDL)
-	}
-	if err := c.Quit(); err != nil {
 		t.Fatal(err)
 	}
 	return out

@@ -31,8 +31,8 @@ type UIDLKey struct {
 func UIDLIdentity(login string) string { return strings.ToLower(login) }
 
 // UIDLStore keeps UIDL maps: one opaque record per UIDLKey. The embedded
-// store (UIDLBolt) implements it; a shared store for a cluster (Redis) can,
-// in the package that owns the cluster.
+// store (UIDLBolt) implements it, and so does the cluster's shared store on
+// Redis (gateway/cluster.UIDLStore).
 type UIDLStore interface {
 	// Load returns the record of key, nil if there is none. The caller
 	// must not modify it.
@@ -188,24 +188,35 @@ type UIDLStoreStats struct {
 	Users, Maps, Messages int
 	Corrupt               int   // records that do not decode
 	Bytes                 int64 // the records (what max_bytes bounds)
-	FileBytes             int64 // the bbolt file
+	FileBytes             int64 // the bbolt file; 0 for a store without a file
+	// Measured is, for a store that counts Bytes apart from the records
+	// (the Redis store: a counter written after each record, so a crash
+	// between the two leaves it off), the records' size summed one by one
+	// as Stats read them; -1 where Bytes is exact (bbolt: one transaction).
+	Measured int64
+}
+
+// AddRecord counts one stored record in st, for a store's Stats: a map and
+// its remembered messages, or a corrupt record.
+func (st *UIDLStoreStats) AddRecord(rec []byte) {
+	st.Maps++
+	if m, err := decodeUIDLMap(rec); err != nil {
+		st.Corrupt++
+	} else if m != nil {
+		st.Messages += len(m.entries)
+	}
 }
 
 // Stats counts users, maps and remembered messages.
 func (s *UIDLBolt) Stats() (UIDLStoreStats, error) {
-	var st UIDLStoreStats
+	st := UIDLStoreStats{Measured: -1}
 	err := s.db.View(func(tx *bolt.Tx) error {
 		st.FileBytes = tx.Size()
 		st.Bytes = int64(getUint64(tx.Bucket(boltMeta).Get(boltBytes)))
 		return tx.Bucket(boltMaps).ForEachBucket(func(user []byte) error {
 			st.Users++
 			return tx.Bucket(boltMaps).Bucket(user).ForEach(func(_, v []byte) error {
-				st.Maps++
-				if m, err := decodeUIDLMap(v); err != nil {
-					st.Corrupt++
-				} else if m != nil {
-					st.Messages += len(m.entries)
-				}
+				st.AddRecord(v)
 				return nil
 			})
 		})

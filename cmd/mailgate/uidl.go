@@ -1,8 +1,10 @@
 package main
 
-// The UIDL map's offline commands (pop3.uidl_map): import from an old POP3
-// server, drop a user, statistics. They open the embedded store, which one
-// process at a time may do: run them while mailgate serve is stopped.
+// The UIDL map's operator commands (pop3.uidl_map): import from an old POP3
+// server, drop a user, statistics. With the embedded store they open its
+// file, which one process at a time may do: run them while mailgate serve
+// is stopped. With store: redis they use the cluster's Redis, shared with
+// the running gateways.
 
 import (
 	"bufio"
@@ -19,25 +21,23 @@ import (
 	"strings"
 	"time"
 
+	"go.uber.org/zap"
+
+	"mailgate/gateway"
 	"mailgate/gateway/config"
 	"mailgate/upstream"
 )
 
 // openUIDLStore loads the configuration and opens its pop3.uidl_map store.
-func openUIDLStore(path string, stderr io.Writer) (*config.Config, *upstream.UIDLBolt, bool) {
+func openUIDLStore(path string, stderr io.Writer) (*config.Config, gateway.UIDLAdmin, bool) {
 	cfg, err := config.Load(path)
 	if err != nil {
 		fmt.Fprintf(stderr, "%s:\n%v\n", path, err)
 		return nil, nil, false
 	}
-	m := cfg.POP3.UIDLMap
-	if m == nil {
-		fmt.Fprintf(stderr, "%s: pop3.uidl_map is not configured: there is no store\n", path)
-		return nil, nil, false
-	}
-	st, err := upstream.OpenUIDLBolt(m.Store, int64(m.MaxBytes))
+	st, err := gateway.OpenUIDLAdmin(cfg, zap.NewNop())
 	if err != nil {
-		fmt.Fprintf(stderr, "mailgate: pop3.uidl_map.store: %v\n", err)
+		fmt.Fprintf(stderr, "mailgate: %s: %v\n", path, err)
 		return nil, nil, false
 	}
 	return cfg, st, true
@@ -97,8 +97,17 @@ func uidlStats(args []string, stdout, stderr io.Writer) int {
 	if s.Messages > 0 {
 		perMsg = float64(s.Bytes) / float64(s.Messages)
 	}
-	fmt.Fprintf(stdout, "users %d, maps %d, messages %d, record bytes %d (%.1f per message), file bytes %d, corrupt records %d\n",
-		s.Users, s.Maps, s.Messages, s.Bytes, perMsg, s.FileBytes, s.Corrupt)
+	fmt.Fprintf(stdout, "users %d, maps %d, messages %d, record bytes %d (%.1f per message)", s.Users, s.Maps, s.Messages, s.Bytes, perMsg)
+	if s.Measured >= 0 {
+		// The Redis store: the counter max_bytes checks, and the records
+		// summed one by one (they differ after a crash between the two
+		// writes).
+		fmt.Fprintf(stdout, " counted, %d measured", s.Measured)
+	}
+	if s.FileBytes > 0 {
+		fmt.Fprintf(stdout, ", file bytes %d", s.FileBytes)
+	}
+	fmt.Fprintf(stdout, ", corrupt records %d\n", s.Corrupt)
 	return 0
 }
 

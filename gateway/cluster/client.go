@@ -3,7 +3,8 @@
 // Cluster, through go-redis's UniversalClient). It implements the small
 // interfaces its consumers declare: a maildrop Locker for upstream (the POP3
 // exclusive-access lock of RFC 1939 §4, cluster-wide), the failure counters
-// of the gateway's brute-force limiter, and a certmagic.Storage for tls.
+// of the gateway's brute-force limiter, a certmagic.Storage for tls, and an
+// upstream.UIDLStore for the POP3 UIDL map (uidlstore.go).
 // Only package gateway imports it.
 //
 //	c, _ := cluster.New(cfg.Cluster, log, observe)
@@ -13,10 +14,12 @@
 //
 // Degraded mode (README, Cluster mode): when Redis cannot be reached, every
 // lock and count falls back to the instance's own (availability first);
-// the change is logged once at error level each way and Up reports it.
+// the change is logged once at error level each way and Up reports it. The
+// UIDL map has no such fallback: a session that cannot read it fails.
 // Redis never holds a password, a password hash or a message body: keys
 // name backends, user names and client networks, values are counters,
-// random tokens and instance names.
+// random tokens and instance names, and the UIDL maps' records (header
+// digests, sizes, UIDs, UIDLs).
 package cluster
 
 import (

@@ -46,15 +46,14 @@ func (c *Config) Validate() error {
 	return v.probs
 }
 
-// validateUIDLMap checks what pop3.uidl_map needs from other sections. The
-// redis store is the cluster's (gateway/cluster implements
-// upstream.UIDLStore on cluster.redis); until this build has a cluster
-// section, store: redis is refused here rather than silently run without
-// the map, which would change every UIDL the map kept.
+// validateUIDLMap checks what pop3.uidl_map needs from other sections: the
+// redis store is the cluster's (gateway/cluster.UIDLStore on cluster.redis),
+// so without a cluster: section store: redis is refused here rather than
+// run without the map, which would change every UIDL the map kept.
 func (c *Config) validateUIDLMap(v *validator) {
-	if m := c.POP3.UIDLMap; m != nil && m.Store == upstream.UIDLMapRedis {
-		v.bad("pop3.uidl_map.store", "redis needs cluster.redis (cluster mode), which this build does not have; "+
-			"use a file for the embedded store, e.g. /var/lib/mailgate/uidl.db")
+	if m := c.POP3.UIDLMap; m != nil && m.Store == upstream.UIDLMapRedis && c.Cluster == nil {
+		v.bad("pop3.uidl_map.store", "redis keeps the UIDL maps in the cluster's Redis: add a cluster: section (cluster.redis), "+
+			"or name a file for the embedded store, e.g. /var/lib/mailgate/uidl.db")
 	}
 }
 

@@ -71,7 +71,7 @@ func TestValidateProblems(t *testing.T) {
 		{"pop3.uidl_map without store", doc("", "", "pop3: {uidl_map: {max_messages: 10}}\n"),
 			[]string{"pop3.uidl_map.store: required: a file for the embedded store (/var/lib/mailgate/uidl.db) or redis"}},
 		{"pop3.uidl_map redis without a cluster", doc("", "", "pop3: {uidl_map: {store: redis}}\n"),
-			[]string{"pop3.uidl_map.store: redis needs cluster.redis (cluster mode), which this build does not have; use a file for the embedded store, e.g. /var/lib/mailgate/uidl.db"}},
+			[]string{"pop3.uidl_map.store: redis keeps the UIDL maps in the cluster's Redis: add a cluster: section (cluster.redis), or name a file for the embedded store, e.g. /var/lib/mailgate/uidl.db"}},
 		{"pop3.uidl_map valid", doc("", "", "pop3: {uidl_map: {store: /var/lib/mailgate/uidl.db}}\n"), nil},
 		{"pop3.lock", doc("", "", "pop3: {lock: shared, takeover_after: -1s}\n"),
 			[]string{`pop3.lock: "shared" is not one of exclusive, takeover, none`, `pop3.takeover_after: -1s must not be negative`}},
@@ -181,7 +181,8 @@ func TestEmptyFile(t *testing.T) {
 }
 
 // The cluster: section is validated with the rest, its problems under
-// their full paths; tls.acme.storage: redis needs it.
+// their full paths; tls.acme.storage: redis and pop3.uidl_map.store: redis
+// need it.
 func TestClusterSection(t *testing.T) {
 	acme := "tls: {acme: {domains: [mail.example.com], email: postmaster@example.com, storage: redis, challenges: {http: \":80\"}}}\n"
 	for _, tc := range []struct {
@@ -194,6 +195,7 @@ func TestClusterSection(t *testing.T) {
 		{"unknown key", "cluster: {redis: {address: \"redis:6379\"}}\n", []string{"cluster.redis.address"}},
 		{"acme storage redis without cluster", acme, []string{"tls.acme.storage"}},
 		{"acme storage redis with cluster", acme + "cluster: {redis: {addresses: [\"redis:6379\"]}, instance: gw1}\n", nil},
+		{"uidl_map store redis with cluster", "pop3: {uidl_map: {store: redis}}\ncluster: {redis: {addresses: [\"redis:6379\"]}, instance: gw1}\n", nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := Parse([]byte(doc("", "", tc.extra)))

@@ -1,13 +1,15 @@
 package imap
 
-// lot_linux.go is where quiet client-to-backend directions wait without a
-// goroutine: one epoll instance for the process, served by one goroutine
-// while any relay runs. A direction that finds nothing queued arms its
-// client socket there (EPOLLONESHOT) and its goroutine exits; readability,
-// the client's EOF or an error starts a new one. The socket stays the Go
-// runtime's (its own poller and deadlines work as before); the kernel drops
-// the registration when the socket is closed, and the relay forgets its
-// entry when it ends, so nothing of a finished relay stays here.
+// lot_linux.go is where quiet relay directions wait without a goroutine:
+// one epoll instance for the process, served by one goroutine while any
+// relay runs. A direction that finds nothing queued arms its source socket
+// there (EPOLLONESHOT) and its goroutine exits; readability, the peer's EOF
+// or an error starts a new one. An idle relay with both directions here
+// runs no goroutine at all (its idle timeout is a timer, relay.go). The
+// socket stays the Go runtime's (its own poller and deadlines work as
+// before); the kernel drops the registration when the socket is closed, and
+// the relay forgets its entries when it is cut, so nothing of a finished
+// relay stays here.
 
 import (
 	"sync"
@@ -17,7 +19,8 @@ import (
 
 // An epoll_event's 64-bit data is syscall.EpollEvent's Fd and Pad together
 // on every Linux port (at offset 4 where the kernel packs the struct, as on
-// amd64; at 8 after padding, as on arm64): the lot keeps a relay's id there.
+// amd64; at 8 after padding, as on arm64): the lot keeps a direction's id
+// there.
 type lot struct {
 	mu      sync.Mutex
 	running bool
@@ -25,7 +28,7 @@ type lot struct {
 	evfd    int // wakes the goroutine to see whether it should stop
 	users   int // relays that may park here
 	next    uint64
-	waiting map[uint64]*relayer
+	waiting map[uint64]*direction
 }
 
 var parkingLot lot
@@ -54,7 +57,7 @@ func (l *lot) acquire() bool {
 		}
 		l.epfd, l.evfd, l.running = epfd, int(evfd), true
 		if l.waiting == nil {
-			l.waiting = map[uint64]*relayer{}
+			l.waiting = map[uint64]*direction{}
 		}
 		go l.serve(epfd, int(evfd))
 	}
@@ -73,33 +76,38 @@ func (l *lot) release() {
 	}
 }
 
-// park arms fd for r (r.mu held, r.lotID assigned by the caller's first
-// park). It returns false when the socket cannot be armed.
-func (l *lot) park(r *relayer, fd int) bool {
+// park arms fd, d's source socket, for d (d.r.mu held; d.lotID assigned at
+// its first park). It returns false when the socket cannot be armed.
+func (l *lot) park(d *direction, fd int) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if r.lotID == 0 {
+	if d.lotID == 0 {
 		l.next++
-		r.lotID = l.next
+		d.lotID = l.next
 	}
 	ev := syscall.EpollEvent{Events: syscall.EPOLLIN | syscall.EPOLLRDHUP | syscall.EPOLLONESHOT}
-	*(*uint64)(unsafe.Pointer(&ev.Fd)) = r.lotID
+	*(*uint64)(unsafe.Pointer(&ev.Fd)) = d.lotID
 	op := syscall.EPOLL_CTL_MOD
-	if !r.lotArmed {
+	if !d.lotArmed {
 		op = syscall.EPOLL_CTL_ADD
 	}
 	if err := syscall.EpollCtl(l.epfd, op, fd, &ev); err != nil {
 		return false
 	}
-	r.lotArmed = true
-	l.waiting[r.lotID] = r
+	d.lotArmed = true
+	l.waiting[d.lotID] = d
 	return true
 }
 
-// forget drops r's entry (its socket is closed or about to be).
+// forget drops the entries of r's directions (their sockets are closed or
+// about to be).
 func (l *lot) forget(r *relayer) {
 	l.mu.Lock()
-	delete(l.waiting, r.lotID)
+	for _, d := range []*direction{&r.up, &r.down} {
+		if d.lotID != 0 {
+			delete(l.waiting, d.lotID)
+		}
+	}
 	l.mu.Unlock()
 }
 
@@ -130,11 +138,11 @@ func (l *lot) serve(epfd, evfd int) {
 				continue
 			}
 			l.mu.Lock()
-			r := l.waiting[id]
+			d := l.waiting[id]
 			delete(l.waiting, id)
 			l.mu.Unlock()
-			if r != nil {
-				r.wake()
+			if d != nil {
+				d.wake()
 			}
 		}
 	}

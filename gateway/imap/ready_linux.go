@@ -69,3 +69,23 @@ func peek(rc syscall.RawConn, wait bool) (queued int, empty bool, err error) {
 	}
 	return queued, empty, err
 }
+
+// pending reports whether rc's socket has something a read would return at
+// once: bytes, the peer's EOF or an error. Unlike peek it ignores the read
+// deadline (a direction parked in the lot may hold an expired one) and
+// never waits.
+func pending(rc syscall.RawConn) bool {
+	p := false
+	rc.Control(func(fd uintptr) {
+		var b [1]byte
+		for {
+			_, _, e := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+			if e == syscall.EINTR {
+				continue
+			}
+			p = e != syscall.EAGAIN
+			return
+		}
+	})
+	return p
+}

@@ -43,6 +43,7 @@ type relayFixture struct {
 	client, backend net.Conn // the test's ends
 	done            chan relayStats
 	cancel          context.CancelFunc
+	r               *relayer
 }
 
 func startRelay(t *testing.T, tcp bool, idle time.Duration) *relayFixture {
@@ -64,7 +65,8 @@ func startRelayMode(t *testing.T, tcp, splice bool, idle time.Duration) *relayFi
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	f := &relayFixture{client: client, backend: backend, done: make(chan relayStats, 1), cancel: cancel}
-	go func() { f.done <- relayMode(ctx, cSide, bSide, idle, splice) }()
+	f.r = newRelayer(ctx, cSide, bSide, idle, splice, func(st relayStats) { f.done <- st })
+	go f.r.start()
 	t.Cleanup(func() {
 		cancel()
 		client.Close()
@@ -167,7 +169,7 @@ func TestRelayOneActiveDirectionKeepsConnection(t *testing.T) {
 		go io.Copy(io.Discard, f.client)
 		for i := 0; i < 12; i++ { // 1.2 s, four idle periods
 			if _, err := f.backend.Write([]byte("* 1 EXISTS\r\n")); err != nil {
-				t.Fatalf("push %d: %v", i, err)
+				t.Fatalf("push %d: %v; the relay ended: %+v", i, err, f.wait(t, time.Second))
 			}
 			time.Sleep(100 * time.Millisecond)
 		}
@@ -277,26 +279,33 @@ func TestRelayByteExactBothWays(t *testing.T) {
 	})
 }
 
-// An idle relay between sockets holds neither a buffer nor a splice pipe:
-// the backend-to-client direction parks in waitReadable and the other one
-// in the lot, with no goroutine.
+// relayFrames reports whether any goroutine runs relay code, and the stacks.
+func relayFrames() (bool, string) {
+	buf := make([]byte, 1<<20)
+	stacks := string(buf[:runtime.Stack(buf, true)])
+	busy := strings.Contains(stacks, "imap.waitReadable") || strings.Contains(stacks, "imap.copyOnce") ||
+		strings.Contains(stacks, "poll.Splice") || strings.Contains(stacks, "imap.(*relayer).run") ||
+		strings.Contains(stacks, "imap.(*relayer).start")
+	return busy, stacks
+}
+
+// An idle relay between sockets holds neither a buffer nor a splice pipe
+// nor a goroutine: both directions wait in the lot.
 func TestRelayIdleHoldsNoBuffer(t *testing.T) {
 	for _, splice := range []bool{true, false} {
 		f := startRelayMode(t, true, splice, time.Minute)
-		f.client.Write([]byte("a NOOP\r\n")) // one round of traffic first
+		f.client.Write([]byte("a NOOP\r\n")) // one round of traffic each way first
 		io.ReadFull(f.backend, make([]byte, 8))
+		f.backend.Write([]byte("a OK\r\n"))
+		io.ReadFull(f.client, make([]byte, 6))
 		deadline := time.Now().Add(5 * time.Second)
 		for {
-			buf := make([]byte, 1<<20)
-			stacks := string(buf[:runtime.Stack(buf, true)])
-			parked := strings.Count(stacks, "imap.waitReadable")
-			busy := strings.Contains(stacks, "imap.copyOnce") || strings.Contains(stacks, "poll.Splice") ||
-				strings.Contains(stacks, "imap.(*relayer).runUp")
-			if parked == 1 && !busy {
+			busy, stacks := relayFrames()
+			if !busy {
 				break
 			}
 			if time.Now().After(deadline) {
-				t.Fatalf("splice %v: %d directions parked in waitReadable, busy %v:\n%s", splice, parked, busy, stacks)
+				t.Fatalf("splice %v: a goroutine still runs the idle relay:\n%s", splice, stacks)
 			}
 			time.Sleep(10 * time.Millisecond)
 		}
@@ -305,7 +314,64 @@ func TestRelayIdleHoldsNoBuffer(t *testing.T) {
 	}
 }
 
-// A relay whose client direction waits in the lot still ends on shutdown,
+// Many idle relays cost no goroutine each: only the lot's one runs.
+func TestRelayIdleRelaysRunNoGoroutines(t *testing.T) {
+	const n = 50
+	before := runtime.NumGoroutine()
+	fs := make([]*relayFixture, n)
+	for i := range fs {
+		fs[i] = startRelayMode(t, true, true, time.Minute)
+	}
+	for _, f := range fs { // traffic both ways, then quiet
+		f.client.Write([]byte("a IDLE\r\n"))
+		io.ReadFull(f.backend, make([]byte, 8))
+		f.backend.Write([]byte("+ idling\r\n"))
+		io.ReadFull(f.client, make([]byte, 10))
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		// The lot's goroutine, and slack for the runtime's own.
+		if extra := runtime.NumGoroutine() - before; extra <= 3 {
+			break
+		}
+		if time.Now().After(deadline) {
+			_, stacks := relayFrames()
+			t.Fatalf("%d idle relays run %d goroutines:\n%s", n, runtime.NumGoroutine()-before, stacks)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	// Every one of them still relays, both ways.
+	for i, f := range fs {
+		f.client.Write([]byte("DONE\r\n"))
+		f.backend.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.ReadFull(f.backend, make([]byte, 6)); err != nil {
+			t.Fatalf("relay %d, client->backend after idle: %v", i, err)
+		}
+		f.backend.Write([]byte("a OK\r\n"))
+		f.client.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.ReadFull(f.client, make([]byte, 6)); err != nil {
+			t.Fatalf("relay %d, backend->client after idle: %v", i, err)
+		}
+	}
+}
+
+// The client half-closes and the backend says nothing more: with both
+// directions done or in the lot, the idle timer still ends the session.
+func TestRelayIdleAfterHalfClose(t *testing.T) {
+	idle := 200 * time.Millisecond
+	f := startRelay(t, true, idle)
+	f.client.(*net.TCPConn).CloseWrite()
+	f.backend.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := f.backend.Read(make([]byte, 1)); err != io.EOF {
+		t.Fatalf("backend read %v, want EOF", err)
+	}
+	start := time.Now()
+	if st := f.wait(t, 5*time.Second); st.result != connlog.IdleTimeout {
+		t.Fatalf("result %q after %v", st.result, time.Since(start))
+	}
+}
+
+// A relay whose directions wait in the lot still ends on shutdown,
 // and the lot's goroutine stops with the last relay.
 func TestRelayShutdownWhileParked(t *testing.T) {
 	f := startRelayMode(t, true, true, time.Minute)
@@ -313,11 +379,12 @@ func TestRelayShutdownWhileParked(t *testing.T) {
 	for {
 		buf := make([]byte, 1<<20)
 		stacks := string(buf[:runtime.Stack(buf, true)])
-		if strings.Contains(stacks, "imap.(*lot).serve") && !strings.Contains(stacks, "imap.(*relayer).runUp") {
+		if strings.Contains(stacks, "imap.(*lot).serve") && !strings.Contains(stacks, "imap.(*relayer).run") &&
+			!strings.Contains(stacks, "imap.(*relayer).start") {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("the client direction never parked:\n%s", stacks)
+			t.Fatalf("the directions never parked:\n%s", stacks)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
@@ -365,4 +432,60 @@ func TestRelayClientSpeaksAfterLongQuiet(t *testing.T) {
 		default:
 		}
 	})
+}
+
+// A stream with short gaps (a FETCH the backend writes in pieces) does not
+// park in the lot each time it drains the socket: the direction waits in
+// the runtime's poller for linger first, and parks once the stream stops.
+func TestRelayStreamDoesNotParkBetweenChunks(t *testing.T) {
+	f := startRelay(t, true, time.Minute)
+	go io.Copy(io.Discard, f.client)
+	chunk := bytes.Repeat([]byte("x"), 1000)
+	for range 40 { // gaps of 5 ms, far below linger (200 ms)
+		if _, err := f.backend.Write(chunk); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if n := f.r.down.parks.Load(); n > 1 {
+		t.Fatalf("the backend-to-client direction parked %d times during one stream", n)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for f.r.down.parks.Load() == 0 || f.r.down.inLot.Load() == false {
+		if time.Now().After(deadline) {
+			t.Fatal("the direction did not park after the stream stopped")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// pending sees queued bytes and the peer's EOF without the poller, even on
+// a socket whose read deadline has passed (as a parked direction's may).
+func TestPendingIgnoresDeadlines(t *testing.T) {
+	a, b := tcpPair(t)
+	rc := rawConn(b)
+	b.SetReadDeadline(time.Unix(1, 0))
+	if pending(rc) {
+		t.Fatal("pending with nothing sent")
+	}
+	a.Write([]byte("x"))
+	deadline := time.Now().Add(5 * time.Second)
+	for !pending(rc) {
+		if time.Now().After(deadline) {
+			t.Fatal("a queued byte is not pending")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	b.SetReadDeadline(time.Time{})
+	b.Read(make([]byte, 1))
+	if pending(rc) {
+		t.Fatal("pending after the byte was read")
+	}
+	a.Close()
+	for !pending(rc) {
+		if time.Now().After(deadline) {
+			t.Fatal("the peer's EOF is not pending")
+		}
+		time.Sleep(time.Millisecond)
+	}
 }

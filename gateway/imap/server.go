@@ -10,6 +10,7 @@
 //		conn, err := ln.Accept()
 //		...
 //		go srv.Serve(ctx, conn) // returns when the session ends; cancel ctx to shut down
+//		// or: go srv.Handle(ctx, conn, wg.Done) // returns once the relay waits; wg.Done at the end
 //	}
 package imap
 
@@ -164,6 +165,19 @@ func (s *Server) Reconfigure(cfg Config) {
 // Serve runs one client connection to its end and closes it. Cancelling ctx
 // closes the connection (shutdown).
 func (s *Server) Serve(ctx context.Context, conn net.Conn) {
+	ended := make(chan struct{})
+	s.Handle(ctx, conn, func() { close(ended) })
+	<-ended
+}
+
+// Handle is Serve without holding the calling goroutine for the relay: it
+// returns when the session has ended, or when its relay after a login has
+// nothing to move and waits without a goroutine (a days-long idle session
+// then costs no stack). done is called once, when the connection has ended
+// and both its sockets are closed; it may run on any goroutine and must not
+// block. Cancelling ctx closes the connection (shutdown) and then done is
+// called.
+func (s *Server) Handle(ctx context.Context, conn net.Conn, done func()) {
 	cfg := s.cfg.Load()
 	id := connlog.NextID()
 	log := cfg.Logger.With(zap.String("proto", "imap"), zap.String("listener", cfg.Listener),
@@ -182,11 +196,10 @@ func (s *Server) Serve(ctx context.Context, conn net.Conn) {
 		result = connlog.Shutdown
 	}
 	if h := ss.handoff; h != nil {
-		// The relay runs here, not under the login's frames: a session that
-		// idles for days keeps only this shallow stack (the runtime shrinks
-		// it) and the handoff, not the session, its loggers or its wire.
+		// The relay starts here, not under the login's frames, and keeps
+		// only the handoff: not the session, its loggers or its wire.
 		stop()
-		relaySession(ctx, cfg, h)
+		relaySession(ctx, cfg, h, done)
 		return
 	}
 	if !ss.spliced {
@@ -194,6 +207,7 @@ func (s *Server) Serve(ctx context.Context, conn net.Conn) {
 		ss.conn.Close()
 		log.Info("session end", result.Field(), zap.Bool("logged_in", false))
 	}
+	done()
 }
 
 // session is one connection in the not-authenticated state.
@@ -222,16 +236,16 @@ type handoff struct {
 	start                   time.Time
 }
 
-// relaySession relays h's connections until the session ends, and logs its
-// end.
-func relaySession(ctx context.Context, cfg *Config, h *handoff) {
-	logEnd(cfg, h, relay(ctx, h.client, h.backend, cfg.IdleTimeout))
+// relaySession starts the relay of h's connections; at the session's end it
+// logs the end and calls done.
+func relaySession(ctx context.Context, cfg *Config, h *handoff, done func()) {
+	relay(ctx, h.client, h.backend, cfg.IdleTimeout, func(st relayStats) {
+		logEnd(cfg, h, st)
+		done()
+	})
 }
 
-// logEnd logs a relayed session's end. It is not inlined: its fields would
-// sit in the frame of relay, on the stack of every idle session.
-//
-//go:noinline
+// logEnd logs a relayed session's end.
 func logEnd(cfg *Config, h *handoff, st relayStats) {
 	fields := []zap.Field{
 		zap.String("proto", "imap"), zap.String("listener", cfg.Listener),

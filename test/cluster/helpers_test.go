@@ -65,6 +65,7 @@ type gwOptions struct {
 	lock      string // pop3.lock
 	lease     string // cluster.lock_lease
 	authLimit string // limits.auth_failures_per_ip
+	uidlMap   bool   // pop3.uidl_map: {store: redis}
 }
 
 // gatewayYAML is a mailgate in cluster mode in front of Dovecot: one
@@ -79,7 +80,11 @@ func gatewayYAML(t testing.TB, r *redisServer, o gwOptions) string {
 	if o.authLimit == "" {
 		o.authLimit = "100000/min"
 	}
-	return harness.POP3Config("dovecot", harness.Dovecot(t).IMAPAddr, fmt.Sprintf(`pop3: {lock: %s, takeover_after: 1s, cache: {max_bytes: 0B}, fetch_ahead: 0B}
+	uidlMap := ""
+	if o.uidlMap {
+		uidlMap = ", uidl_map: {store: redis}"
+	}
+	return harness.POP3Config("dovecot", harness.Dovecot(t).IMAPAddr, fmt.Sprintf(`pop3: {lock: %s, takeover_after: 1s, cache: {max_bytes: 0B}, fetch_ahead: 0B%s}
 limits: {per_ip: 10000, auth_failures_per_ip: %s, auth_failure_delay: 1ms}
 timeouts: {shutdown: 2s}
 metrics: {address: "127.0.0.1:0"}
@@ -88,7 +93,7 @@ cluster:
   key_prefix: "t:"
   lock_lease: %s
   instance: %s
-`, o.lock, o.authLimit, r.Addr, o.lease, o.instance))
+`, o.lock, uidlMap, o.authLimit, r.Addr, o.lease, o.instance))
 }
 
 // gateways starts n in-process instances on r, named gw1..gwN.

@@ -27,6 +27,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -93,6 +94,16 @@ type Options struct {
 	// it is Dovecot's own POP3-over-IMAP, the peer mailbench compares
 	// mailgate with.
 	IMAPC string
+	// Proxy makes the instance an IMAP proxy instead of a store, Dovecot's
+	// login-process proxying as a proxy tier runs it: every login is passed
+	// to the IMAP server at this host:port (cleartext) with the client's own
+	// name and password, which that server checks (passdb static with
+	// proxy=y nopassword=y). The login processes run in performance mode
+	// (service_count = 0, one per CPU), each relaying many clients.
+	Proxy string
+	// Compress loads the zlib plugin and, for IMAP, imap_zlib, so that the
+	// server offers COMPRESS=DEFLATE (RFC 4978) once a client is logged in.
+	Compress bool
 	// Binary is the dovecot executable; empty means DefaultBinary.
 	Binary string
 	// StartTimeout bounds waiting for the IMAP greeting; zero means 15s.
@@ -334,6 +345,13 @@ service anvil {
   }
 }
 
+{{if .ProxyHost -}}
+# A proxy: the server behind checks the password the client gave.
+passdb {
+  driver = static
+  args = proxy=y host={{.ProxyHost}} port={{.ProxyPort}} nopassword=y
+}
+{{else -}}
 # One passwd-file per user: Dovecot looks at a passwd-file's mtime at most
 # once a second, so a user added to a shared file right after a login could
 # stay unknown for a second; a new file is read on first use.
@@ -345,6 +363,7 @@ passdb {
   default_fields = userdb_imapc_password=%w
 {{- end}}
 }
+{{end -}}
 userdb {
   driver = static
   args = uid={{.UID}} gid={{.GID}} home={{.Dir}}/home/%d/%n
@@ -363,6 +382,13 @@ mail_gid = {{.GID}}
 first_valid_uid = {{.UID}}
 first_valid_gid = {{.GID}}
 mail_fsync = never
+{{if .Compress -}}
+# COMPRESS=DEFLATE (RFC 4978) after login.
+mail_plugins = $mail_plugins zlib
+protocol imap {
+  mail_plugins = $mail_plugins imap_zlib
+}
+{{end -}}
 namespace inbox {
   inbox = yes
 }
@@ -380,6 +406,12 @@ service imap-login {
   inet_listener imaps {
     port = {{.IMAPSPort}}
   }
+{{- if .ProxyHost}}
+  # Performance mode: long-lived login processes, each relaying many clients.
+  service_count = 0
+  process_min_avail = {{.CPUs}}
+  client_limit = 20000
+{{- end}}
 }
 service pop3-login {
   inet_listener pop3 {
@@ -409,14 +441,16 @@ func (s *Server) start(bin string, opts Options, mu mailUser, timeout time.Durat
 	vars := struct {
 		Instance, Dir, Protocols      string
 		TrustedNetworks               string
-		TLS                           bool
+		TLS, Compress                 bool
 		UID, GID                      int
 		IMAPPort, IMAPSPort, POP3Port int
 		IMAPCHost, IMAPCPort          string
 		POP3UIDLFormat                string
-	}{POP3UIDLFormat: cmp.Or(opts.POP3UIDLFormat, "%08Xu%08Xv"), Instance: "mailgate-" + filepath.Base(s.Dir), Dir: s.Dir, Protocols: "imap", TLS: opts.TLS,
-		TrustedNetworks: opts.TrustedNetworks,
-		UID:             mu.UID, GID: mu.GID, IMAPPort: ports[0]}
+		ProxyHost, ProxyPort          string
+		CPUs                          int
+	}{POP3UIDLFormat: cmp.Or(opts.POP3UIDLFormat, "%08Xu%08Xv"), CPUs: runtime.NumCPU(), Instance: "mailgate-" + filepath.Base(s.Dir), Dir: s.Dir, Protocols: "imap", TLS: opts.TLS,
+		Compress: opts.Compress, TrustedNetworks: opts.TrustedNetworks,
+		UID: mu.UID, GID: mu.GID, IMAPPort: ports[0]}
 	ports = ports[1:]
 	s.IMAPAddr = mailserver.Addr(vars.IMAPPort)
 	s.IMAP.Addr = s.IMAPAddr
@@ -426,6 +460,13 @@ func (s *Server) start(bin string, opts Options, mu mailUser, timeout time.Durat
 			return fmt.Errorf("Options.IMAPC: %w", err)
 		}
 		vars.IMAPCHost, vars.IMAPCPort = host, port
+	}
+	if opts.Proxy != "" {
+		host, port, err := net.SplitHostPort(opts.Proxy)
+		if err != nil {
+			return fmt.Errorf("Options.Proxy: %w", err)
+		}
+		vars.ProxyHost, vars.ProxyPort = host, port
 	}
 	if opts.TLS {
 		vars.IMAPSPort, ports = ports[0], ports[1:]
@@ -464,6 +505,10 @@ func (s *Server) start(bin string, opts Options, mu mailUser, timeout time.Durat
 	}
 	return nil
 }
+
+// Pid is the master process's: its children are the instance's processes
+// (the load tool reads their memory).
+func (s *Server) Pid() int { return s.Proc.Pid() }
 
 // Log returns what the instance has logged so far (for failure messages).
 func (s *Server) Log() string {

@@ -250,3 +250,27 @@ func TestAppendConcurrently(t *testing.T) {
 		t.Error("APPEND with a wrong password succeeded")
 	}
 }
+
+// With Options.Proxy the instance keeps no mail: a login passes to the
+// server behind it, which checks the password, and the session is that
+// server's.
+func TestProxyInstance(t *testing.T) {
+	store := dovecot.StartForTest(t, dovecot.Options{})
+	proxy := dovecot.StartForTest(t, dovecot.Options{Proxy: store.IMAPAddr})
+	if err := store.AddUser("p@x.test", "secret"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := store.Append("p@x.test", "secret", "INBOX", []byte("Subject: via proxy\r\n\r\nhi\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	st, err := proxy.Mailbox("p@x.test", "secret", "INBOX", true)
+	if err != nil {
+		t.Fatalf("through the proxy: %v", err)
+	}
+	if len(st.Messages) != 1 || !bytes.Contains(st.Messages[0].Body, []byte("via proxy")) {
+		t.Fatalf("through the proxy: %+v", st.Messages)
+	}
+	if _, err := proxy.Login("p@x.test", "wrong"); err == nil {
+		t.Fatal("the proxy let a wrong password in")
+	}
+}

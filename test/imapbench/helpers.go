@@ -6,6 +6,8 @@ package main
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -175,8 +177,44 @@ type conn struct {
 	n  int
 }
 
+// tlsScheme marks a peer's address as implicit TLS (IMAPS, RFC 8314):
+// "tls://127.0.0.1:port".
+const tlsScheme = "tls://"
+
+// clientTLS verifies the IMAPS peers' certificates against the run's CA
+// (envCA, a PEM file, inherited by the child processes). Every connection
+// is a full handshake: no session cache.
+var clientTLS = sync.OnceValues(func() (*tls.Config, error) {
+	file := os.Getenv(envCA)
+	if file == "" {
+		return nil, errors.New("an IMAPS peer without a CA (" + envCA + ")")
+	}
+	pem, err := os.ReadFile(file)
+	if err != nil {
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("%s: no certificate", file)
+	}
+	return &tls.Config{RootCAs: pool, ServerName: "localhost", MinVersion: tls.VersionTLS12}, nil
+})
+
+// dial connects to addr (implicit TLS when it starts with tlsScheme) and
+// reads the greeting.
 func dial(ctx context.Context, addr string) (*conn, error) {
-	c, err := (&net.Dialer{Timeout: 10 * time.Second}).DialContext(ctx, "tcp", addr)
+	d := &net.Dialer{Timeout: 10 * time.Second}
+	var c net.Conn
+	var err error
+	if a, ok := strings.CutPrefix(addr, tlsScheme); ok {
+		cfg, cerr := clientTLS()
+		if cerr != nil {
+			return nil, cerr
+		}
+		c, err = (&tls.Dialer{NetDialer: d, Config: cfg}).DialContext(ctx, "tcp", a)
+	} else {
+		c, err = d.DialContext(ctx, "tcp", addr)
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -5,6 +5,7 @@
 //	go run ./test/imapbench -inmem 8000      # memory per idle connection, 8,000 held, in-memory backend
 //	go run ./test/imapbench -cpuprofile cpu.out -heapprofile heap.out
 //	go run ./test/imapbench -other /tmp/imapbench-main -idle 0   # A/B: other builds' mailgates as peers
+//	go run ./test/imapbench -tls=false -dovecot-proxy=false      # direct, nginx and mailgate only
 //
 // It starts its own Dovecot (test/dovecot; needs root and dovecot-imapd),
 // seeds one user per session by IMAP APPEND (the first user; the others get
@@ -19,6 +20,15 @@
 //     auth_http this program answers (Auth-Status: OK, Auth-Server and
 //     Auth-Port: Dovecot; Dovecot checks the password). Where nginx or its
 //     mail module is absent the tool says so and goes on without it.
+//   - dovecot-proxy (-dovecot-proxy): a second Dovecot as an IMAP proxy
+//     (passdb static proxy=y nopassword=y: the backend checks the password;
+//     login processes in performance mode, one per CPU);
+//   - with -tls, nginx-tls and mailgate-tls: the same two with implicit TLS
+//     towards the client (IMAPS, RFC 8314; nginx `listen ... ssl`, mailgate
+//     `tls: implicit`) and a cleartext backend, with a certificate from a CA
+//     made for the run; every connection is a full TLS handshake. Their
+//     ratios are to cleartext direct, and the tool prints mailgate-tls
+//     against nginx-tls; there is no target for them.
 //
 // Each round runs every workload against every peer, rotating who goes
 // first (a machine busy with something else for a moment should not always
@@ -78,6 +88,8 @@ type options struct {
 	size                                       upstream.Size
 	idle, inmem                                int
 	bare, nginx, check                         bool
+	tls, dovecotProxy                          bool
+	certs                                      *tlsFiles // with tls
 	timeout                                    time.Duration
 	cpuprofile, heapprofile, goroutineprofile  string
 	other                                      string
@@ -118,6 +130,8 @@ func main() {
 	flag.IntVar(&o.inmem, "inmem", 0, "run only the memory row, with this many connections against the in-memory backend")
 	flag.BoolVar(&o.bare, "bare", false, "also measure a bare io.Copy TCP proxy (in this process)")
 	flag.BoolVar(&o.nginx, "nginx", true, "measure nginx's mail proxy too, where installed")
+	flag.BoolVar(&o.tls, "tls", true, "also measure nginx and mailgate with implicit TLS towards the client (IMAPS), cleartext backend")
+	flag.BoolVar(&o.dovecotProxy, "dovecot-proxy", true, "also measure Dovecot as an IMAP proxy")
 	flag.BoolVar(&o.check, "check", false, "exit 1 when a target is missed")
 	flag.DurationVar(&o.timeout, "timeout", 10*time.Minute, "give up after this long")
 	flag.StringVar(&o.cpuprofile, "cpuprofile", "", "write mailgate's CPU profile of the throughput rows to this file")
@@ -131,10 +145,20 @@ func main() {
 	}
 	var missed bool
 	var err error
+	if o.tls {
+		if o.certs, err = benchCerts(); err != nil {
+			fmt.Fprintln(os.Stderr, "imapbench: TLS certificates:", err)
+			os.Exit(1)
+		}
+		defer os.RemoveAll(o.certs.dir)
+	}
 	if o.inmem > 0 {
 		missed, err = runInMem(o)
 	} else {
 		missed, err = run(o)
+	}
+	if o.certs != nil {
+		os.RemoveAll(o.certs.dir) // os.Exit skips the deferred call
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "imapbench:", err)
@@ -197,7 +221,7 @@ func run(o options) (bool, error) {
 		useNginx = false
 	}
 	if useNginx {
-		ng, err := startNginx(dc.IMAPAddr, runtime.GOMAXPROCS(0), fileLimit(o.idle))
+		ng, err := startNginx(dc.IMAPAddr, runtime.GOMAXPROCS(0), fileLimit(o.idle), nil)
 		if err != nil {
 			fmt.Println("nginx: not measured:", err)
 			useNginx = false
@@ -207,15 +231,43 @@ func run(o options) (bool, error) {
 			addrs["nginx"] = ng.Addr()
 		}
 	}
-	mg, err := startMailgate("", dc.IMAPAddr, o.cpuprofile, fileLimit(o.idle), 0)
+	if useNginx && o.tls {
+		ng, err := startNginx(dc.IMAPAddr, runtime.GOMAXPROCS(0), fileLimit(o.idle), o.certs)
+		if err != nil {
+			fmt.Println("nginx-tls: not measured:", err)
+		} else {
+			defer ng.Stop()
+			peers = append(peers, "nginx-tls")
+			addrs["nginx-tls"] = ng.Addr()
+		}
+	}
+	if o.dovecotProxy {
+		dp, err := startDovecotProxy(dc.IMAPAddr)
+		if err != nil {
+			return false, fmt.Errorf("dovecot-proxy: %w", err)
+		}
+		defer dp.Stop()
+		peers = append(peers, "dovecot-proxy")
+		addrs["dovecot-proxy"] = dp.Addr()
+	}
+	mg, err := startMailgate("", dc.IMAPAddr, o.cpuprofile, fileLimit(o.idle), 0, nil)
 	if err != nil {
 		return false, err
 	}
 	defer mg.Stop()
 	peers = append(peers, "mailgate")
 	addrs["mailgate"] = mg.Addr()
+	if o.tls {
+		mt, err := startMailgate("", dc.IMAPAddr, "", fileLimit(o.idle), 0, o.certs)
+		if err != nil {
+			return false, fmt.Errorf("mailgate-tls: %w", err)
+		}
+		defer mt.Stop()
+		peers = append(peers, "mailgate-tls")
+		addrs["mailgate-tls"] = mt.Addr()
+	}
 	for i, bin := range strings.FieldsFunc(o.other, func(r rune) bool { return r == ',' }) {
-		om, err := startMailgate(bin, dc.IMAPAddr, "", fileLimit(o.idle), 0)
+		om, err := startMailgate(bin, dc.IMAPAddr, "", fileLimit(o.idle), 0, nil)
 		if err != nil {
 			return false, fmt.Errorf("-other %s: %w", bin, err)
 		}
@@ -322,11 +374,21 @@ func runInMem(o options) (bool, error) {
 	defer srv.Close()
 	fmt.Printf("in-memory backend (upstream/imaptest) at %s; %d users\n", srv.Addr(), nUsers)
 	var mem []memResult
-	names := []string{"mailgate"}
+	var names []string
 	if why := nginxMissing(); o.nginx && why != "" {
 		fmt.Println("nginx: not measured:", why)
 	} else if o.nginx {
-		names = []string{"nginx", "mailgate"}
+		names = append(names, "nginx")
+		if o.tls {
+			names = append(names, "nginx-tls")
+		}
+	}
+	if o.dovecotProxy {
+		names = append(names, "dovecot-proxy")
+	}
+	names = append(names, "mailgate")
+	if o.tls {
+		names = append(names, "mailgate-tls")
 	}
 	for _, name := range names {
 		m, err := idleMemory(ctx, name, srv.Addr(), nUsers, o.inmem, o)
@@ -395,10 +457,12 @@ func printTable(o options, rows []row, peers []string, mem []memResult) bool {
 		if !ok {
 			note += fmt.Sprintf(" by %.2f", row.target-m)
 		}
-		if ng, has := row.ratios["nginx"]; has {
-			ahead := m > median(ng)
-			note += "; ahead of nginx: " + map[bool]string{true: "yes", false: "NO"}[ahead]
-			ok = ok && ahead
+		for _, peer := range []string{"nginx", "dovecot-proxy"} {
+			if r, has := row.ratios[peer]; has {
+				ahead := m > median(r)
+				note += "; ahead of " + peer + ": " + map[bool]string{true: "yes", false: "NO"}[ahead]
+				ok = ok && ahead
+			}
 		}
 		missed = missed || !ok
 		fmt.Printf("| %s | %s |\n", strings.Join(cells, " | "), note)
@@ -426,6 +490,28 @@ func printTable(o options, rows []row, peers []string, mem []memResult) bool {
 			fmt.Println(m.detail())
 		}
 		fmt.Println("Socket buffers are kernel memory: in neither RSS nor PSS.")
+	}
+	if _, has := rows[0].figures["mailgate-tls"]; has {
+		if _, has := rows[0].figures["nginx-tls"]; has {
+			fmt.Println("\nIMAPS (implicit TLS towards the client, cleartext backend; no target): mailgate-tls / nginx-tls in the same round, median")
+			for _, row := range rows {
+				var r []float64
+				for i, v := range row.figures["mailgate-tls"] {
+					r = append(r, v/row.figures["nginx-tls"][i])
+				}
+				fmt.Printf("- %s: %.2f\n", row.name, median(r))
+			}
+			per := map[string]memResult{}
+			for _, m := range mem {
+				per[m.name] = m
+			}
+			if mt, ok := per["mailgate-tls"]; ok {
+				if nt, ok := per["nginx-tls"]; ok {
+					fmt.Printf("- memory per idle connection (RSS, PSS): mailgate-tls %s, %s; nginx-tls %s, %s\n",
+						kb(int64(mt.rssPer)), kb(int64(mt.pssPer)), kb(int64(nt.rssPer)), kb(int64(nt.pssPer)))
+				}
+			}
+		}
 	}
 	return missed
 }

@@ -52,15 +52,22 @@ func idleMemory(ctx context.Context, name, backend string, users, n int, o optio
 	var p proxy
 	var mg *mailgateProc
 	var err error
+	rate := 0
+	if o.heapprofile != "" {
+		rate = 64 // every allocation of the idle connections, nearly
+	}
 	switch name {
 	case "nginx":
-		p, err = startNginx(backend, runtime.GOMAXPROCS(0), fileLimit(n))
+		p, err = startNginx(backend, runtime.GOMAXPROCS(0), fileLimit(n), nil)
+	case "nginx-tls":
+		p, err = startNginx(backend, runtime.GOMAXPROCS(0), fileLimit(n), o.certs)
+	case "dovecot-proxy":
+		p, err = startDovecotProxy(backend)
 	case "mailgate":
-		rate := 0
-		if o.heapprofile != "" {
-			rate = 64 // every allocation of the idle connections, nearly
-		}
-		mg, err = startMailgate("", backend, "", fileLimit(n), rate)
+		mg, err = startMailgate("", backend, "", fileLimit(n), rate, nil)
+		p = mg
+	case "mailgate-tls":
+		mg, err = startMailgate("", backend, "", fileLimit(n), rate, o.certs)
 		p = mg
 	default:
 		err = fmt.Errorf("no proxy %q", name)
@@ -111,7 +118,7 @@ func idleMemory(ctx context.Context, name, backend string, users, n int, o optio
 		return memResult{}, err
 	}
 	m.tcpMemPer = float64(procmem.TCPMemBytes()-tcpMem0) / float64(n)
-	if mg != nil {
+	if mg != nil && name == "mailgate" {
 		if o.heapprofile != "" {
 			if err := mg.Profile("heap", o.heapprofile); err != nil {
 				return memResult{}, err

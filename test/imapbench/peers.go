@@ -2,8 +2,9 @@ package main
 
 // peers.go starts the proxies under test, each in a process of its own so
 // that its memory can be read from /proc: mailgate (this program again,
-// role "mailgate") and nginx's mail proxy (Debian's nginx with
-// libnginx-mod-mail, from a generated configuration).
+// role "mailgate"), nginx's mail proxy (Debian's nginx with
+// libnginx-mod-mail, from a generated configuration), each also with
+// implicit TLS towards the client, and Dovecot as an IMAP proxy.
 
 import (
 	"bufio"
@@ -27,7 +28,9 @@ import (
 
 	"mailgate/gateway"
 	"mailgate/gateway/config"
+	"mailgate/test/dovecot"
 	"mailgate/test/procmem"
+	"mailgate/test/testca"
 )
 
 // A proxy is a peer that runs in a process of its own.
@@ -59,7 +62,38 @@ const (
 	envCPUProfile = "IMAPBENCH_CPUPROFILE"
 	envNoFile     = "IMAPBENCH_NOFILE"
 	envHeapRate   = "IMAPBENCH_HEAPRATE" // runtime.MemProfileRate, for an exact heap profile
+	envCA         = "IMAPBENCH_CA"       // the run's CA (PEM), which the clients trust
+	envCert       = "IMAPBENCH_CERT"     // the IMAPS peers' certificate and key (PEM files)
+	envKey        = "IMAPBENCH_KEY"
 )
+
+// tlsFiles are the IMAPS peers' certificate (for localhost and 127.0.0.1,
+// signed by the run's CA) and key; nil: the peer is cleartext.
+type tlsFiles struct{ dir, ca, cert, key string }
+
+// benchCerts makes the run's CA and the IMAPS peers' certificate under a
+// new directory, and sets envCA for the clients (this process and its
+// children).
+func benchCerts() (*tlsFiles, error) {
+	ca, err := testca.New()
+	if err != nil {
+		return nil, err
+	}
+	dir, err := os.MkdirTemp("", "imapbench-tls-")
+	if err != nil {
+		return nil, err
+	}
+	tf := &tlsFiles{dir: dir}
+	if tf.ca, err = ca.WriteCA(dir); err == nil {
+		tf.cert, tf.key, err = ca.WriteLeaf(dir, "imaps", "localhost", "127.0.0.1")
+	}
+	if err != nil {
+		os.RemoveAll(dir)
+		return nil, err
+	}
+	os.Setenv(envCA, tf.ca)
+	return tf, nil
+}
 
 // mailgateProc is mailgate in a child process. It talks over the child's
 // stdin and stdout: "gc" answers "mem HEAP STACK GOROUTINES" after a GC that
@@ -72,8 +106,9 @@ type mailgateProc struct {
 	addr string
 }
 
-// startMailgate runs bin (this program when "") in the mailgate role.
-func startMailgate(bin, backend, cpuprofile string, nofile uint64, heapRate int) (*mailgateProc, error) {
+// startMailgate runs bin (this program when "") in the mailgate role; with
+// tf its listener is implicit TLS.
+func startMailgate(bin, backend, cpuprofile string, nofile uint64, heapRate int, tf *tlsFiles) (*mailgateProc, error) {
 	if bin == "" {
 		self, err := os.Executable()
 		if err != nil {
@@ -84,6 +119,9 @@ func startMailgate(bin, backend, cpuprofile string, nofile uint64, heapRate int)
 	cmd := exec.Command(bin)
 	cmd.Env = append(os.Environ(), envRole+"="+roleMailgate, envBackend+"="+backend,
 		envCPUProfile+"="+cpuprofile, envNoFile+"="+strconv.FormatUint(nofile, 10), envHeapRate+"="+strconv.Itoa(heapRate))
+	if tf != nil {
+		cmd.Env = append(cmd.Env, envCert+"="+tf.cert, envKey+"="+tf.key)
+	}
 	cmd.Stderr = os.Stderr
 	in, err := cmd.StdinPipe()
 	if err != nil {
@@ -108,6 +146,9 @@ func startMailgate(bin, backend, cpuprofile string, nofile uint64, heapRate int)
 		return nil, fmt.Errorf("mailgate child said %q", line)
 	}
 	p.addr = addr
+	if tf != nil {
+		p.addr = tlsScheme + addr
+	}
 	return p, nil
 }
 
@@ -164,7 +205,9 @@ func (p *mailgateProc) Stop() {
 
 // mailgateChild is the child's side: mailgate with one cleartext IMAP
 // listener in front of IMAPBENCH_BACKEND (backend tls: none, so after login
-// the relay is between two TCP sockets).
+// the relay is between two TCP sockets), or with IMAPBENCH_CERT one
+// implicit-TLS listener (the relay is then between a *tls.Conn and a TCP
+// socket).
 func mailgateChild() error {
 	if r, err := strconv.Atoi(os.Getenv(envHeapRate)); err == nil && r > 0 {
 		runtime.MemProfileRate = r
@@ -176,15 +219,22 @@ func mailgateChild() error {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
+	listener := `{name: imap, protocol: imap, address: "127.0.0.1:0", tls: none, allow_plaintext_auth: true}`
+	if cert := os.Getenv(envCert); cert != "" {
+		listener = fmt.Sprintf(`{name: imap, protocol: imap, address: "127.0.0.1:0", tls: implicit}
+tls:
+  certificates:
+    - {cert: %q, key: %q}`, cert, os.Getenv(envKey))
+	}
 	yaml := fmt.Sprintf(`log: {level: warn}
 listeners:
-  - {name: imap, protocol: imap, address: "127.0.0.1:0", tls: none, allow_plaintext_auth: true}
+  - %s
 backends:
   bench: {address: %q, tls: none}
 routing: {default: bench}
 limits: {connections: 100000, per_ip: 100000, auth_failures_per_ip: 100000/min, auth_failure_delay: 1ms}
 timeouts: {backend_dial: 30s, shutdown: 5s}
-`, os.Getenv(envBackend))
+`, listener, os.Getenv(envBackend))
 	cfg, err := config.Parse([]byte(yaml))
 	if err != nil {
 		return fmt.Errorf("mailgate config: %w", err)
@@ -236,6 +286,7 @@ type nginxProc struct {
 	auth   *http.Server
 	done   chan struct{}
 	errLog string
+	tls    bool // listens with implicit TLS
 }
 
 // nginxMissing says why nginx cannot be measured here, or "".
@@ -249,7 +300,9 @@ func nginxMissing() string {
 	return ""
 }
 
-func startNginx(backend string, workers int, nofile uint64) (*nginxProc, error) {
+// startNginx starts nginx's mail proxy in front of backend; with tf it
+// listens with implicit TLS (listen ... ssl).
+func startNginx(backend string, workers int, nofile uint64, tf *tlsFiles) (*nginxProc, error) {
 	host, port, err := net.SplitHostPort(backend)
 	if err != nil {
 		return nil, err
@@ -276,6 +329,11 @@ func startNginx(backend string, workers int, nofile uint64) (*nginxProc, error) 
 		return nil, err
 	}
 	n := &nginxProc{dir: dir, addr: listen, auth: auth, done: make(chan struct{}), errLog: filepath.Join(dir, "error.log")}
+	sslListen, sslConf := "", ""
+	if tf != nil {
+		sslListen = " ssl"
+		sslConf = fmt.Sprintf("\n        ssl_certificate %s;\n        ssl_certificate_key %s;", tf.cert, tf.key)
+	}
 	conf := fmt.Sprintf(`load_module %s;
 daemon off;
 master_process on;
@@ -283,6 +341,7 @@ worker_processes %d;
 worker_rlimit_nofile %d;
 pid %s;
 error_log %s warn;
+# Any one worker may get every client (two connections each, and auth_http).
 events { worker_connections %d; }
 mail {
     server_name imapbench.test;
@@ -291,12 +350,12 @@ mail {
     # With the default buffer nginx stalls on loopback (Nagle plus delayed ACK).
     proxy_buffer 64k;
     server {
-        listen %s;
-        protocol imap;
+        listen %s%s;
+        protocol imap;%s
     }
 }
-`, nginxModule, workers, nofile, filepath.Join(dir, "nginx.pid"), n.errLog, nofile/2,
-		authLn.Addr().String(), listen)
+`, nginxModule, workers, nofile, filepath.Join(dir, "nginx.pid"), n.errLog, nofile,
+		authLn.Addr().String(), listen, sslListen, sslConf)
 	confFile := filepath.Join(dir, "nginx.conf")
 	if err := os.WriteFile(confFile, []byte(conf), 0o644); err != nil {
 		n.Stop()
@@ -336,6 +395,9 @@ mail {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+	if tf != nil {
+		n.tls = true
+	}
 	return n, nil
 }
 
@@ -344,7 +406,12 @@ func (n *nginxProc) log() string {
 	return strings.TrimSpace(string(b))
 }
 
-func (n *nginxProc) Addr() string { return n.addr }
+func (n *nginxProc) Addr() string {
+	if n.tls {
+		return tlsScheme + n.addr
+	}
+	return n.addr
+}
 
 // workers are the master's children.
 func (n *nginxProc) workers() []int {
@@ -396,6 +463,53 @@ func (n *nginxProc) Stop() {
 	n.auth.Close()
 	os.RemoveAll(n.dir)
 }
+
+// dovecotProxy is Dovecot as an IMAP proxy tier (test/dovecot
+// Options.Proxy): its login processes, in performance mode, relay every
+// session to the backend, which checks the passwords.
+type dovecotProxy struct{ s *dovecot.Server }
+
+func startDovecotProxy(backend string) (*dovecotProxy, error) {
+	s, err := dovecot.Start(dovecot.Options{Proxy: backend})
+	if err != nil {
+		return nil, err
+	}
+	return &dovecotProxy{s}, nil
+}
+
+func (d *dovecotProxy) Addr() string { return d.s.IMAPAddr }
+
+// Mem sums the imap-login processes' memory: they hold the proxied
+// connections.
+func (d *dovecotProxy) Mem() (procMem, error) {
+	var m procMem
+	pid := d.s.Pid()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
+	if err != nil {
+		return m, err
+	}
+	found := false
+	for _, f := range strings.Fields(string(b)) {
+		comm, err := os.ReadFile("/proc/" + f + "/comm")
+		if err != nil || strings.TrimSpace(string(comm)) != "imap-login" {
+			continue
+		}
+		p, _ := strconv.Atoi(f)
+		rss, pss, err := procmem.SmapsRollup(p)
+		if err != nil {
+			return m, err
+		}
+		m.rss += rss
+		m.pss += pss
+		found = true
+	}
+	if !found {
+		return m, errors.New("dovecot proxy has no imap-login process")
+	}
+	return m, nil
+}
+
+func (d *dovecotProxy) Stop() { d.s.Stop() }
 
 // freePort returns a loopback address nobody listens on just now.
 func freePort() (string, error) {

@@ -155,6 +155,9 @@ func StartProcess(cmd *exec.Cmd) (*Process, error) {
 	return p, nil
 }
 
+// Pid is the process's id.
+func (p *Process) Pid() int { return p.cmd.Process.Pid }
+
 // WaitGreeting waits until addr greets, the process exits (an error with
 // its output), or timeout passes (then the process is stopped).
 func (p *Process) WaitGreeting(addr string, timeout time.Duration) error {

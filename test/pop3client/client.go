@@ -339,6 +339,21 @@ func (c *Client) UIDL() ([]Item, error) {
 	})
 }
 
+// UIDLsQuit lists the unique-ids alone, in message order, then ends the
+// session with QUIT (no DELE: nothing changes, RFC 1939 §6): what a test
+// compares across sessions.
+func (c *Client) UIDLsQuit() ([]string, error) {
+	items, err := c.UIDL()
+	if err != nil {
+		return nil, err
+	}
+	out := make([]string, len(items))
+	for i, it := range items {
+		out[i] = it.UIDL
+	}
+	return out, c.Quit()
+}
+
 func (c *Client) listing(cmd string, parse func(*Item, string) error) ([]Item, error) {
 	if _, err := c.Cmd(cmd); err != nil {
 		return nil, err
