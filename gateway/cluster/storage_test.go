@@ -85,6 +85,14 @@ const storageTestLease = 1500 * time.Millisecond
 
 var storagePrefixes atomic.Int64
 
+// lockers are the storages of three instances on one Redis: two that lock
+// and a third that only looks.
+func lockers(t *testing.T, client clientFactory) (a, b, probe *Storage) {
+	t.Helper()
+	ss := newStorages(t, client, 3)
+	return ss[0], ss[1], ss[2]
+}
+
 // newStorages returns n Storages, each on its own client (as n instances
 // of the gateway would be), sharing one fresh prefix on the server.
 func newStorages(t *testing.T, client clientFactory, n int) []*Storage {
@@ -485,8 +493,7 @@ func assertLocked(t *testing.T, probe *Storage, name string, want bool) {
 }
 
 func testLockExclusive(t *testing.T, client clientFactory) {
-	ss := newStorages(t, client, 3)
-	a, b, probe := ss[0], ss[1], ss[2]
+	a, b, probe := lockers(t, client)
 	ctx := context.Background()
 	if err := a.Lock(ctx, "issue_cert_mail.test"); err != nil {
 		t.Fatal(err)
@@ -652,8 +659,7 @@ func testLockExpiresWhenHolderDies(t *testing.T, client clientFactory) {
 }
 
 func testUnlockByNonHolder(t *testing.T, client clientFactory) {
-	ss := newStorages(t, client, 3)
-	a, b, probe := ss[0], ss[1], ss[2]
+	a, b, probe := lockers(t, client)
 	ctx := context.Background()
 	if err := b.Unlock(ctx, "never"); err == nil {
 		t.Error("Unlock of a lock never taken succeeded")
@@ -676,8 +682,7 @@ func testUnlockByNonHolder(t *testing.T, client clientFactory) {
 // testUnlockAfterLeaseLost: a holder paused past its lease finds the lock
 // taken by another, and its late Unlock must not release the other's.
 func testUnlockAfterLeaseLost(t *testing.T, client clientFactory) {
-	ss := newStorages(t, client, 3)
-	a, b, probe := ss[0], ss[1], ss[2]
+	a, b, probe := lockers(t, client)
 	ctx := context.Background()
 	if err := a.Lock(ctx, "l"); err != nil {
 		t.Fatal(err)
