@@ -705,10 +705,7 @@ func TestPlaintextRefusedWithoutTLS(t *testing.T) {
 
 func TestAUTHPLAIN(t *testing.T) {
 	good := b64("\x00" + testUser + "\x00" + testPass)
-	tests := []struct {
-		name   string
-		script []string // client line, expected reply prefix, ...
-	}{
+	runScripts(t, []script{
 		{"initial response", []string{"AUTH PLAIN " + good, "+OK maildrop has 3"}},
 		{"mechanism case-insensitive", []string{"auth plain " + good, "+OK"}},
 		{"no initial response", []string{"AUTH PLAIN", "+ ", good, "+OK"}},
@@ -722,25 +719,39 @@ func TestAUTHPLAIN(t *testing.T) {
 		{"cancel", []string{"AUTH PLAIN", "+ ", "*", "-ERR authentication cancelled"}},
 		{"unknown mechanism", []string{"AUTH CRAM-MD5", "-ERR unsupported authentication mechanism"}},
 		{"too many arguments", []string{"AUTH PLAIN a b", "-ERR wrong number of arguments"}},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
+	})
+}
+
+// script is a session's client lines, each followed by the start of the
+// reply expected to it.
+type script struct {
+	name  string
+	lines []string // client line, expected reply prefix, ...
+}
+
+// runScripts runs each script in a session of its own, which must still
+// answer CAPA afterwards, in the state the script left.
+func runScripts(t *testing.T, scripts []script) {
+	t.Helper()
+	for _, sc := range scripts {
+		t.Run(sc.name, func(t *testing.T) {
 			ts := newTestServer(t, nil, nil)
 			c := ts.dial()
-			runScript(t, c, tt.script)
-			// Still usable afterwards, in the state the script left.
+			runScript(t, c, sc.lines)
 			c.Command("CAPA", "+OK")
 			c.Lines()
 		})
 	}
 }
 
-func runScript(t *testing.T, c *transcript.Conn, script []string) {
+// runScript sends each client line of lines and checks the reply that
+// follows it; a "+ " continuation must be exactly that.
+func runScript(t *testing.T, c *transcript.Conn, lines []string) {
 	t.Helper()
-	for i := 0; i < len(script); i += 2 {
-		c.Send(script[i])
-		if got := c.Line(); !strings.HasPrefix(got, script[i+1]) || (script[i+1] == "+ " && got != "+ ") {
-			t.Fatalf("after %q: got %q, want %q", script[i], got, script[i+1])
+	for i := 0; i < len(lines); i += 2 {
+		c.Send(lines[i])
+		if got := c.Line(); !strings.HasPrefix(got, lines[i+1]) || (lines[i+1] == "+ " && got != "+ ") {
+			t.Fatalf("after %q: got %q, want %q", lines[i], got, lines[i+1])
 		}
 	}
 }
@@ -748,10 +759,7 @@ func runScript(t *testing.T, c *transcript.Conn, script []string) {
 func TestAUTHLOGIN(t *testing.T) {
 	user, pass := b64(testUser), b64(testPass)
 	usernameCh, passwordCh := "+ "+b64("Username:"), "+ "+b64("Password:")
-	tests := []struct {
-		name   string
-		script []string
-	}{
+	runScripts(t, []script{
 		{"challenges", []string{"AUTH LOGIN", usernameCh, user, passwordCh, pass, "+OK maildrop has 3"}},
 		{"initial response", []string{"AUTH LOGIN " + user, passwordCh, pass, "+OK"}},
 		{"wrong password", []string{"AUTH LOGIN", usernameCh, user, passwordCh, b64("nope"), "-ERR [AUTH] authentication failed"}},
@@ -761,16 +769,7 @@ func TestAUTHLOGIN(t *testing.T) {
 		// RFC 5034 §4: SASL lines are not bound by the 255-octet command limit.
 		{"long response line", []string{"AUTH LOGIN", usernameCh, b64(strings.Repeat("u", 3000)), passwordCh, pass, "-ERR [AUTH] authentication failed"}},
 		{"response line over the SASL cap", []string{"AUTH LOGIN", usernameCh, strings.Repeat("A", maxSASLLine), "-ERR [AUTH] authentication failed"}},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			ts := newTestServer(t, nil, nil)
-			c := ts.dial()
-			runScript(t, c, tt.script)
-			c.Command("CAPA", "+OK")
-			c.Lines()
-		})
-	}
+	})
 }
 
 func TestAUTHList(t *testing.T) {
