@@ -46,9 +46,7 @@ func TestInvariant1_OnlyDeletedAndQuitRemoves(t *testing.T) {
 			t.Errorf("UID %d is flagged \\Deleted before QUIT (another client's EXPUNGE would remove it)", m.UID)
 		}
 	}
-	if err := c.Quit(); err != nil {
-		t.Fatalf("QUIT: %v", err)
-	}
+	harness.Quit(t, c)
 
 	st := a.Inbox(t, true)
 	if want := []uint32{uids[0], uids[2], uids[4]}; !slices.Equal(st.UIDs(), want) {
@@ -88,9 +86,7 @@ func TestInvariant1_DroppedConnectionDeletesNothing(t *testing.T) {
 	c.Close()
 
 	c = g.loginEventually(a)
-	if err := c.Quit(); err != nil { // QUIT without DELE: nothing to remove
-		t.Fatal(err)
-	}
+	harness.Quit(t, c) // QUIT without DELE: nothing to remove
 	assertUntouched(t, a, uids)
 }
 
@@ -129,9 +125,7 @@ func TestInvariant1_DeleRsetQuitDeletesNothing(t *testing.T) {
 	if _, err := c.Retr(1); err != nil {
 		t.Errorf("RETR 1 after RSET: %v", err)
 	}
-	if err := c.Quit(); err != nil {
-		t.Fatal(err)
-	}
+	harness.Quit(t, c)
 	assertUntouched(t, a, uids)
 }
 
@@ -159,9 +153,7 @@ func TestInvariant1_OtherClientsDeletedMessageSurvivesQuit(t *testing.T) {
 	if err := dc.Store(a.User, a.Pass, "INBOX", false, []imap.Flag{imap.FlagDeleted}, uids[2]); err != nil {
 		t.Fatal(err)
 	}
-	if err := c.Quit(); err != nil {
-		t.Fatalf("QUIT: %v", err)
-	}
+	harness.Quit(t, c)
 
 	st := a.Inbox(t, false)
 	if want := []uint32{uids[0], uids[2], uids[3]}; !slices.Equal(st.UIDs(), want) {
@@ -255,9 +247,7 @@ func TestInvariant2_RetrBytesEqualBackendBody(t *testing.T) {
 			t.Errorf("second RETR %d differs: %s", n, diff)
 		}
 	}
-	if err := c.Quit(); err != nil {
-		t.Fatal(err)
-	}
+	harness.Quit(t, c)
 }
 
 // bigMessage is a message of about size bytes: base64 lines, a few dot lines
@@ -448,9 +438,7 @@ func TestInvariant4_CacheNeverCrossesUsers(t *testing.T) {
 	for n := 1; n <= 3; n++ {
 		check(alice, sa, n, "cold")
 	}
-	if err := sa.Quit(); err != nil {
-		t.Fatal(err)
-	}
+	harness.Quit(t, sa)
 	sb := g.login(bob)
 	for n := 1; n <= 3; n++ {
 		check(bob, sb, n, "after alice")
@@ -458,9 +446,7 @@ func TestInvariant4_CacheNeverCrossesUsers(t *testing.T) {
 			t.Errorf("invariant 4: bob TOP %d 5 = %q, %v; want %q", n, top, err, want[bob.User][n-1])
 		}
 	}
-	if err := sb.Quit(); err != nil {
-		t.Fatal(err)
-	}
+	harness.Quit(t, sb)
 	// Both at once, over and over (singleflight must not merge their fetches).
 	addr := g.Addr("pop3")
 	var wg sync.WaitGroup

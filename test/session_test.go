@@ -59,9 +59,7 @@ func TestExpungedMidSessionRetrErrSessionGoesOn(t *testing.T) {
 		t.Errorf("STAT later in the session = %d, %v; want 3 (the snapshot is fixed)", n, err)
 	}
 	dele(t, c, 1)
-	if err := c.Quit(); err != nil {
-		t.Fatalf("QUIT: %v", err)
-	}
+	harness.Quit(t, c)
 	if got, want := a.Inbox(t, false).UIDs(), []uint32{uids[2]}; !slices.Equal(got, want) {
 		t.Errorf("backend UIDs %v, want %v", got, want)
 	}
@@ -93,9 +91,7 @@ func TestAppendedMidSessionAppearsOnlyInNextSession(t *testing.T) {
 	if _, err := c.Retr(3); err == nil {
 		t.Error("RETR 3 succeeded in a session that opened with 2 messages")
 	}
-	if err := c.Quit(); err != nil {
-		t.Fatal(err)
-	}
+	harness.Quit(t, c)
 
 	c = g.loginEventually(a)
 	if n, _, err := c.Stat(); err != nil || n != 3 {
@@ -132,9 +128,7 @@ func TestSecondSessionInUse(t *testing.T) {
 	if _, err := first.Retr(1); err != nil {
 		t.Errorf("the first session broke: %v", err)
 	}
-	if err := first.Quit(); err != nil {
-		t.Fatal(err)
-	}
+	harness.Quit(t, first)
 	// Regression: the lock is released before QUIT is answered, so a
 	// client that reconnects at once is not told [IN-USE].
 	for i := 0; i < 20; i++ {
@@ -142,9 +136,7 @@ func TestSecondSessionInUse(t *testing.T) {
 		if err := c.Login(a.User, a.Pass); err != nil {
 			t.Fatalf("login %d right after the previous session's QUIT: %v", i, err)
 		}
-		if err := c.Quit(); err != nil {
-			t.Fatal(err)
-		}
+		harness.Quit(t, c)
 	}
 }
 
@@ -188,9 +180,7 @@ func TestSTLSThenLogin(t *testing.T) {
 	if got, err := c.Retr(1); err != nil || !bytes.Equal(got, want) {
 		t.Errorf("RETR 1 over STLS = %q, %v", got, err)
 	}
-	if err := c.Quit(); err != nil {
-		t.Fatal(err)
-	}
+	harness.Quit(t, c)
 }
 
 // Implicit TLS (POP3S, RFC 8314) with a certificate the client verifies.
@@ -204,9 +194,7 @@ func TestPOP3SImplicitTLS(t *testing.T) {
 	if got, err := c.Retr(1); err != nil || !bytes.Equal(got, want) {
 		t.Errorf("RETR 1 over POP3S = %q, %v", got, err)
 	}
-	if err := c.Quit(); err != nil {
-		t.Fatal(err)
-	}
+	harness.Quit(t, c)
 }
 
 // TOP n k (RFC 1939 §7): the header, the blank line, then k lines of the body
@@ -242,9 +230,7 @@ func TestTopNK(t *testing.T) {
 	if got, err := c.Retr(2); err != nil || len(got) == 0 {
 		t.Fatalf("RETR 2: %v", err)
 	}
-	if err := c.Quit(); err != nil {
-		t.Fatal(err)
-	}
+	harness.Quit(t, c)
 	st := a.Inbox(t, false)
 	if st.Messages[0].Has(imap.FlagSeen) {
 		t.Error("TOP set \\Seen on message 1")
@@ -271,9 +257,7 @@ func TestBackendTLS(t *testing.T) {
 			if got, err := c.Retr(1); err != nil || !bytes.Equal(got, want) {
 				t.Errorf("RETR 1 = %q, %v", got, err)
 			}
-			if err := c.Quit(); err != nil {
-				t.Fatal(err)
-			}
+			harness.Quit(t, c)
 		})
 	}
 	// A backend certificate the gateway cannot verify fails the login with

@@ -208,9 +208,7 @@ func uidlsBodies(t *testing.T, c *pop3client.Client) map[string]string {
 	if len(out) != len(items) {
 		t.Fatalf("UIDLs not unique: %v", items)
 	}
-	if err := c.Quit(); err != nil {
-		t.Fatal(err)
-	}
+	harness.Quit(t, c)
 	return out
 }
 

@@ -264,9 +264,7 @@ func (e *env) listingRetrTop() {
 		} else if !slices.Equal(uidls, firstUIDLs) {
 			t.Errorf("UIDLs changed between sessions: %v, then %v", firstUIDLs, uidls)
 		}
-		if err := c.Quit(); err != nil {
-			t.Fatal(err)
-		}
+		harness.Quit(t, c)
 	}
 	if after := e.state(false); !slices.Equal(after.UIDs(), st.UIDs()) {
 		t.Errorf("sessions without DELE changed the mailbox: %v, then %v", st.UIDs(), after.UIDs())
@@ -309,9 +307,7 @@ func (e *env) deleOnlyAtQuit() {
 	if err := c.Dele(2); err != nil {
 		t.Fatal(err)
 	}
-	if err := c.Quit(); err != nil {
-		t.Fatal(err)
-	}
+	harness.Quit(t, c)
 	want := []uint32{uids[0], uids[2], uids[3]}
 	if got := e.state(false).UIDs(); !slices.Equal(got, want) {
 		t.Errorf("after DELE 1, RSET, DELE 2, QUIT: left %v, want %v", got, want)
@@ -370,9 +366,7 @@ func (e *env) midSessionAppendExpunge() {
 	if err := c.Dele(2); err != nil {
 		t.Fatal(err)
 	}
-	if err := c.Quit(); err != nil {
-		t.Fatal(err)
-	}
+	harness.Quit(t, c)
 	after := e.state(false).UIDs()
 	if len(after) != 2 || after[0] != uids[3] || after[1] <= uids[4] {
 		t.Errorf("left %v; want UID %d and the new message", after, uids[3])
@@ -401,9 +395,7 @@ func (e *env) markSeen() {
 	if _, err := c.Top(2, 1); err != nil {
 		t.Fatal(err)
 	}
-	if err := c.Quit(); err != nil {
-		t.Fatal(err)
-	}
+	harness.Quit(t, c)
 	c = e.dial()
 	if _, err := c.Retr(3); err != nil {
 		t.Fatal(err)

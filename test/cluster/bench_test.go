@@ -49,9 +49,7 @@ func BenchmarkPOP3LoginClusterLock(b *testing.B) {
 		if _, _, err := c.Stat(); err != nil {
 			b.Fatal(err)
 		}
-		if err := c.Quit(); err != nil {
-			b.Fatal(err)
-		}
+		harness.Quit(b, c)
 		return time.Since(start)
 	}
 	for _, n := range names { // warm up connections and caches

@@ -36,9 +36,7 @@ func TestExclusiveAcrossInstances(t *testing.T) {
 		}
 		t.Fatalf("login as %s on another instance: %v, want [IN-USE]", upper.User, err)
 	}
-	if err := first.Quit(); err != nil {
-		t.Fatal(err)
-	}
+	harness.Quit(t, first)
 	second := mustLogin(t, gs[1].Addr("pop3"), a)
 	if n, _, err := second.Stat(); err != nil || n != 2 {
 		t.Fatalf("STAT on the second instance: %d, %v", n, err)
@@ -80,9 +78,7 @@ func TestTakeoverAcrossInstances(t *testing.T) {
 	if n, _, err := c.Stat(); err != nil || n != 3 {
 		t.Fatalf("the newcomer's STAT: %d, %v; want 3 (the older session's DELE lost)", n, err)
 	}
-	if err := c.Quit(); err != nil {
-		t.Fatal(err)
-	}
+	harness.Quit(t, c)
 	if n := messages(t, a); n != 3 {
 		t.Fatalf("%d messages at the backend, want 3: a taken-over session must not commit", n)
 	}

@@ -72,9 +72,7 @@ func TestLockTakeover(t *testing.T) {
 	if err := old.Quit(); err == nil {
 		t.Error("the older session still answers QUIT with +OK after the takeover")
 	}
-	if err := c.Quit(); err != nil {
-		t.Fatal(err)
-	}
+	harness.Quit(t, c)
 	if got := a.Inbox(t, false).UIDs(); len(got) != len(uids) {
 		t.Errorf("left %v: the taken-over session's DELE must not be applied", got)
 	}
@@ -124,9 +122,7 @@ func TestLockTakeoverNeverCutsUpdate(t *testing.T) {
 	if count, _, err := c.Stat(); err != nil || count != len(uids)-1 {
 		t.Errorf("newer session: STAT = %d, %v; want %d (after the older session's UPDATE)", count, err, len(uids)-1)
 	}
-	if err := c.Quit(); err != nil {
-		t.Fatal(err)
-	}
+	harness.Quit(t, c)
 	got := a.Inbox(t, false).UIDs()
 	if len(got) != len(uids)-1 || got[0] != uids[1] {
 		t.Errorf("left %v, want %v", got, uids[1:])
@@ -147,18 +143,14 @@ func TestLockNone(t *testing.T) {
 	if err := one.Dele(1); err != nil {
 		t.Fatal(err)
 	}
-	if err := one.Quit(); err != nil {
-		t.Fatal(err)
-	}
+	harness.Quit(t, one)
 	if _, err := two.Retr(1); err == nil || isInUse(err) {
 		t.Errorf("RETR of a message the other session deleted: err = %v, want -ERR", err)
 	}
 	if _, err := two.Retr(2); err != nil {
 		t.Errorf("RETR 2: %v", err)
 	}
-	if err := two.Quit(); err != nil {
-		t.Fatal(err)
-	}
+	harness.Quit(t, two)
 	if got := a.Inbox(t, false).UIDs(); len(got) != len(uids)-1 {
 		t.Errorf("left %v, want %v", got, uids[1:])
 	}

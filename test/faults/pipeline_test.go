@@ -61,9 +61,7 @@ func TestRefusedPipelinedLoginSendsNothingAfter(t *testing.T) {
 	if err != nil || n != 2 {
 		t.Fatalf("STAT after the right password: %d messages, %v; want 2", n, err)
 	}
-	if err := c.Quit(); err != nil {
-		t.Fatal(err)
-	}
+	harness.Quit(t, c)
 	lines := checkSent(t, "good login", p.Sent(2), want)
 	if len(lines) != len(want) {
 		t.Logf("after the snapshot: %q", lines)
@@ -127,9 +125,7 @@ func TestReuseAgainstDovecot(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		if err := c.Quit(); err != nil {
-			t.Fatal(err)
-		}
+		harness.Quit(t, c)
 	}
 	// Close parks the connection in the background: the next poll may
 	// come first and log in anew, which is correct but not what this test

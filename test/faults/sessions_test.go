@@ -118,9 +118,7 @@ timeouts: {backend_dial: %s, backend_command: %s, shutdown: 2s}
 			t.Fatalf("round %d: after a %s: STAT = %d, %v; want %d (a drop deletes nothing)", i, d.name, count, err, len(msgs))
 		}
 	}
-	if err := c.Quit(); err != nil {
-		t.Fatal(err)
-	}
+	harness.Quit(t, c)
 	if st := a.Inbox(t, false); len(st.UIDs()) != len(msgs) {
 		t.Errorf("%d messages left, want %d: drops must delete nothing", len(st.UIDs()), len(msgs))
 	}
@@ -191,9 +189,7 @@ func TestExpungedMidSessionAgainstDovecot(t *testing.T) {
 	if err := c.Dele(3); err != nil {
 		t.Fatal(err)
 	}
-	if err := c.Quit(); err != nil {
-		t.Fatal(err)
-	}
+	harness.Quit(t, c)
 	st := a.Inbox(t, false)
 	if got := st.UIDs(); len(got) != 1 || got[0] != uids[0] {
 		t.Errorf("left %v, want only UID %d", got, uids[0])
@@ -232,9 +228,7 @@ func TestRegressionFetchAheadAgainstDovecot(t *testing.T) {
 			t.Fatalf("RETR %d: %s", n, where)
 		}
 	}
-	if err := c.Quit(); err != nil {
-		t.Fatal(err)
-	}
+	harness.Quit(t, c)
 	g.Stop(5 * time.Second)
 	verify()
 }

@@ -91,7 +91,5 @@ func TestTopMovesWhatTopNeedsAgainstDovecot(t *testing.T) {
 	if moved := p.Moved(Downstream) - before; moved < int64(big.Len()) {
 		t.Errorf("RETR 1 after TOP moved %d bytes, less than the message: a partial body was taken for it", moved)
 	}
-	if err := c.Quit(); err != nil {
-		t.Fatal(err)
-	}
+	harness.Quit(t, c)
 }

@@ -48,6 +48,14 @@ routing: {default: %s}
 `, name, backendAddr, name) + settings
 }
 
+// Quit ends the POP3 session c with QUIT, failing t if it is refused.
+func Quit(t testing.TB, c *pop3client.Client) {
+	t.Helper()
+	if err := c.Quit(); err != nil {
+		t.Fatalf("QUIT: %v", err)
+	}
+}
+
 // WantGone checks the answer to what, a command on a message another client
 // expunged during the session: a plain -ERR, not [SYS/TEMP] (RFC 3206: the
 // session goes on, and trying again would not help).
