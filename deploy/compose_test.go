@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"fmt"
+	"mailgate/test/harness"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -555,7 +556,7 @@ func TestComposeCerts(t *testing.T) {
 // also reads them. The image installs Debian 12's dovecot-imapd, the version
 // .ci/run installs here.
 func TestComposeDovecotConf(t *testing.T) {
-	doveconf := requireProgram(t, "doveconf")
+	doveconf := harness.NeedProgram(t, "doveconf")
 	certs := demoCerts(t)
 	conf := strings.ReplaceAll(string(readFile(t, "compose/dovecot/dovecot.conf")), "/etc/dovecot/certs/", certs+"/")
 	p := filepath.Join(t.TempDir(), "dovecot.conf")

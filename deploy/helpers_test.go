@@ -15,23 +15,8 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"mailgate/gateway/config"
+	"mailgate/test/harness"
 )
-
-// requireProgram returns the path of a program that .ci/run installs
-// (openssl, doveconf): absent, the test is skipped loudly, or fails under
-// CI=true, where skipping would hide the check.
-func requireProgram(t *testing.T, name string) string {
-	t.Helper()
-	p, err := exec.LookPath(name)
-	if err == nil {
-		return p
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("CI=true but %s is not installed (.ci/run installs it): %v", name, err)
-	}
-	t.Skipf("SKIPPING: %s is not installed: %v", name, err)
-	return ""
-}
 
 // optionalProgram returns the path of a program CI does not install
 // (systemd-analyze, haproxy): absent, the test is skipped loudly, and not
@@ -50,7 +35,7 @@ func optionalProgram(t *testing.T, name string) string {
 // returns it: ca.crt, mailgate.crt/.key, dovecot.crt/.key.
 func demoCerts(t *testing.T) string {
 	t.Helper()
-	requireProgram(t, "openssl")
+	harness.NeedProgram(t, "openssl")
 	dir := filepath.Join(t.TempDir(), "certs")
 	out, err := exec.Command("sh", "compose/gen-certs.sh", dir).CombinedOutput()
 	if err != nil {
