@@ -184,12 +184,7 @@ func (s *Server) start(port int) error {
 	cmd := exec.Command(Unshare, "-m", "--propagation", "private", "sh", "-c", script)
 	cmd.Env = append(os.Environ(), "M_DIR="+s.Dir, "M_AUTHDAEMOND="+AuthDaemond, "M_TCPD="+TCPD,
 		"M_PORT="+strconv.Itoa(port), "M_IMAPLOGIN="+IMAPLogin(), "M_IMAPD="+IMAPD())
-	p, err := mailserver.StartProcess(cmd)
-	if err != nil {
-		return err
-	}
-	s.Proc = p
-	return p.WaitGreeting(s.IMAPAddr, 20*time.Second)
+	return s.Run(cmd, s.IMAPAddr, 20*time.Second)
 }
 
 // Home is user's home directory (its Maildir is Home/Maildir).

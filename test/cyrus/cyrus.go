@@ -168,12 +168,7 @@ DAEMON {
 	// cyrus user itself.
 	cmd := exec.Command(Master, "-D", "-C", conf, "-M", mconf, "-p", filepath.Join(s.Dir, "run", "master.pid"))
 	cmd.Dir = s.Dir
-	p, err := mailserver.StartProcess(cmd)
-	if err != nil {
-		return err
-	}
-	s.Proc = p
-	return p.WaitGreeting(s.IMAPAddr, 20*time.Second)
+	return s.Run(cmd, s.IMAPAddr, 20*time.Second)
 }
 
 // saslUser sets a sasldb user's password (saslpasswd2 -u servername: the

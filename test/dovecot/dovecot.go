@@ -489,12 +489,7 @@ func (s *Server) start(bin string, opts Options, mu mailUser, timeout time.Durat
 
 	// -F: in the foreground, our child (the master takes its children with
 	// it).
-	p, err := mailserver.StartProcess(exec.Command(bin, "-F", "-c", s.conf))
-	if err != nil {
-		return err
-	}
-	s.Proc = p
-	if err := p.WaitGreeting(s.IMAPAddr, timeout); err != nil {
+	if err := s.Run(exec.Command(bin, "-F", "-c", s.conf), s.IMAPAddr, timeout); err != nil {
 		if l := s.Log(); l != "" {
 			err = fmt.Errorf("%w\n--- dovecot.log ---\n%s", err, mailserver.Tail(l, 40))
 		}

@@ -208,6 +208,17 @@ type Instance struct {
 	stopErr  error
 }
 
+// Run starts cmd as the instance's process (StartProcess) and waits until
+// addr greets (WaitGreeting).
+func (in *Instance) Run(cmd *exec.Cmd, addr string, timeout time.Duration) error {
+	p, err := StartProcess(cmd)
+	if err != nil {
+		return err
+	}
+	in.Proc = p
+	return p.WaitGreeting(addr, timeout)
+}
+
 // Stop stops the process (SIGTERM, SIGKILL after 10 s) and removes Dir. It is
 // safe to call more than once.
 func (in *Instance) Stop() error {
