@@ -230,6 +230,24 @@ func (s *session) watchTakeover() {
 	}()
 }
 
+// wasTakenOver reports whether a newer session took the maildrop lock over,
+// whether or not the watcher has seen it yet.
+func (s *session) wasTakenOver() bool {
+	if s.takenOver.Load() {
+		return true
+	}
+	lh, ok := s.md.(lockHolder)
+	if !ok {
+		return false
+	}
+	select {
+	case <-lh.TakenOver(): // a nil channel (no takeover possible) never fires
+		return true
+	default:
+		return false
+	}
+}
+
 // readFailed ends the session after a failed read.
 func (s *session) readFailed(err error) {
 	switch {
@@ -361,6 +379,7 @@ func (s *session) update() {
 	}
 	ctx := context.WithoutCancel(s.ctx)
 	err := s.md.Commit(ctx, del)
+	takenOver := err != nil && s.wasTakenOver()
 	// Release the maildrop (and its lock) before answering, so a client
 	// that reconnects right after +OK is not told [IN-USE].
 	s.closeMaildrop()
@@ -379,6 +398,13 @@ func (s *session) update() {
 		s.w.writeOK("mailgate signing off (" + strconv.Itoa(len(del)) +
 			" messages marked deleted; the server keeps them flagged \\Deleted until it expunges them)")
 		s.result = connlog.Quit
+	case takenOver:
+		// A newer session took the maildrop over between this QUIT's read
+		// and its UPDATE: nothing was committed (RFC 1939 §6), and the
+		// session ends as taken over, though with an answer.
+		s.log.Info("maildrop taken over by a newer session of the user", zap.Int("deleted", len(del)))
+		s.w.writeErr(CodeSysTemp, textPartialCommit)
+		s.result = connlog.TakenOver
 	case err != nil:
 		// RFC 1939 §6: "-ERR some deleted messages not removed".
 		s.log.Warn("commit failed", zap.Int("deleted", len(del)), zap.Error(err))
