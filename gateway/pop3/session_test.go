@@ -1,6 +1,7 @@
 package pop3
 
 import (
+	"context"
 	"crypto/tls"
 	"encoding/base64"
 	"encoding/json"
@@ -993,5 +994,56 @@ func TestLongUserNameRefusedLocally(t *testing.T) {
 	ts.wait()
 	if logins, _, _ := ts.b.calls(); len(logins) != 1 || len(logins[0].User) != 255 {
 		t.Fatalf("a 255-octet name: backend logins %d, want 1", len(logins))
+	}
+}
+
+// takenAtUpdate is a maildrop that a newer session takes over at the moment
+// this session's QUIT reaches UPDATE, before its takeover watcher could end
+// it: the race test/faults TestLockTakeover met under load.
+type takenAtUpdate struct {
+	*fakeMaildrop
+	taken chan struct{}
+}
+
+func (m takenAtUpdate) Waiting(bool)               {}
+func (m takenAtUpdate) TakenOver() <-chan struct{} { return m.taken }
+func (m takenAtUpdate) Commit(context.Context, []int) error {
+	close(m.taken)
+	return fmt.Errorf("%w: the maildrop was taken over by a newer session", ErrPartialCommit)
+}
+
+type takenAtUpdateBackend struct{ *fakeBackend }
+
+func (b takenAtUpdateBackend) Open(ctx context.Context, l Login) (Maildrop, error) {
+	md, err := b.fakeBackend.Open(ctx, l)
+	if err != nil {
+		return nil, err
+	}
+	return takenAtUpdate{md.(*fakeMaildrop), make(chan struct{})}, nil
+}
+
+// A QUIT whose UPDATE finds the maildrop taken over commits nothing, answers
+// -ERR [SYS/TEMP] (RFC 1939 §6) and ends the session as taken_over, as a
+// takeover seen while waiting for a command does: not as commit_failed.
+func TestQuitRacingATakeoverEndsTakenOver(t *testing.T) {
+	core, logs := observer.New(zap.InfoLevel)
+	b := newFakeBackend()
+	ts := newTestServer(t, b, func(c *Config) {
+		c.Backend = takenAtUpdateBackend{b}
+		c.Logger = zap.New(core)
+	})
+	c := ts.dial()
+	c.Command("USER "+testUser, "+OK")
+	c.Command("PASS "+testPass, "+OK")
+	c.Command("DELE 1", "+OK")
+	c.Command("QUIT", "-ERR [SYS/TEMP]")
+	c.ExpectClosed()
+	deadline := time.Now().Add(5 * time.Second)
+	for logs.FilterMessage("session end").Len() == 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	ends := logs.FilterMessage("session end").All()
+	if len(ends) != 1 || ends[0].ContextMap()["result"] != "taken_over" {
+		t.Fatalf("session end lines %v, want one with result taken_over", ends)
 	}
 }
