@@ -48,6 +48,18 @@ func newUser(t *testing.T, domain string) (user, pass string) {
 // header (the listener trusts 127.0.0.1) and reads the greeting.
 func dialAs(t *testing.T, addr, from string) *transcript.Conn {
 	t.Helper()
+	c := dialProxied(t, addr, from)
+	greeting := c.Line()
+	if !strings.HasPrefix(greeting, "+OK") && !strings.HasPrefix(greeting, "* OK") {
+		t.Fatalf("greeting from %s: %q", from, greeting)
+	}
+	return c
+}
+
+// dialProxied connects to addr and sends a PROXY v1 header presenting the
+// client address from; nothing is read.
+func dialProxied(t *testing.T, addr, from string) *transcript.Conn {
+	t.Helper()
 	conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
@@ -59,10 +71,6 @@ func dialAs(t *testing.T, addr, from string) *transcript.Conn {
 		family, dst = "TCP6", "::1"
 	}
 	c.Send(fmt.Sprintf("PROXY %s %s %s 40000 110", family, from, dst))
-	greeting := c.Line()
-	if !strings.HasPrefix(greeting, "+OK") && !strings.HasPrefix(greeting, "* OK") {
-		t.Fatalf("greeting from %s: %q", from, greeting)
-	}
 	return c
 }
 

@@ -3,14 +3,12 @@ package hostile
 import (
 	"encoding/base64"
 	"fmt"
-	"net"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"mailgate/test/harness"
-	"mailgate/test/transcript"
 )
 
 // TestIPv6SubscriberIsOneNetwork is finding 3 of the hostile internet issue:
@@ -77,12 +75,7 @@ timeouts: {backend_dial: 5s, backend_command: 10s, shutdown: 2s}
 // line the gateway sends before it closes the connection.
 func dialRefused(t *testing.T, addr, from string) string {
 	t.Helper()
-	conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := transcript.New(t, conn)
-	c.Send(fmt.Sprintf("PROXY TCP6 %s ::1 40000 110", from))
+	c := dialProxied(t, addr, from)
 	line := c.Line()
 	c.ExpectClosed()
 	return line
